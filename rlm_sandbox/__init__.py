@@ -1,0 +1,48 @@
+"""rlm-sandbox: Recursive Language Models whose code runs in hardened containers.
+
+Names are imported lazily so that ``import rlm_sandbox`` (and the CLI's ``--help``) stays
+fast: docker-py and LiteLLM are loaded only when something needs them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Sandbox": "rlm_sandbox.sandbox.core",
+    "ExecResult": "rlm_sandbox.sandbox.core",
+    "SandboxConfig": "rlm_sandbox.config",
+    "collect_garbage": "rlm_sandbox.sandbox.gc",
+    "GCReport": "rlm_sandbox.sandbox.gc",
+}
+_ERRORS = [
+    "RLMSandboxError",
+    "ConfigError",
+    "SandboxError",
+    "EngineUnavailable",
+    "ImageBuildError",
+    "SandboxStartError",
+    "SandboxCrashed",
+    "CellTimeout",
+    "ProtocolViolation",
+    "SandboxClosed",
+    "LMError",
+    "BudgetExhausted",
+]
+for _name in _ERRORS:
+    _EXPORTS[_name] = "rlm_sandbox.errors"
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rlm_sandbox' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

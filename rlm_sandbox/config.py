@@ -1,0 +1,70 @@
+"""Settings, validated with pydantic, with safe defaults: loosening any of them is explicit."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+OFFLINE_BASE = "rlm-sandbox-base:bookworm"
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9_.:@/-]{0,128}$")
+_MEMORY = re.compile(r"^\d+(\.\d+)?[bkmgBKMG]?$")
+
+
+class SandboxConfig(BaseModel):
+    """How one sandbox container is built, limited and talked to."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    image: str | None = Field(
+        None, description="sandbox image; None builds/uses the kernel-hash-tagged default"
+    )
+    base_image: str = Field(
+        OFFLINE_BASE, description="base for the default image (an official python image works too)"
+    )
+    memory: str = Field("1g", description="memory limit; swap is set equal, so there is no swap")
+    cpus: Annotated[float, Field(gt=0, le=64)] = 1.0
+    pids: Annotated[int, Field(ge=8, le=65536)] = 128
+    nofile: Annotated[int, Field(ge=16, le=1 << 20)] = 256
+    tmpfs_size: str = Field("64m", description="size of the noexec tmpfs mounted on /tmp")
+    cell_timeout: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    kill_grace: Annotated[float, Field(gt=0, le=600)] = 3.0
+    start_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    io_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    output_cap: Annotated[int, Field(ge=0, le=64 << 20)] = 64 * 1024
+    max_frame_header: Annotated[int, Field(ge=1024, le=16 << 20)] = 64 * 1024
+    max_frame_payload: Annotated[int, Field(ge=1 << 16, le=4 << 30)] = 256 << 20
+    max_pending_llm: Annotated[int, Field(ge=1, le=65536)] = 1024
+    llm_concurrency: Annotated[int, Field(ge=1, le=1024)] = 16
+    context_chunk: Annotated[int, Field(ge=4096, le=64 << 20)] = 4 << 20
+    runtime: str | None = Field(
+        None, description="OCI runtime, e.g. 'runsc' for gVisor; None = engine default"
+    )
+    docker_url: str | None = Field(None, description="engine URL; None = DOCKER_HOST or the local socket")
+    labels: dict[str, str] = Field(default_factory=dict)
+    run_id: str | None = None
+    node_id: str | None = None
+    tenant: str = "default"
+
+    @field_validator("memory", "tmpfs_size")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        if not _MEMORY.match(v):
+            raise ValueError(f"{v!r} is not a size like 512m or 2g")
+        return v.lower()
+
+    @field_validator("tenant", "run_id", "node_id")
+    @classmethod
+    def _label(cls, v: str | None) -> str | None:
+        if v is not None and not _LABEL_VALUE.match(v):
+            raise ValueError(f"{v!r}: use letters, digits and _.:@/- (at most 128)")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if key.startswith("rlm-sandbox"):
+                raise ValueError(f"label {key!r} is reserved for the engine")
+        return v

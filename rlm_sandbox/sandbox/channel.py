@@ -1,0 +1,390 @@
+"""The host end of one kernel's byte stream: frames out, validated messages in.
+
+One reader thread per sandbox demultiplexes the engine's stream, decodes frames, validates
+them, and routes each one: a reply wakes the caller waiting for that id, an ``llm_request``
+goes to a bounded pool that runs the user's handler. Anything that breaks the protocol --
+a malformed or oversized frame, an unknown type, a reply nobody asked for, a flood of
+requests -- ends the channel with :class:`ProtocolViolation`; the owner then kills the
+container. Every waiter is woken with the error: nothing waits on a dead kernel.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from rlm_sandbox.errors import ProtocolViolation, SandboxError
+from rlm_sandbox.kernel import protocol as P
+
+from .attach import AttachStream
+from .demux import Demuxer
+from .frames import FrameDecoder, FrameLimits, RawFrame
+from .messages import ExecReply, LlmRequest, Ready, validate
+
+LLMHandler = Callable[[str], str]
+_DIAG_KEEP = 8192
+_DIAG_MAX_TOTAL = 64 << 20
+
+
+@dataclass(slots=True)
+class _Waiter:
+    ident: int
+    expect: type
+    event: threading.Event
+    reply: tuple | None = None
+
+
+class HostWaitClock:
+    """Time a cell spends waiting on the host's ``llm_query`` answers is not the cell's own.
+
+    Mirrors the kernel's watchdog, so host and kernel agree on when a cell is over its limit.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._outstanding = 0
+        self._since = 0.0
+        self._paused = 0.0
+
+    def begin(self) -> None:
+        with self._lock:
+            self._outstanding += 1
+            if self._outstanding == 1:
+                self._since = time.monotonic()
+
+    def end(self) -> None:
+        with self._lock:
+            self._outstanding = max(0, self._outstanding - 1)
+            if self._outstanding == 0:
+                self._paused += time.monotonic() - self._since
+
+    def reset(self) -> None:
+        with self._lock:
+            self._outstanding, self._paused = 0, 0.0
+
+    def paused(self) -> float:
+        with self._lock:
+            extra = time.monotonic() - self._since if self._outstanding else 0.0
+            return self._paused + extra
+
+    @property
+    def outstanding(self) -> int:
+        with self._lock:
+            return self._outstanding
+
+
+class KernelChannel:
+    def __init__(
+        self,
+        stream: AttachStream,
+        *,
+        limits: FrameLimits,
+        io_timeout: float,
+        llm_handler: LLMHandler | None,
+        llm_concurrency: int,
+        max_pending_llm: int,
+        on_fatal: Callable[[BaseException], None],
+        name: str = "sandbox",
+    ) -> None:
+        self.stream = stream
+        self.io_timeout = io_timeout
+        self.llm_handler = llm_handler
+        self.max_pending_llm = max_pending_llm
+        self.name = name
+        self._decoder = FrameDecoder(limits)
+        self._demux = Demuxer()
+        self._on_fatal = on_fatal
+        self._lock = threading.Lock()
+        self._waiter: _Waiter | None = None
+        self._ready = threading.Event()
+        self.ready_msg: Ready | None = None
+        self.error: BaseException | None = None
+        self.eof = False
+        self._diag = bytearray()
+        self._diag_total = 0
+        self.current_cell = 0
+        self.clock = HostWaitClock()
+        self._pending_llm = 0
+        self._pool = ThreadPoolExecutor(max_workers=llm_concurrency, thread_name_prefix=f"{name}-llm")
+        self._closed = False
+        self._reader = threading.Thread(target=self._read_loop, name=f"{name}-reader", daemon=True)
+        self._reader.start()
+
+    # ---- outgoing
+
+    def send(self, header: dict, payload: bytes | memoryview = b"", *, timeout: float | None = None) -> None:
+        head = P.encode_header(header, len(payload))
+        try:
+            if len(payload) < 1 << 16:
+                self.stream.send_all(head + bytes(payload), timeout or self.io_timeout)
+            else:
+                self.stream.send_all(head, timeout or self.io_timeout)
+                self.stream.send_all(payload, timeout or self.io_timeout)
+        except TimeoutError:
+            self.fail(
+                ProtocolViolation(
+                    f"{self.name} stopped reading its input for {timeout or self.io_timeout:g} s"
+                )
+            )
+            raise self.error from None  # type: ignore[misc]
+        except OSError:
+            self.fail(self.error or SandboxError(f"{self.name}: the stream to the kernel broke"))
+            raise self.error from None  # type: ignore[misc]
+
+    def send_raw(self, data: bytes | memoryview, timeout: float | None = None) -> None:
+        """Payload bytes that belong to a frame whose header was already sent."""
+        try:
+            self.stream.send_all(data, timeout or self.io_timeout)
+        except TimeoutError:
+            self.fail(
+                ProtocolViolation(
+                    f"{self.name} stopped reading its input for {timeout or self.io_timeout:g} s"
+                )
+            )
+            raise self.error from None  # type: ignore[misc]
+        except OSError:
+            self.fail(self.error or SandboxError(f"{self.name}: the stream to the kernel broke"))
+            raise self.error from None  # type: ignore[misc]
+
+    # ---- waiting
+
+    def expect(self, ident: int, kind: type) -> _Waiter:
+        """Register interest in the reply to ``ident`` before sending the request."""
+        waiter = _Waiter(ident, kind, threading.Event())
+        with self._lock:
+            if self.error is not None:
+                raise self.error
+            self._waiter = waiter
+        return waiter
+
+    def wait(self, waiter: _Waiter, limit: float, *, pausable: bool = False) -> tuple:
+        """Wait for the reply; ``None`` on timeout. Pausable limits exclude host-side llm time."""
+        start = time.monotonic()
+        try:
+            while True:
+                used = time.monotonic() - start - (self.clock.paused() if pausable else 0.0)
+                left = limit - used
+                if left <= 0 and not (pausable and self.clock.outstanding) and not waiter.event.is_set():
+                    return ()
+                if waiter.event.wait(min(max(left, 0.05), 0.5)):
+                    break
+                if self.error is not None:
+                    raise self.error
+        finally:
+            with self._lock:
+                if self._waiter is waiter:
+                    self._waiter = None
+        if self.error is not None and waiter.reply is None:
+            raise self.error
+        assert waiter.reply is not None
+        return waiter.reply
+
+    def wait_ready(self, timeout: float) -> Ready | None:
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.05):
+            if self.error is not None:
+                raise self.error
+            if time.monotonic() > deadline:
+                return None
+        return self.ready_msg
+
+    # ---- incoming
+
+    def _read_loop(self) -> None:
+        try:
+            while True:
+                data = self.stream.recv()
+                if not data:
+                    self.eof = True
+                    if not self._closed:
+                        partial = ""
+                        try:
+                            self._decoder.finish()
+                        except ProtocolViolation as exc:
+                            partial = f" ({exc})"
+                        self.fail(SandboxError(f"{self.name}: the kernel's stream ended{partial}"))
+                    return
+                for stream_id, piece in self._demux.feed(data):
+                    if stream_id == 1:
+                        for frame in self._decoder.feed(piece):
+                            self._dispatch(frame)
+                    elif stream_id == 2:
+                        self._note_diag(piece)
+        except ProtocolViolation as exc:
+            self.fail(exc)
+        except BaseException as exc:  # the reader must never die silently
+            self.fail(SandboxError(f"{self.name}: reader failed: {type(exc).__name__}: {exc}"))
+
+    def _note_diag(self, piece: bytes) -> None:
+        self._diag_total += len(piece)
+        self._diag += piece
+        if len(self._diag) > _DIAG_KEEP:
+            del self._diag[: len(self._diag) - _DIAG_KEEP]
+        if self._diag_total > _DIAG_MAX_TOTAL:
+            raise ProtocolViolation(f"{self.name} flooded its diagnostic stream ({self._diag_total} bytes)")
+
+    def diagnostics(self) -> str:
+        return self._diag.decode("utf-8", errors="replace")
+
+    def _dispatch(self, frame: RawFrame) -> None:
+        msg = validate(frame)
+        if isinstance(msg, Ready):
+            if self._ready.is_set():
+                raise ProtocolViolation(f"{self.name} announced itself ready twice")
+            if msg.version != P.PROTOCOL_VERSION:
+                raise ProtocolViolation(f"kernel speaks protocol {msg.version}, host {P.PROTOCOL_VERSION}")
+            self.ready_msg = msg
+            self._ready.set()
+            return
+        if not self._ready.is_set():
+            raise ProtocolViolation(f"{self.name} sent {msg.t!r} before it was ready")
+        if isinstance(msg, LlmRequest):
+            self._on_llm_request(msg, frame.payload)
+            return
+        with self._lock:
+            waiter = self._waiter
+            if waiter is None or waiter.ident != msg.id or not isinstance(msg, waiter.expect):
+                raise ProtocolViolation(
+                    f"{self.name} sent a {msg.t!r} for id {msg.id}, which was never asked"
+                )
+            waiter.reply = (msg, frame.payload)
+            self._waiter = None
+        waiter.event.set()
+
+    def _on_llm_request(self, msg: LlmRequest, payload: bytes) -> None:
+        with self._lock:
+            if self._pending_llm >= self.max_pending_llm:
+                raise ProtocolViolation(
+                    f"{self.name} has more than {self.max_pending_llm} llm_query requests in flight",
+                    hint="raise max_pending_llm if a cell legitimately needs that many threads",
+                )
+            live_cell = self._waiter is not None and self._waiter.expect is ExecReply
+            cell_ok = live_cell and msg.cell == self.current_cell
+            self._pending_llm += 1
+        if not cell_ok:
+            self._reply_llm_error(
+                msg.id, "llm_query was called outside a running cell (the cell has finished)"
+            )
+            return
+        if self.llm_handler is None:
+            self._reply_llm_error(
+                msg.id,
+                "llm_query is not available: this sandbox has no llm_handler (Sandbox(llm_handler=fn))",
+            )
+            return
+        try:
+            prompts = [p.decode("utf-8") for p in P.split_sizes(payload, msg.sizes)]
+        except (UnicodeDecodeError, P.FrameError) as exc:
+            self._reply_llm_error(msg.id, f"prompts are not valid UTF-8 text: {exc}")
+            return
+        self.clock.begin()
+        batch = _Batch(self, msg.id, len(prompts))
+        try:
+            for i, prompt in enumerate(prompts):
+                self._pool.submit(batch.run, i, prompt)
+        except RuntimeError:  # pool shut down: the sandbox is closing
+            batch.abandon()
+
+    def _reply_llm_error(self, ident: int, error: str) -> None:
+        self._finish_llm()
+        if self.error is None and not self._closed:
+            try:
+                self.send({"t": P.LLM_REPLY, "id": ident, "status": "error", "error": error[:4000]})
+            except SandboxError:
+                pass
+
+    def _finish_llm(self) -> None:
+        with self._lock:
+            self._pending_llm = max(0, self._pending_llm - 1)
+
+    # ---- failure and shutdown
+
+    def fail(self, exc: BaseException) -> None:
+        with self._lock:
+            first = self.error is None
+            if first:
+                self.error = exc
+            waiter = self._waiter
+        if waiter is not None:
+            waiter.event.set()
+        if first and not self._closed:
+            self._on_fatal(exc)
+
+    def close(self) -> None:
+        self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.stream.close()
+
+
+class _Batch:
+    """The answers of one ``llm_request``: the last prompt to finish sends the reply."""
+
+    def __init__(self, channel: KernelChannel, ident: int, n: int) -> None:
+        self.channel = channel
+        self.ident = ident
+        self.answers: list[bytes | None] = [None] * n
+        self.errors: list[str] = []
+        self.left = n
+        self.lock = threading.Lock()
+        self.done = False
+
+    def run(self, index: int, prompt: str) -> None:
+        ch = self.channel
+        try:
+            if ch.error is not None or ch._closed:
+                raise RuntimeError("the sandbox is closing")
+            answer = ch.llm_handler(prompt)  # type: ignore[misc]
+            data = (answer if isinstance(answer, str) else str(answer)).encode("utf-8", errors="replace")
+            error = None
+        except BaseException as exc:
+            data, error = b"", f"{type(exc).__name__}: {exc}"
+        with self.lock:
+            self.answers[index] = data
+            if error is not None:
+                self.errors.append(
+                    f"prompt {index + 1} of {len(self.answers)}: {error}" if len(self.answers) > 1 else error
+                )
+            self.left -= 1
+            last = self.left == 0
+        if last:
+            self._reply()
+
+    def abandon(self) -> None:
+        with self.lock:
+            if self.done:
+                return
+            self.done = True
+        self.channel.clock.end()
+        self.channel._finish_llm()
+
+    def _reply(self) -> None:
+        ch = self.channel
+        with self.lock:
+            if self.done:
+                return
+            self.done = True
+        ch.clock.end()
+        ch._finish_llm()
+        if ch.error is not None or ch._closed:
+            return
+        try:
+            if self.errors:
+                ch.send(
+                    {
+                        "t": P.LLM_REPLY,
+                        "id": self.ident,
+                        "status": "error",
+                        "error": "; ".join(self.errors)[:4000],
+                    }
+                )
+            else:
+                answers = [a or b"" for a in self.answers]
+                ch.send(
+                    {"t": P.LLM_REPLY, "id": self.ident, "status": "ok", "sizes": [len(a) for a in answers]},
+                    b"".join(answers),
+                )
+        except SandboxError:
+            pass

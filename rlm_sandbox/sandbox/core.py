@@ -1,0 +1,427 @@
+"""``Sandbox``: one hardened container whose kernel keeps ``context`` and every variable in memory.
+
+Lifecycle: ``new`` -> ``running`` -> ``closed``. ``close()`` (or leaving the ``with`` block)
+removes the container whatever happened; a sandbox that failed (timeout past the grace
+period, protocol violation, crash) is killed and removed at once and raises the typed error
+on every later use. Cells run one at a time; ``llm_query`` calls from a cell are answered
+concurrently by the handler from a bounded pool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from rlm_sandbox.config import SandboxConfig
+from rlm_sandbox.errors import (
+    CellTimeout,
+    ProtocolViolation,
+    SandboxClosed,
+    SandboxCrashed,
+    SandboxError,
+    SandboxStartError,
+)
+from rlm_sandbox.kernel import protocol as P
+
+from .backend import LABEL, LABEL_NODE, LABEL_OWNER, LABEL_RUN, LABEL_TENANT, Backend
+from .channel import KernelChannel, LLMHandler
+from .frames import FrameLimits
+from .messages import ContextReply, ExecReply
+
+ContextInput = str | bytes | bytearray | memoryview | os.PathLike | list | dict | BinaryIO
+
+
+@dataclass(slots=True)
+class ExecResult:
+    """What a cell produced. ``error`` is ``"Type: message"`` or None."""
+
+    stdout: str
+    stderr: str
+    error: str | None
+    ename: str | None
+    evalue: str | None
+    traceback: str | None
+    duration_s: float
+    wall_s: float
+    timed_out: bool
+    stdout_truncated: bool
+    stderr_truncated: bool
+    final: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def owner_label() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{_process_start_ticks(os.getpid())}"
+
+
+def _process_start_ticks(pid: int) -> str:
+    """A pid's start time in clock ticks: a pid reused by another process gets a new one."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().rsplit(b")", 1)[1].split()
+        return stat[19].decode()
+    except (OSError, IndexError):
+        return "0"
+
+
+class Sandbox:
+    def __init__(
+        self,
+        config: SandboxConfig | None = None,
+        *,
+        llm_handler: LLMHandler | None = None,
+        backend: Backend | None = None,
+        progress: Callable[[str], None] | None = None,
+        **overrides: Any,
+    ) -> None:
+        base = config or SandboxConfig()
+        self.config = base.model_copy(update=overrides) if overrides else base
+        if overrides:
+            self.config = SandboxConfig.model_validate(self.config.model_dump())
+        self.llm_handler = llm_handler
+        self._backend = backend
+        self._progress = progress
+        self.id: str | None = None
+        self.state = "new"
+        self.start_s: float | None = None
+        self.kernel_pid: int | None = None
+        self._channel: KernelChannel | None = None
+        self._error: BaseException | None = None
+        self._lock = threading.RLock()
+        self._next_id = 2  # even ids: requests started by the host
+        self._killed_for: str | None = None
+
+    # ---- lifecycle
+
+    def __enter__(self) -> Sandbox:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            from .docker_backend import DockerBackend
+
+            self._backend = DockerBackend(self.config.docker_url)
+        return self._backend
+
+    def labels(self) -> dict[str, str]:
+        cfg = self.config
+        return {
+            **cfg.labels,
+            LABEL: "1",
+            LABEL_RUN: cfg.run_id or "adhoc",
+            LABEL_NODE: cfg.node_id or uuid.uuid4().hex[:12],
+            LABEL_TENANT: cfg.tenant,
+            LABEL_OWNER: owner_label(),
+        }
+
+    def start(self) -> Sandbox:
+        with self._lock:
+            if self.state == "closed":
+                raise SandboxClosed("this sandbox was closed")
+            if self.state == "running":
+                return self
+            t0 = time.perf_counter()
+            backend = self.backend
+            image = backend.ensure_image(self.config, progress=self._progress)
+            started = backend.start(self.config, image, self.labels())
+            self.id = started.id
+            self.state = "running"
+            self._channel = KernelChannel(
+                started.stream,
+                limits=FrameLimits(self.config.max_frame_header, self.config.max_frame_payload),
+                io_timeout=self.config.io_timeout,
+                llm_handler=self.llm_handler,
+                llm_concurrency=self.config.llm_concurrency,
+                max_pending_llm=self.config.max_pending_llm,
+                on_fatal=self._on_fatal,
+                name=f"sandbox {started.id[:12]}",
+            )
+            try:
+                ready = self._channel.wait_ready(self.config.start_timeout)
+            except SandboxError as exc:
+                self._raise_failure(exc)
+            except BaseException:
+                self.close()
+                raise
+            if ready is None:
+                self._kill("start timeout")
+                self.close()
+                raise SandboxStartError(
+                    f"the kernel did not report ready within {self.config.start_timeout:g} s",
+                    hint="the engine may be overloaded; raise start_timeout",
+                )
+            self.kernel_pid = ready.pid
+            self.start_s = time.perf_counter() - t0
+            return self
+
+    def close(self) -> None:
+        """Stop and remove the container; safe to call any number of times, from any path."""
+        with self._lock:
+            if self.state == "closed":
+                return
+            self.state = "closed"
+            channel, self._channel = self._channel, None
+        if channel is not None:
+            if channel.error is None:
+                try:
+                    channel.send({"t": P.SHUTDOWN, "id": 0}, timeout=1.0)
+                except SandboxError:
+                    pass
+            channel.close()
+        if self.id is not None:
+            self.backend.remove(self.id)
+
+    # ---- failures
+
+    def _on_fatal(self, exc: BaseException) -> None:
+        """Called by the channel's reader on a violation or EOF: kill now, explain later."""
+        if isinstance(exc, ProtocolViolation):
+            self._kill("protocol violation")
+
+    def _kill(self, why: str) -> None:
+        self._killed_for = why
+        if self.id is not None:
+            self.backend.kill(self.id)
+
+    def _raise_failure(self, exc: BaseException) -> None:
+        """Turn what the channel saw into the most precise typed error, then clean up."""
+        err = exc
+        if not isinstance(exc, ProtocolViolation | CellTimeout) and self.id is not None:
+            err = self._crash_error(exc)
+        self._error = err
+        self.close()
+        raise err from None
+
+    def _crash_error(self, cause: BaseException) -> SandboxError:
+        info = self.backend.exit_info(self.id or "", wait_s=2.0)
+        diag = self._channel.diagnostics().strip()[-1500:] if self._channel else ""
+        tail = f"; kernel said: {diag}" if diag else ""
+        if not info.exists:
+            return SandboxCrashed(
+                f"the sandbox container {self.id and self.id[:12]} disappeared (removed from outside?)",
+                reason="removed",
+                hint="something else removed the container; check for a concurrent `rlm-sandbox gc`",
+            )
+        if info.oom_killed:
+            return SandboxCrashed(
+                f"the sandbox ran out of memory (limit {self.config.memory}) and was killed",
+                reason="oom",
+                exit_code=info.exit_code,
+                hint="raise the memory limit (SandboxConfig.memory / --memory) or process the input in smaller pieces",
+            )
+        if info.running:
+            self._kill("stream ended while running")
+            return SandboxCrashed(
+                f"the sandbox's stream broke while its kernel was running ({cause}){tail}", reason="stream"
+            )
+        code = info.exit_code
+        if code == 137 or code == -9:
+            return SandboxCrashed(
+                f"the sandbox kernel was killed (SIGKILL, exit 137){tail}", reason="killed", exit_code=code
+            )
+        return SandboxCrashed(
+            f"the sandbox kernel exited with code {code}{tail}",
+            reason="exit",
+            exit_code=code,
+            hint="a cell ended the kernel process (os._exit, a signal, or a crash); the namespace is lost",
+        )
+
+    def _check_usable(self) -> KernelChannel:
+        if self._error is not None:
+            raise self._error
+        if self.state == "new":
+            self.start()
+        if self.state == "closed" or self._channel is None:
+            raise SandboxClosed("this sandbox was closed")
+        return self._channel
+
+    def _new_id(self) -> int:
+        ident = self._next_id
+        self._next_id += 2
+        return ident
+
+    # ---- context
+
+    def load_context(self, data: ContextInput, *, kind: str | None = None) -> None:
+        """Send the input to the kernel, raw and in chunks; it becomes ``context``.
+
+        str -> str, bytes -> bytes, list/dict -> the same JSON structure, a path (``Path``)
+        or a binary file object -> streamed from disk as text (``kind="bytes"`` keeps bytes).
+        """
+        with self._lock:
+            channel = self._check_usable()
+            source, size, ctx_kind = _context_source(data, kind)
+            ident = self._new_id()
+            waiter = channel.expect(ident, ContextReply)
+            try:
+                channel.send({"t": P.CONTEXT_BEGIN, "id": ident, "kind": ctx_kind, "size": size})
+                chunk = self.config.context_chunk
+                sent = 0
+                for piece in source(chunk):
+                    channel.send({"t": P.CONTEXT_CHUNK, "id": ident}, piece)
+                    sent += len(piece)
+                if size >= 0 and sent != size:
+                    raise SandboxError(f"the input changed while it was read ({sent} of {size} bytes)")
+                channel.send({"t": P.CONTEXT_END, "id": ident})
+                reply = channel.wait(
+                    waiter, self.config.io_timeout + size / 50e6 if size > 0 else self.config.io_timeout
+                )
+            except SandboxError as exc:
+                if channel.error is not None:
+                    self._raise_failure(channel.error)
+                raise exc
+            if not reply:
+                self._kill("context load stalled")
+                self._raise_failure(
+                    ProtocolViolation(
+                        f"the kernel did not confirm the context within {self.config.io_timeout:g} s"
+                    )
+                )
+            msg: ContextReply = reply[0]
+            if msg.status != "ok":
+                raise SandboxError(f"the kernel could not build context: {msg.error}")
+
+    # ---- cells
+
+    def execute(self, code: str, timeout: float | None = None) -> ExecResult:
+        """Run one cell; state persists. A cell over its limit is interrupted, not fatal."""
+        with self._lock:
+            channel = self._check_usable()
+            limit = float(timeout if timeout is not None else self.config.cell_timeout)
+            if limit <= 0:
+                raise ValueError("timeout must be positive")
+            ident = self._new_id()
+            waiter = channel.expect(ident, ExecReply)
+            channel.clock.reset()
+            channel.current_cell = ident
+            t0 = time.perf_counter()
+            try:
+                channel.send(
+                    {
+                        "t": P.EXEC_REQUEST,
+                        "id": ident,
+                        "timeout": limit,
+                        "output_cap": self.config.output_cap,
+                    },
+                    code.encode("utf-8", errors="surrogatepass"),
+                )
+                reply = channel.wait(waiter, limit + self.config.kill_grace, pausable=True)
+            except SandboxError:
+                self._raise_failure(channel.error or SandboxError("the sandbox failed"))
+            except BaseException:
+                # KeyboardInterrupt/SystemExit while a cell runs: the kernel's state is unknown.
+                self._kill("interrupted")
+                self.close()
+                raise
+            finally:
+                channel.current_cell = 0
+            if not reply:
+                self._kill("cell timeout")
+                self._raise_failure(
+                    CellTimeout(
+                        f"a cell ran past its {limit:g} s limit and ignored the interrupt for "
+                        f"{self.config.kill_grace:g} s more; the sandbox was killed"
+                    )
+                )
+            msg: ExecReply = reply[0]
+            return _result(msg, reply[1], self.config.output_cap, time.perf_counter() - t0)
+
+    def get_variable(self, name: str) -> str | None:
+        """``str()`` of a variable of the namespace, or None when it does not exist."""
+        if not name.isidentifier():
+            raise ValueError(f"{name!r} is not a variable name")
+        result = self.execute(f"FINAL_VAR({name!r})")
+        return result.final if result.ok else None
+
+
+def _result(msg: ExecReply, payload: bytes, cap: int, wall: float) -> ExecResult:
+    out_b, err_b, final_b = P.split_sizes(payload, msg.sizes)
+    out_total, err_total = msg.totals
+    stdout = out_b.decode("utf-8", errors="replace")
+    stderr = err_b.decode("utf-8", errors="replace")
+    if out_total > len(out_b):
+        stdout += f"\n[output truncated: {out_total} bytes written, first {len(out_b)} shown]\n"
+    if err_total > len(err_b):
+        stderr += f"\n[stderr truncated: {err_total} bytes written, first {len(err_b)} shown]\n"
+    error = None
+    if msg.ename:
+        error = f"{msg.ename}: {msg.evalue}" if msg.evalue else msg.ename
+    return ExecResult(
+        stdout=stdout,
+        stderr=stderr,
+        error=error,
+        ename=msg.ename,
+        evalue=msg.evalue,
+        traceback=msg.traceback,
+        duration_s=msg.duration_s,
+        wall_s=wall,
+        timed_out=msg.status == "timeout",
+        stdout_truncated=out_total > len(out_b),
+        stderr_truncated=err_total > len(err_b),
+        final=final_b.decode("utf-8", errors="replace") if msg.has_final else None,
+    )
+
+
+def _context_source(data: ContextInput, kind: str | None) -> tuple[Callable[[int], Any], int, str]:
+    """How to produce the input's bytes in chunks, its size (-1 unknown) and its kind."""
+    if kind is not None and kind not in P.CONTEXT_KINDS:
+        raise ValueError(f"kind must be one of {P.CONTEXT_KINDS}")
+    if isinstance(data, str):
+        raw = data.encode("utf-8", errors="surrogatepass")
+        return _chunks_of(raw), len(raw), kind or "str"
+    if isinstance(data, bytes | bytearray | memoryview):
+        view = memoryview(data).cast("B")
+        return _chunks_of(view), len(view), kind or "bytes"
+    if isinstance(data, list | dict | tuple):
+        try:
+            raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"context list/dict must be JSON-serialisable: {exc}") from None
+        return _chunks_of(raw), len(raw), "json"
+    if isinstance(data, os.PathLike):
+        path = Path(data)
+        if not path.is_file():
+            raise FileNotFoundError(f"input file not found: {path}")
+        size = path.stat().st_size
+
+        def from_file(chunk: int):
+            with open(path, "rb", buffering=0) as f:
+                while piece := f.read(chunk):
+                    yield piece
+
+        return from_file, size, kind or "str"
+    if hasattr(data, "read"):
+
+        def from_stream(chunk: int):
+            reader = getattr(data, "buffer", data)
+            while piece := reader.read(chunk):
+                yield piece if isinstance(piece, bytes) else piece.encode("utf-8")
+
+        return from_stream, -1, kind or "str"
+    raise TypeError(f"cannot load a {type(data).__name__} as context (str, bytes, Path, file, list or dict)")
+
+
+def _chunks_of(view: bytes | memoryview) -> Callable[[int], Any]:
+    def gen(chunk: int):
+        mv = memoryview(view)
+        for pos in range(0, len(mv), chunk):
+            yield mv[pos : pos + chunk]
+
+    return gen

@@ -1,0 +1,86 @@
+"""Schemas of everything a kernel may send, validated with pydantic before the host acts.
+
+A kernel shares its process with model-written code, so its frames are hostile input:
+unknown types and fields are rejected, numbers are bounded, and the payload's layout must
+match what the header claims.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from rlm_sandbox.errors import ProtocolViolation
+
+from .frames import RawFrame
+
+MAX_BATCH = 4096
+NonNeg = Annotated[int, Field(ge=0, le=1 << 40)]
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    id: NonNeg
+    len: NonNeg
+
+
+class Ready(_Msg):
+    t: Literal["ready"]
+    version: int
+    pid: int
+    uid: int
+    python: Annotated[str, Field(max_length=64)]
+
+
+class ExecReply(_Msg):
+    t: Literal["exec_reply"]
+    status: Literal["ok", "error", "timeout"]
+    ename: Annotated[str, Field(max_length=256)] | None
+    evalue: Annotated[str, Field(max_length=4096)] | None
+    traceback: Annotated[str, Field(max_length=16384)] | None
+    duration_s: Annotated[float, Field(ge=0, le=1e7)]
+    sizes: Annotated[list[NonNeg], Field(min_length=3, max_length=3)]
+    totals: Annotated[list[NonNeg], Field(min_length=2, max_length=2)]
+    has_final: bool
+
+
+class ContextReply(_Msg):
+    t: Literal["context_reply"]
+    status: Literal["ok", "error"]
+    type: Annotated[str, Field(max_length=64)] | None = None
+    length: int | None = None
+    error: Annotated[str, Field(max_length=4096)] | None = None
+
+
+class LlmRequest(_Msg):
+    t: Literal["llm_request"]
+    cell: NonNeg
+    sizes: Annotated[list[NonNeg], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+KernelMessage = Annotated[Ready | ExecReply | ContextReply | LlmRequest, Field(discriminator="t")]
+_ADAPTER: TypeAdapter[KernelMessage] = TypeAdapter(KernelMessage)
+
+
+def validate(frame: RawFrame) -> KernelMessage:
+    """Parse a frame's header into its message; any mismatch is a protocol violation."""
+    try:
+        msg = _ADAPTER.validate_python(frame.header)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "header"
+        kind = frame.header.get("t")
+        raise ProtocolViolation(
+            f"kernel sent an invalid {kind!r} frame: {where}: {first.get('msg')}"[:500]
+        ) from None
+    sizes = getattr(msg, "sizes", None)
+    if sizes is not None and sum(sizes) != len(frame.payload):
+        raise ProtocolViolation(
+            f"kernel's {msg.t} frame claims {sum(sizes)} payload bytes but carries {len(frame.payload)}"
+        )
+    if sizes is None and frame.payload:
+        raise ProtocolViolation(f"kernel's {msg.t} frame carries an unexpected payload")
+    if isinstance(msg, LlmRequest) and msg.id % 2 == 0:
+        raise ProtocolViolation(f"kernel started a request with an even id {msg.id} (kernel ids are odd)")
+    return msg

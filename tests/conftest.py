@@ -1,0 +1,73 @@
+"""Shared fixtures. Docker tests need a real engine: in CI a missing engine fails, never skips."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+IN_CI = bool(os.environ.get("CI"))
+
+
+def _engine_error() -> str | None:
+    try:
+        from rlm_sandbox.sandbox.docker_backend import docker_client
+
+        docker_client()
+        return None
+    except Exception as exc:
+        return str(exc)
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> None:
+    error = _engine_error()
+    if error is None:
+        return
+    message = f"no Docker engine ({error}); run scripts/ensure-docker.sh"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def sandbox_image(docker_engine: None) -> str:
+    """Build (once) the default sandbox image so no test pays for it."""
+    from rlm_sandbox.config import SandboxConfig
+    from rlm_sandbox.sandbox.docker_backend import docker_client
+    from rlm_sandbox.sandbox.image import ensure_image
+
+    return ensure_image(docker_client(), SandboxConfig())
+
+
+@pytest.fixture
+def run_id(sandbox_image: str) -> Iterator[str]:
+    """A fresh run label; after the test, no container of that run may be left."""
+    rid = f"test-{uuid.uuid4().hex[:10]}"
+    yield rid
+    left = containers_of(rid)
+    if left:
+        subprocess.run(["docker", "rm", "-f", *left], capture_output=True)
+    assert not left, f"containers left behind by run {rid}: {left}"
+
+
+def containers_of(run: str) -> list[str]:
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label=rlm-sandbox.run={run}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.split()
+
+
+@pytest.fixture
+def sandbox_config(run_id: str):
+    from rlm_sandbox.config import SandboxConfig
+
+    return SandboxConfig(run_id=run_id, cell_timeout=20)
