@@ -16,6 +16,11 @@ _EXPORTS = {
     "SandboxConfig": "rlm_sandbox.config",
     "collect_garbage": "rlm_sandbox.sandbox.gc",
     "GCReport": "rlm_sandbox.sandbox.gc",
+    "RLM": "rlm_sandbox.rlm",
+    "RLMConfig": "rlm_sandbox.rlm",
+    "RLMResult": "rlm_sandbox.rlm",
+    "RecursiveLanguageModel": "rlm_sandbox.rlm",
+    "LiteLLMClient": "rlm_sandbox.lm",
 }
 _ERRORS = [
     "RLMSandboxError",

@@ -4,8 +4,12 @@ so ``--help``, ``gc`` and ``doctor`` start fast."""
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
+
+from rlm_sandbox.cli_run import budget_options, execute, fail
+from rlm_sandbox.errors import RLMSandboxError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -67,6 +71,85 @@ def gc(dry_run: bool, tenant: str | None, run_id: str | None, include_live: bool
             f"tenant={labels.get('rlm-sandbox.tenant', '?')}"
         )
     click.echo(f"{verb} {len(report.removed)} container(s); kept {len(report.kept)} of live controllers")
+
+
+@main.command()
+@click.option("--model", required=True, help="root model, LiteLLM format (provider/model)")
+@click.option("--sub-model", default=None, help="model for sub-calls (default: --model)")
+@click.option("--task", required=True, help="what to find or compute over the input")
+@click.option("-i", "--input", "input_path", default=None, help="input file ('-' or absent: standard input)")
+@budget_options
+def run(model: str, sub_model: str | None, task: str, input_path: str | None, **o: Any) -> None:
+    """Answer TASK over a large input with a Recursive Language Model."""
+    from rlm_sandbox.inputs import open_input
+
+    try:
+        context = open_input(input_path)
+        code = execute(model, sub_model, task, context, o)
+    except RLMSandboxError as exc:
+        fail(exc, o["debug"])
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--model", default=None, help="use this model instead of the built-in scripted one")
+@click.option("--sub-model", default=None)
+@click.option("--size", default="4m", show_default=True, help="size of the generated log (e.g. 4m, 100m)")
+@click.option(
+    "--task", "task_kind", type=click.Choice(["count", "search"]), default="count", show_default=True
+)
+@click.option("--latency", type=float, default=0.0, help="simulated latency of the scripted model, seconds")
+@budget_options
+def demo(
+    model: str | None, sub_model: str | None, size: str, task_kind: str, latency: float, **o: Any
+) -> None:
+    """A real RLM run (real containers, real LiteLLM HTTP path) on a built-in generated log.
+
+    With no --model it serves a scripted model on 127.0.0.1, so no key is needed.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from rlm_sandbox.scripted_model import ScriptedModelServer, generate_log
+
+    if o["depth"] == 1 and not _given("depth"):
+        o["depth"] = 2
+    if not o["trace_path"]:
+        o["trace_path"] = str(Path(tempfile.gettempdir()) / "rlm-sandbox-demo-trace.jsonl")
+    err_echo = lambda m: click.echo(m, err=True)  # noqa: E731
+    path = Path(tempfile.gettempdir()) / f"rlm-sandbox-demo-{size}.log"
+    stats = generate_log(path, _parse_size(size), seed=7)
+    task = 'How many lines contain "ERROR disk"?' if task_kind == "count" else "What is the secret code?"
+    truth = str(stats.disk_errors) if task_kind == "count" else (stats.needle or "").split()[-1]
+    err_echo(f"demo: {stats.size_bytes / 1e6:.1f} MB log, {stats.lines} lines at {path}")
+    err_echo(f"demo: task: {task}  (the true answer is {truth})")
+    try:
+        if model:
+            code = execute(model, sub_model, task, path, o)
+        else:
+            with ScriptedModelServer(latency_s=latency) as server:
+                o["api_base"] = server.url
+                err_echo(f"demo: no --model given: a scripted model is served at {server.url}")
+                code = execute(server.model_name, None, task, path, o, api_key="sk-scripted-local")
+    except RLMSandboxError as exc:
+        fail(exc, o["debug"])
+    sys.exit(code)
+
+
+def _given(name: str) -> bool:
+    ctx = click.get_current_context()
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name != "DEFAULT"
+
+
+def _parse_size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().rstrip("b")
+    mult = units.get(t[-1:], 1)
+    try:
+        return int(float(t[:-1] if t[-1:] in units else t) * mult)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size like 4m or 1g") from None
 
 
 if __name__ == "__main__":

@@ -71,3 +71,37 @@ def sandbox_config(run_id: str):
     from rlm_sandbox.config import SandboxConfig
 
     return SandboxConfig(run_id=run_id, cell_timeout=20)
+
+
+@pytest.fixture
+def scripted() -> Iterator:
+    """A factory of scripted model servers on 127.0.0.1, closed after the test."""
+    from rlm_sandbox.scripted_model import ScriptedModelServer
+
+    servers: list[ScriptedModelServer] = []
+
+    def make(policy=None, latency_s: float = 0.0) -> ScriptedModelServer:
+        server = ScriptedModelServer(policy, latency_s=latency_s).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def gen_log(tmp_path_factory: pytest.TempPathFactory):
+    """Generated logs with known answers, cached per size for the session."""
+    from rlm_sandbox.scripted_model import generate_log
+
+    cache: dict[tuple[int, int], object] = {}
+    base = tmp_path_factory.mktemp("logs")
+
+    def make(size: int, seed: int = 1):
+        key = (size, seed)
+        if key not in cache:
+            cache[key] = generate_log(base / f"log-{size}-{seed}.txt", size, seed=seed)
+        return cache[key]
+
+    return make

@@ -61,6 +61,7 @@ class Channel:
 
     def __init__(self, fd_in: int, fd_out: int) -> None:
         self._in = io.BufferedReader(io.FileIO(fd_in, "rb", closefd=False), buffer_size=1 << 16)
+        self.fd_in = fd_in
         self._fd_out = fd_out
         self._wlock = threading.Lock()
 
@@ -94,6 +95,10 @@ class Channel:
             self._write_all(head)
             for p in payloads:
                 self._write_all(p)
+
+    @property
+    def fd_out(self) -> int:
+        return self._fd_out
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
@@ -265,6 +270,9 @@ class Kernel:
         self.chan = Channel(fd_in, fd_out)
         self.capture = OutputCapture()
         self._restore_std_fds()
+        # A cell's os.fork() copies the protocol descriptors: the child must never use them.
+        self.pid = os.getpid()
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
 
         self.main_ident = threading.get_ident()
         self.watchdog = Watchdog(self.main_ident)
@@ -324,7 +332,47 @@ class Kernel:
             except Exception:
                 pass
 
+    # ---- forked children of a cell
+
+    def _after_fork_in_child(self) -> None:
+        """In a process forked by a cell: point the protocol descriptors at /dev/null.
+
+        Only the kernel process speaks to the host. A child that wrote frames (or read the
+        host's) would corrupt the channel, and the host would kill the sandbox.
+        """
+        for fd in (self.chan.fd_in, self.chan.fd_out):
+            try:
+                os.dup2(self.devnull, fd, inheritable=False)
+            except OSError:
+                pass
+
+    def _exit_forked_child(self, exc: BaseException | None) -> None:
+        """A forked child fell out of the cell's code: end it as a script would, never reply."""
+        code = 0
+        if isinstance(exc, SystemExit):
+            if isinstance(exc.code, int):
+                code = exc.code
+            elif exc.code is not None:
+                code = 1
+                print(exc.code, file=sys.stderr)
+        elif exc is not None:
+            code = 1
+            try:
+                sys.stderr.write(self._format_tb(exc))
+            except Exception:
+                pass
+        self._flush_std()
+        os._exit(code & 0xFF)
+
     # ---- signals
+
+    def _arm_interrupt(self) -> None:
+        """Undo what an earlier cell did to the interrupt: its handler and its signal mask."""
+        try:
+            signal.signal(signal.SIGUSR1, self._on_timeout_signal)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGUSR1])
+        except (OSError, ValueError):
+            pass
 
     def _on_timeout_signal(self, signum: int, frame: types.FrameType | None) -> None:
         if self.in_cell and self.watchdog.armed:
@@ -344,6 +392,8 @@ class Kernel:
             if not isinstance(p, str):
                 raise TypeError(f"llm_query prompts must be str, got {type(p).__name__} at index {i}")
             encoded.append(p.encode("utf-8", errors="surrogatepass"))
+        if os.getpid() != self.pid:
+            raise LLMQueryError("llm_query is not available in a process forked by the cell")
         ident = self._new_id()
         waiter = {"event": threading.Event(), "reply": None}
         with self.pending_lock:
@@ -565,13 +615,21 @@ class Kernel:
                     tail = ast.Expression(tree.body.pop().value)
                 body = compile(tree, "<cell>", "exec")
                 tail_code = compile(tail, "<cell>", "eval") if tail is not None else None
+                self._arm_interrupt()
                 self.watchdog.arm(timeout)
                 self.in_cell = True
-                exec(body, self.ns)
-                if tail_code is not None:
-                    value = eval(tail_code, self.ns)
-                    if value is not None:
-                        print(repr(value))
+                try:
+                    exec(body, self.ns)
+                    if tail_code is not None:
+                        value = eval(tail_code, self.ns)
+                        if value is not None:
+                            print(repr(value))
+                except BaseException as exc:
+                    if os.getpid() != self.pid:
+                        self._exit_forked_child(exc)
+                    raise
+                if os.getpid() != self.pid:
+                    self._exit_forked_child(None)
             finally:
                 self.in_cell = False
                 self.watchdog.disarm()

@@ -106,6 +106,7 @@ class KernelChannel:
         self._diag = bytearray()
         self._diag_total = 0
         self.current_cell = 0
+        self.last_rx = time.monotonic()
         self.clock = HostWaitClock()
         self._pending_llm = 0
         self._pool = ThreadPoolExecutor(max_workers=llm_concurrency, thread_name_prefix=f"{name}-llm")
@@ -197,6 +198,7 @@ class KernelChannel:
         try:
             while True:
                 data = self.stream.recv()
+                self.last_rx = time.monotonic()
                 if not data:
                     self.eof = True
                     if not self._closed:
@@ -225,6 +227,14 @@ class KernelChannel:
             del self._diag[: len(self._diag) - _DIAG_KEEP]
         if self._diag_total > _DIAG_MAX_TOTAL:
             raise ProtocolViolation(f"{self.name} flooded its diagnostic stream ({self._diag_total} bytes)")
+
+    def stalled_in_frame(self, idle_s: float) -> bool:
+        """Part of a frame arrived and nothing more for ``idle_s``: the channel is corrupt."""
+        return self._decoder.mid_frame and time.monotonic() - self.last_rx >= idle_s
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._decoder.buffered
 
     def diagnostics(self) -> str:
         return self._diag.decode("utf-8", errors="replace")

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 from rlm_sandbox.config import SandboxConfig
 from rlm_sandbox.errors import (
@@ -36,6 +36,15 @@ from .frames import FrameLimits
 from .messages import ContextReply, ExecReply
 
 ContextInput = str | bytes | bytearray | memoryview | os.PathLike | list | dict | BinaryIO
+
+
+@dataclass(frozen=True, slots=True)
+class ContextInfo:
+    """What the kernel built: ``context``'s type and ``len()``, and the bytes sent."""
+
+    type: str
+    length: int | None
+    bytes: int
 
 
 @dataclass(slots=True)
@@ -200,7 +209,7 @@ class Sandbox:
         if self.id is not None:
             self.backend.kill(self.id)
 
-    def _raise_failure(self, exc: BaseException) -> None:
+    def _raise_failure(self, exc: BaseException) -> NoReturn:
         """Turn what the channel saw into the most precise typed error, then clean up."""
         err = exc
         if not isinstance(exc, ProtocolViolation | CellTimeout) and self.id is not None:
@@ -250,7 +259,16 @@ class Sandbox:
             self.start()
         if self.state == "closed" or self._channel is None:
             raise SandboxClosed("this sandbox was closed")
+        if self._channel.error is not None:
+            # The kernel died (or broke the protocol) between two calls: say why, clean up.
+            self._raise_failure(self._channel.error)
         return self._channel
+
+    def _expect(self, channel: KernelChannel, ident: int, kind: type) -> Any:
+        try:
+            return channel.expect(ident, kind)
+        except SandboxError as exc:  # the channel failed just now
+            self._raise_failure(exc)
 
     def _new_id(self) -> int:
         ident = self._next_id
@@ -259,7 +277,7 @@ class Sandbox:
 
     # ---- context
 
-    def load_context(self, data: ContextInput, *, kind: str | None = None) -> None:
+    def load_context(self, data: ContextInput, *, kind: str | None = None) -> ContextInfo:
         """Send the input to the kernel, raw and in chunks; it becomes ``context``.
 
         str -> str, bytes -> bytes, list/dict -> the same JSON structure, a path (``Path``)
@@ -269,7 +287,7 @@ class Sandbox:
             channel = self._check_usable()
             source, size, ctx_kind = _context_source(data, kind)
             ident = self._new_id()
-            waiter = channel.expect(ident, ContextReply)
+            waiter = self._expect(channel, ident, ContextReply)
             try:
                 channel.send({"t": P.CONTEXT_BEGIN, "id": ident, "kind": ctx_kind, "size": size})
                 chunk = self.config.context_chunk
@@ -297,6 +315,7 @@ class Sandbox:
             msg: ContextReply = reply[0]
             if msg.status != "ok":
                 raise SandboxError(f"the kernel could not build context: {msg.error}")
+            return ContextInfo(type=msg.type or "?", length=msg.length, bytes=sent)
 
     # ---- cells
 
@@ -308,7 +327,7 @@ class Sandbox:
             if limit <= 0:
                 raise ValueError("timeout must be positive")
             ident = self._new_id()
-            waiter = channel.expect(ident, ExecReply)
+            waiter = self._expect(channel, ident, ExecReply)
             channel.clock.reset()
             channel.current_cell = ident
             t0 = time.perf_counter()
@@ -332,6 +351,17 @@ class Sandbox:
                 raise
             finally:
                 channel.current_cell = 0
+            if not reply and channel.stalled_in_frame(self.config.kill_grace):
+                # The reply is stuck behind bytes that are not a frame (a cell wrote to the
+                # protocol descriptor): name the real cause, not a timeout.
+                self._kill("protocol violation")
+                self._raise_failure(
+                    ProtocolViolation(
+                        f"the kernel's channel stalled inside a frame ({channel.buffered_bytes} bytes "
+                        f"of it arrived, then nothing for {self.config.kill_grace:g} s); the reply "
+                        "to the cell never came"
+                    )
+                )
             if not reply:
                 self._kill("cell timeout")
                 self._raise_failure(

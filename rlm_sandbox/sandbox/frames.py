@@ -39,6 +39,11 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buf)
 
+    @property
+    def mid_frame(self) -> bool:
+        """True while part of a frame has arrived and the rest has not."""
+        return self._header is not None or bool(self._need_header) or bool(self._buf)
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[RawFrame]:
         self._buf += data
         frames: list[RawFrame] = []

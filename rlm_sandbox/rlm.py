@@ -1,0 +1,682 @@
+"""The Recursive Language Model: a loop per node, a container per node, one budget per run.
+
+A node's model writes ```repl code; the node runs it in its own sandbox and shows the model
+the (truncated) output, until the model gives a final answer. ``llm_query`` from a node at
+depth ``d`` becomes a child node (own container, own loop) while ``d + 1 < depth``, and a
+plain call to the sub model below that. Children run in the sandbox's handler pool, so
+``llm_query_batched`` fans out into parallel containers, bounded by the container budget.
+
+Outcomes are typed: ``ok``, ``budget_exhausted``, ``sandbox_error``, ``lm_error``, ``error``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rlm_sandbox.budget import Budget, Limits
+from rlm_sandbox.config import SandboxConfig
+from rlm_sandbox.errors import (
+    BudgetExhausted,
+    ConfigError,
+    LMError,
+    RLMSandboxError,
+    SandboxError,
+)
+from rlm_sandbox.parsing import find_code_blocks, find_final, truncate_output
+from rlm_sandbox.prompts import render
+from rlm_sandbox.trace import Tracer
+
+STATUS_EXIT = {"ok": 0, "budget_exhausted": 3, "sandbox_error": 4, "lm_error": 5, "error": 1}
+
+
+class RLMConfig(BaseModel):
+    """Settings of a run. Budgets are shared by the whole recursion tree."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    max_steps: int = Field(12, ge=1, le=1000, description="steps (LM turns) per node")
+    depth: int = Field(1, ge=1, le=16, description="levels of RLM nodes; 1 is the paper's setting")
+    max_lm_calls: int | None = Field(500, ge=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_cost: float | None = Field(None, gt=0)
+    timeout: float | None = Field(1800.0, gt=0, description="wall-time budget of the whole run, seconds")
+    max_containers: int = Field(16, ge=1, le=4096, description="containers alive at once")
+    max_nodes: int | None = Field(1000, ge=1)
+    max_concurrency: int = Field(16, ge=1, le=1024, description="sub-calls in flight per node")
+    output_limit: int = Field(20_000, ge=200, description="characters of cell output shown to the model")
+    lm_timeout: float = Field(300.0, gt=0, description="seconds per model call")
+    lm_retries: int = Field(4, ge=1, le=20)
+    api_base: str | None = None
+    tenant: str = "default"
+    trace: str | None = Field(None, description="path of the JSON-lines trace")
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+
+    def limits(self) -> Limits:
+        return Limits(
+            depth=self.depth,
+            max_lm_calls=self.max_lm_calls,
+            max_tokens=self.max_tokens,
+            max_cost=self.max_cost,
+            timeout_s=self.timeout,
+            max_containers=self.max_containers,
+            max_nodes=self.max_nodes,
+        )
+
+
+@dataclass
+class RLMResult:
+    """The outcome of a run; ``to_json()`` has exactly the keys of ``--json``."""
+
+    answer: str | None
+    status: str
+    error: str | None
+    steps: int
+    lm_calls: int
+    tokens: dict[str, int]
+    cost_usd: float
+    wall_s: float
+    nodes: int
+    containers: int
+    max_depth_reached: int
+    trace: str | None
+    budget: str | None = None
+    hint: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def exit_code(self) -> int:
+        return STATUS_EXIT.get(self.status, 1)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "answer": self.answer,
+            "status": self.status,
+            "error": self.error,
+            "steps": self.steps,
+            "lm_calls": self.lm_calls,
+            "tokens": dict(self.tokens),
+            "cost_usd": self.cost_usd,
+            "wall_s": self.wall_s,
+            "nodes": self.nodes,
+            "containers": self.containers,
+            "max_depth_reached": self.max_depth_reached,
+            "trace": self.trace,
+        }
+
+
+class _Client:
+    """What a node needs of an LM client; ``rlm_sandbox.lm.LiteLLMClient`` is the real one."""
+
+    model: str
+
+    def completion(self, messages: list[dict[str, str]], *, timeout_s: float | None = None) -> Any: ...
+
+
+class Run:
+    """State shared by every node of one run: budget, trace, clients, live sandboxes."""
+
+    def __init__(self, config: RLMConfig, root_lm: Any, sub_lm: Any, tracer: Tracer, run_id: str) -> None:
+        self.config = config
+        self.root_lm = root_lm
+        self.sub_lm = sub_lm
+        self.tracer = tracer
+        self.run_id = run_id
+        self.budget = Budget(config.limits())
+        self._ids = 0
+        self._lock = threading.Lock()
+        self.sandboxes: dict[str, Any] = {}
+        self.fatal: BaseException | None = None
+        self.first_cell_s: float | None = None
+        self.first_lm_s: float | None = None
+
+    def track(self, node_id: str, sandbox: Any) -> None:
+        with self._lock:
+            self.sandboxes[node_id] = sandbox
+
+    def untrack(self, node_id: str) -> None:
+        with self._lock:
+            self.sandboxes.pop(node_id, None)
+
+    def open_sandboxes(self) -> list[tuple[str, Any]]:
+        with self._lock:
+            return list(self.sandboxes.items())
+
+    def new_node_id(self, parent: str | None) -> str:
+        with self._lock:
+            self._ids += 1
+            return f"n{self._ids}" if parent else "root"
+
+    def fail_run(self, exc: BaseException) -> None:
+        """An error no node can recover from (the model is unreachable): stop the tree."""
+        with self._lock:
+            if self.fatal is None:
+                self.fatal = exc
+        self.budget.cancel(exc)
+
+    def lm_call(
+        self, client: Any, messages: list[dict[str, str]], node: str, depth: int, purpose: str
+    ) -> str:
+        self.budget.reserve_lm_call()
+        timeout = self.config.lm_timeout
+        left = self.budget.wall_left()
+        if left is not None:
+            timeout = max(1.0, min(timeout, left))
+        t0 = time.perf_counter()
+        try:
+            resp = client.completion(messages, timeout_s=timeout)
+        except LMError as exc:
+            self.tracer.emit("lm_error", node=node, depth=depth, model=client.model, error=str(exc))
+            self.fail_run(exc)
+            raise
+        self.budget.record_usage(resp.prompt_tokens, resp.completion_tokens, resp.cost_usd)
+        if self.first_lm_s is None:
+            self.first_lm_s = time.monotonic() - self.budget.started
+        self.tracer.emit(
+            "lm_call",
+            node=node,
+            depth=depth,
+            purpose=purpose,
+            model=resp.model or client.model,
+            prompt_tokens=resp.prompt_tokens,
+            completion_tokens=resp.completion_tokens,
+            cost_usd=resp.cost_usd,
+            latency_s=round(time.perf_counter() - t0, 4),
+            response=resp.text[:2000],
+        )
+        return resp.text
+
+
+class Node:
+    """One RLM node: its own sandbox, its own loop, a branch of the trace."""
+
+    def __init__(self, run: Run, *, depth: int, parent: str | None, context: Any, task: str) -> None:
+        self.run = run
+        self.depth = depth
+        self.parent = parent
+        self.context = context
+        self.task = task
+        self.id = run.new_node_id(parent)
+        self.lm = run.root_lm if depth == 0 else run.sub_lm
+        self.steps = 0
+
+    # ---- llm_query from this node's cells
+
+    def handle_llm_query(self, prompt: str) -> str:
+        run = self.run
+        run.budget.check()
+        if self.depth + 1 < run.config.depth:
+            run.tracer.emit("sub_call", node=self.id, depth=self.depth, kind="rlm", prompt_chars=len(prompt))
+            child = Node(run, depth=self.depth + 1, parent=self.id, context=prompt, task=render("child_task"))
+            return child.solve()
+        run.tracer.emit("sub_call", node=self.id, depth=self.depth, kind="lm", prompt_chars=len(prompt))
+        return run.lm_call(run.sub_lm, [{"role": "user", "content": prompt}], self.id, self.depth, "sub_call")
+
+    # ---- the loop
+
+    def solve(self) -> str:
+        """Run this node to its answer; raises a typed error when it cannot give one."""
+        from rlm_sandbox.sandbox.core import Sandbox
+
+        run = self.run
+        cfg = run.config
+        run.budget.admit_node(self.depth)  # takes a container slot: released below, whatever happens
+        t0 = time.monotonic()
+        sandbox = None
+        outcome, answer, error = "error", None, None
+        try:
+            sb_cfg = cfg.sandbox.model_copy(
+                update={
+                    "run_id": run.run_id,
+                    "node_id": f"{run.run_id}.{self.id}",
+                    "tenant": cfg.tenant,
+                    "llm_concurrency": cfg.max_concurrency,
+                }
+            )
+            sandbox = Sandbox(sb_cfg, llm_handler=self.handle_llm_query)
+            run.track(self.id, sandbox)
+            sandbox.start()
+            run.tracer.emit(
+                "node_start",
+                node=self.id,
+                parent=self.parent,
+                depth=self.depth,
+                container=sandbox.id,
+                start_s=round(sandbox.start_s or 0.0, 4),
+                task=self.task[:500],
+            )
+            info = sandbox.load_context(self.context)
+            answer = self._loop(sandbox, info)
+            outcome = "done"
+            return answer
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            if sandbox is not None:
+                run.untrack(self.id)
+                sandbox.close()
+            run.budget.release_container()
+            run.tracer.emit(
+                "node_end",
+                node=self.id,
+                depth=self.depth,
+                status=outcome,
+                steps=self.steps,
+                answer=None if answer is None else answer[:2000],
+                error=error,
+                wall_s=round(time.monotonic() - t0, 4),
+            )
+
+    def _loop(self, sandbox: Any, info: Any) -> str:
+        run, cfg = self.run, self.run.config
+        desc = describe_context(self.context, info)
+        messages = [
+            {"role": "system", "content": self._system_prompt(desc, cfg.max_steps)},
+            {
+                "role": "user",
+                "content": render(
+                    "first_step", task=self.task, context_desc=desc, preview=preview(self.context)
+                ),
+            },
+        ]
+        for step in range(1, cfg.max_steps + 1):
+            run.budget.check()
+            self.steps = step
+            run.budget.add_step()
+            text = run.lm_call(self.lm, messages, self.id, self.depth, "step")
+            messages.append({"role": "assistant", "content": text})
+            outputs, answer = self._run_blocks(sandbox, text, step)
+            if answer is None:
+                answer, note = self._final_from_text(sandbox, text)
+                if note:
+                    outputs.append(note)
+            if answer is not None:
+                return answer
+            if not outputs:
+                outputs.append(
+                    "(your reply had no ```repl code block and no FINAL(...)/FINAL_VAR(...): "
+                    "write code to explore `context`, or finish)"
+                )
+            body = "\n\n".join(outputs)
+            template = "next_step" if step < cfg.max_steps else "last_step"
+            messages.append(
+                {
+                    "role": "user",
+                    "content": render(
+                        template,
+                        outputs=body,
+                        step=step,
+                        max_steps=cfg.max_steps,
+                        steps_left=cfg.max_steps - step,
+                    ),
+                }
+            )
+        # One last turn to give the answer with what it has.
+        run.budget.check()
+        text = run.lm_call(self.lm, messages, self.id, self.depth, "last_answer")
+        messages.append({"role": "assistant", "content": text})
+        answer, _ = self._final_from_text(sandbox, text)
+        if answer is not None:
+            return answer
+        raise BudgetExhausted(
+            "max_steps",
+            f"node {self.id} (depth {self.depth}) used all {cfg.max_steps} steps without a final answer",
+            hint="raise --max-steps",
+        )
+
+    def _run_blocks(self, sandbox: Any, text: str, step: int) -> tuple[list[str], str | None]:
+        run, cfg = self.run, self.run.config
+        outputs: list[str] = []
+        for index, code in enumerate(find_code_blocks(text)):
+            run.budget.check()
+            result = sandbox.execute(code)
+            if run.first_cell_s is None:
+                run.first_cell_s = time.monotonic() - run.budget.started
+            shown = format_result(result, cfg.output_limit)
+            run.tracer.emit(
+                "cell",
+                node=self.id,
+                depth=self.depth,
+                step=step,
+                index=index,
+                code=code[:4000],
+                output=shown[:2000],
+                error=result.error,
+                duration_s=round(result.duration_s, 6),
+                wall_s=round(result.wall_s, 6),
+                timed_out=result.timed_out,
+            )
+            outputs.append(f"Output of code block {index + 1}:\n```\n{shown}\n```")
+            if result.final is not None:
+                return outputs, result.final
+        return outputs, None
+
+    def _final_from_text(self, sandbox: Any, text: str) -> tuple[str | None, str | None]:
+        final = find_final(text)
+        if final is None:
+            return None, None
+        if final.kind == "value":
+            return final.value, None
+        name = final.value
+        if not name.isidentifier():
+            return (
+                None,
+                f"FINAL_VAR needs a variable name, got {name!r}; use FINAL(...) for a literal answer.",
+            )
+        value = sandbox.get_variable(name)
+        if value is None:
+            return None, (
+                f"FINAL_VAR({name}): there is no variable named {name!r} in the REPL. "
+                "Assign it in a ```repl block first, or answer with FINAL(...)."
+            )
+        return value, None
+
+    def _system_prompt(self, desc: str, max_steps: int) -> str:
+        cfg, budget = self.run.config, self.run.budget
+        deeper = self.depth + 1 < cfg.depth
+        snap = budget.snapshot()
+        parts = []
+        if cfg.max_lm_calls:
+            parts.append(f"{cfg.max_lm_calls - snap['lm_calls']} model calls left for the whole run")
+        if cfg.max_tokens:
+            used = snap["tokens"]["prompt"] + snap["tokens"]["completion"]
+            parts.append(f"{cfg.max_tokens - used} tokens left")
+        if cfg.max_cost:
+            parts.append(f"${cfg.max_cost - snap['cost_usd']:.4f} left")
+        left = budget.wall_left()
+        if left is not None:
+            parts.append(f"{left:.0f} s of wall time left")
+        return render(
+            "system",
+            context_desc=desc,
+            output_limit=cfg.output_limit,
+            helper_kind="RLM (it gets its own REPL with your prompt as its `context`)"
+            if deeper
+            else "language model",
+            depth=self.depth,
+            max_depth=cfg.depth - 1,
+            depth_note=(
+                "Your llm_query calls start child RLM nodes, each with its own REPL."
+                if deeper
+                else "Your llm_query calls go to a plain language model."
+            ),
+            steps_left=max_steps,
+            budget_note="; ".join(parts) + "." if parts else "no other limits.",
+        )
+
+
+# ---- context descriptions (never the context itself)
+
+
+def describe_context(context: Any, info: Any) -> str:
+    kind = getattr(info, "type", None) or type(context).__name__
+    length = getattr(info, "length", None)
+    if isinstance(context, os.PathLike):
+        kind = "str"
+    if kind == "str":
+        return f"a str of {length:,} characters" if length is not None else "a str"
+    if kind == "bytes":
+        return f"a bytes object of {length:,} bytes" if length is not None else "a bytes object"
+    if kind == "list":
+        sizes = [len(str(x)) for x in context[:10]] if isinstance(context, list) else []
+        more = f" (sizes of the first items in characters: {sizes})" if sizes else ""
+        return f"a list of {length:,} items{more}"
+    if kind == "dict":
+        keys = list(context)[:20] if isinstance(context, dict) else []
+        return f"a dict with {length:,} keys (first keys: {keys})"
+    return f"a {kind}"
+
+
+def preview(context: Any, limit: int = 300) -> str:
+    """A short look at the input's start, so the model knows its format before it codes."""
+    head: str | None = None
+    if hasattr(context, "head"):
+        head = bytes(context.head[:limit]).decode("utf-8", errors="replace")
+    elif isinstance(context, str):
+        head = context[:limit]
+    elif isinstance(context, bytes | bytearray):
+        head = bytes(context[:limit]).decode("utf-8", errors="replace")
+    elif isinstance(context, os.PathLike):
+        try:
+            with open(context, "rb") as f:
+                head = f.read(limit).decode("utf-8", errors="replace")
+        except OSError:
+            head = None
+    if not head:
+        return ""
+    return f"It begins with:\n```\n{head}\n```\n"
+
+
+def format_result(result: Any, limit: int) -> str:
+    parts = []
+    if result.stdout:
+        parts.append(result.stdout.rstrip("\n"))
+    if result.stderr:
+        parts.append("[stderr]\n" + result.stderr.rstrip("\n"))
+    if result.error:
+        tb = result.traceback or result.error
+        parts.append(tb.rstrip("\n") if result.ename != "CellTimeoutError" else f"[{result.error}]")
+    text = "\n".join(parts) if parts else "(no output)"
+    return truncate_output(text, limit)
+
+
+# ---- the public API
+
+
+def _classify(exc: BaseException) -> tuple[str, str | None]:
+    if isinstance(exc, BudgetExhausted):
+        return "budget_exhausted", exc.budget
+    if isinstance(exc, SandboxError):
+        return "sandbox_error", None
+    if isinstance(exc, LMError):
+        return "lm_error", None
+    return "error", None
+
+
+class RLM:
+    """``RLM(model=..., sub_model=..., config=RLMConfig(...)).run(context=..., task=...)``."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        sub_model: str | None = None,
+        config: RLMConfig | None = None,
+        *,
+        root_lm: Any = None,
+        sub_lm: Any = None,
+        api_key: str | None = None,
+        **overrides: Any,
+    ) -> None:
+        cfg = config or RLMConfig()
+        if overrides:
+            cfg = RLMConfig.model_validate({**cfg.model_dump(), **overrides})
+        self.config = cfg
+        if root_lm is None and not model:
+            raise ConfigError("no model given", hint="pass model='provider/model', e.g. openai/gpt-4o-mini")
+        self._root_lm = root_lm
+        self._sub_lm = sub_lm
+        self.model = model or getattr(root_lm, "model", None)
+        self.sub_model = (
+            sub_model or (getattr(sub_lm, "model", None) if sub_lm is not None else None) or self.model
+        )
+        self._api_key = api_key
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+
+    def _clients(self) -> tuple[Any, Any]:
+        from rlm_sandbox.lm import LiteLLMClient
+
+        cfg = self.config
+        kw = dict(
+            api_base=cfg.api_base, api_key=self._api_key, timeout_s=cfg.lm_timeout, max_retries=cfg.lm_retries
+        )
+        root = self._root_lm or LiteLLMClient(self.model, **kw)
+        if self._sub_lm is not None:
+            sub = self._sub_lm
+        elif self.sub_model == self.model:
+            sub = root
+        else:
+            sub = LiteLLMClient(self.sub_model, **kw)
+        return root, sub
+
+    def run(self, context: Any = None, task: str = "", *, run_id: str | None = None) -> RLMResult:
+        """Answer ``task`` over ``context`` (str, bytes, Path, file object, list or dict)."""
+        if not task or not task.strip():
+            raise ConfigError(
+                "the task is empty", hint="say what to find or compute, e.g. --task 'How many ...?'"
+            )
+        if context is None:
+            context = ""
+        if isinstance(context, Path) and not context.is_file():
+            raise ConfigError(f"input file not found: {context}", hint="check the path given to -i/--input")
+        cfg = self.config
+        run_id = run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        tracer = Tracer(run_id, cfg.trace)
+        for listener in self.listeners:
+            tracer.subscribe(listener)
+        _start_preload()
+        root_lm, sub_lm = self._clients()
+        run = Run(cfg, root_lm, sub_lm, tracer, run_id)
+        tracer.emit(
+            "run_start",
+            model=self.model,
+            sub_model=self.sub_model,
+            task=task[:2000],
+            depth=cfg.depth,
+            max_steps=cfg.max_steps,
+            tenant=cfg.tenant,
+            limits=dataclasses.asdict(cfg.limits()),
+        )
+        answer, status, error, budget_name, hint = None, "ok", None, None, None
+        root = Node(run, depth=0, parent=None, context=context, task=task)
+        try:
+            answer = root.solve()
+        except KeyboardInterrupt:
+            run.budget.cancel(KeyboardInterrupt())
+            status, error = "error", "interrupted (Ctrl-C): the run was stopped and its containers removed"
+            _stop_all(run)
+            tracer.emit("run_end", status=status, error=error, **run.budget.snapshot())
+            tracer.close()
+            raise
+        except RLMSandboxError as exc:
+            reason = run.budget.cancel_reason if run.budget.cancelled.is_set() else None
+            cause: BaseException = reason if isinstance(reason, RLMSandboxError) else exc
+            if run.fatal is not None:
+                cause = run.fatal
+            status, budget_name = _classify(cause)
+            error = str(cause.message if isinstance(cause, RLMSandboxError) else cause)
+            hint = getattr(cause, "hint", None) or None
+        except Exception as exc:  # a bug of ours: still a typed outcome, never a lost run
+            status, error = "error", f"{type(exc).__name__}: {exc}"
+        finally:
+            _stop_all(run)
+        snap = run.budget.snapshot()
+        if status != "ok":
+            tracer.emit(
+                "budget" if status == "budget_exhausted" else "error",
+                status=status,
+                budget=budget_name,
+                error=error,
+            )
+        result = RLMResult(
+            answer=answer,
+            status=status,
+            error=error,
+            steps=snap["steps"],
+            lm_calls=snap["lm_calls"],
+            tokens=snap["tokens"],
+            cost_usd=snap["cost_usd"],
+            wall_s=snap["wall_s"],
+            nodes=snap["nodes"],
+            containers=snap["containers"],
+            max_depth_reached=snap["max_depth_reached"],
+            trace=str(cfg.trace) if cfg.trace else None,
+            budget=budget_name,
+            hint=hint,
+            timings={
+                k: round(v, 4)
+                for k, v in (("first_lm_call_s", run.first_lm_s), ("first_cell_s", run.first_cell_s))
+                if v is not None
+            },
+        )
+        tracer.emit("run_end", **result.to_json(), budget=budget_name, timings=result.timings)
+        tracer.close()
+        return result
+
+
+def _stop_all(run: Run) -> None:
+    """Close whatever sandboxes of the run are still open, deepest first."""
+    for node_id, sandbox in sorted(run.open_sandboxes(), key=lambda kv: kv[0] == "root"):
+        try:
+            sandbox.close()
+        except Exception:
+            pass
+        run.untrack(node_id)
+
+
+def _start_preload() -> threading.Thread:
+    """Import LiteLLM while the container starts and the input loads (it takes seconds)."""
+
+    def work() -> None:
+        try:
+            from rlm_sandbox.lm import preload_litellm
+
+            preload_litellm()
+        except Exception:
+            pass
+
+    thread = threading.Thread(target=work, name="litellm-import", daemon=True)
+    thread.start()
+    return thread
+
+
+class RecursiveLanguageModel:
+    """The names users of the paper's reference scripts reach for.
+
+    ``RecursiveLanguageModel(root_lm=LiteLLMClient(model=...), config=RLMConfig(max_steps=10))``
+    with ``.run(prompt=..., task=...)`` (a result object) and ``.completion(context=...,
+    query=...)`` (the answer as a string, or the typed error).
+    """
+
+    def __init__(
+        self,
+        root_lm: Any = None,
+        sub_lm: Any = None,
+        config: RLMConfig | None = None,
+        *,
+        model: str | None = None,
+        sub_model: str | None = None,
+    ) -> None:
+        self._rlm = RLM(model=model, sub_model=sub_model, config=config, root_lm=root_lm, sub_lm=sub_lm)
+        self.config = self._rlm.config
+
+    def run(self, prompt: Any = None, task: str = "", **kw: Any) -> RLMResult:
+        return self._rlm.run(context=prompt, task=task, **kw)
+
+    def completion(self, context: Any = None, query: str = "") -> str:
+        result = self._rlm.run(context=context, task=query)
+        if result.ok and result.answer is not None:
+            return result.answer
+        exc_type = {
+            "budget_exhausted": BudgetExhausted,
+            "sandbox_error": SandboxError,
+            "lm_error": LMError,
+        }.get(result.status, RLMSandboxError)
+        if exc_type is BudgetExhausted:
+            raise BudgetExhausted(
+                result.budget or "unknown", result.error or "a budget ran out", hint=result.hint
+            )
+        raise exc_type(result.error or result.status, hint=result.hint)

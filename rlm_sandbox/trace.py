@@ -1,0 +1,74 @@
+"""The run's trace: every event of the recursion tree as one JSON object per line.
+
+Events carry the run id, the node id and a monotonic timestamp, so the tree and its
+timeline can be rebuilt from the file alone. Listeners (the live view, ``-v``) receive the
+same events in-process. Writing is serialised by a lock; each line is flushed at once, so a
+crashed run still leaves a readable trace.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+Listener = Callable[[dict[str, Any]], None]
+
+
+class Tracer:
+    def __init__(self, run_id: str, path: str | Path | None = None) -> None:
+        self.run_id = run_id
+        self.path = Path(path) if path else None
+        self._file: TextIO | None = None
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+        self._t0 = time.monotonic()
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("w", encoding="utf-8")
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def emit(self, event: str, **fields: Any) -> dict[str, Any]:
+        record = {
+            "event": event,
+            "run": self.run_id,
+            "t": round(time.monotonic() - self._t0, 6),
+            "ts": time.time(),
+        }
+        record.update(fields)
+        with self._lock:
+            if self._file is not None:
+                self._file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+                self._file.flush()
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(record)
+            except (Exception, SystemExit):
+                # A broken view (a closed terminal makes rich raise SystemExit) must never
+                # break the run: drop it and go on.
+                with self._lock:
+                    if listener in self._listeners:
+                        self._listeners.remove(listener)
+        return record
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+def read_trace(path: str | Path) -> list[dict[str, Any]]:
+    events = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                events.append(json.loads(line))
+    return events

@@ -1,0 +1,79 @@
+"""Scripted policies and small helpers the RLM tests share."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from rlm_sandbox.scripted_model import Policy, rlm_policy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _is_node(request: dict[str, Any]) -> bool:
+    msgs = request.get("messages") or []
+    return bool(msgs) and msgs[0].get("role") == "system" and "```repl" in str(msgs[0].get("content"))
+
+
+def _steps_done(request: dict[str, Any]) -> int:
+    return sum(1 for m in request.get("messages") or [] if m.get("role") == "assistant")
+
+
+def cells_then_final(*cells: str, final: str = "FINAL(done)", leaf: str = "leaf answer") -> Policy:
+    """An RLM node that runs ``cells`` (one per step) and then answers ``final``."""
+
+    def policy(request: dict[str, Any]) -> str:
+        if not _is_node(request):
+            return leaf
+        step = _steps_done(request)
+        if step < len(cells):
+            return f"Running step {step + 1}.\n```repl\n{cells[step]}\n```"
+        return final
+
+    return policy
+
+
+def never_finishes(request: dict[str, Any]) -> str:
+    """A root that keeps exploring and never answers."""
+    if not _is_node(request):
+        return "leaf"
+    return "Let me look further.\n```repl\nprint(len(context))\n```"
+
+
+def root_then_policy(root: Policy, rest: Policy = rlm_policy) -> Policy:
+    """Use ``root`` for the root node's conversation and ``rest`` for everything else."""
+
+    def policy(request: dict[str, Any]) -> Any:
+        msgs = request.get("messages") or []
+        if _is_node(request) and "depth 0 of" in str(msgs[0].get("content")):
+            return root(request)
+        return rest(request)
+
+    return policy
+
+
+def cli(
+    *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run the real CLI in a child process, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "rlm_sandbox.cli", *args],
+        input=stdin,
+        capture_output=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def json_out(proc: subprocess.CompletedProcess) -> dict[str, Any]:
+    out = proc.stdout.decode()
+    assert out.count("\n") == 1, (
+        f"--json must print exactly one line, got: {out!r}\nstderr: {proc.stderr.decode()[-2000:]}"
+    )
+    return json.loads(out)
