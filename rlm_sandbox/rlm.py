@@ -564,11 +564,14 @@ class RLM:
         root = Node(run, depth=0, parent=None, context=context, task=task)
         try:
             answer = root.solve()
-        except KeyboardInterrupt:
-            run.budget.cancel(KeyboardInterrupt())
-            status, error = "error", "interrupted (Ctrl-C): the run was stopped and its containers removed"
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # Ctrl-C or SIGTERM: stop the tree, remove every container, close the trace with
+            # the reason, then let the signal end the process.
+            why = "interrupted (SIGINT)" if isinstance(exc, KeyboardInterrupt) else "terminated (SIGTERM)"
+            run.budget.cancel(exc)
+            status, error = "error", f"{why}: the run was stopped and its containers removed"
             _stop_all(run)
-            tracer.emit("run_end", status=status, error=error, **run.budget.snapshot())
+            tracer.emit("run_end", status=status, error=error, reason=why, **run.budget.snapshot())
             tracer.close()
             raise
         except RLMSandboxError as exc:

@@ -137,6 +137,7 @@ The same pattern is embedded into the generated code, so root and leaf always ag
 _SEARCH_RE = re.compile(
     r"(secret code|magic number|needle)[^0-9A-Za-z\n]*(is|:|=)?[ \t]*([A-Za-z0-9-]+)", re.IGNORECASE
 )
+_SEARCH_KEYWORDS = ("secret code", "magic number", "needle")
 _AFTER_PHRASE_RE = re.compile(r"[^0-9A-Za-z\n]*(?:(?:is|:|=)(?![0-9A-Za-z]))?[^0-9A-Za-z\n]*([A-Za-z0-9-]+)")
 _QUOTED_RE = re.compile(r'"([^"\n]+)"')
 _TASK_LINE_RE = re.compile(r"^[ \t>*_]*Task:[ \t]*(.+?)[ \t]*$", re.MULTILINE)
@@ -292,8 +293,31 @@ def answer_leaf(prompt: str) -> str:
             match = _AFTER_PHRASE_RE.match(after)
             if match:
                 return match.group(1)
-    match = _SEARCH_RE.search(text)
-    return match.group(3) if match else NOT_FOUND
+    return _search_keywords(text)
+
+
+def _search_keywords(text: str) -> str:
+    """The value after the first secret code / magic number / needle mention, or NOT FOUND.
+
+    Keywords are located with ``str.find`` on a lowered copy (C speed: a 25 MB piece takes
+    tens of milliseconds), and the regex runs only on the lines that mention one.
+    """
+    lowered = text.lower()
+    if len(lowered) != len(text):  # some non-ASCII letters lower to two characters
+        match = _SEARCH_RE.search(text)
+        return match.group(3) if match else NOT_FOUND
+    starts = {kw: lowered.find(kw) for kw in _SEARCH_KEYWORDS}
+    while True:
+        live = [(pos, kw) for kw, pos in starts.items() if pos >= 0]
+        if not live:
+            return NOT_FOUND
+        pos, kw = min(live)
+        line_start = text.rfind("\n", 0, pos) + 1
+        line_end = text.find("\n", pos)
+        match = _SEARCH_RE.search(text, line_start, line_end if line_end >= 0 else len(text))
+        if match:
+            return match.group(3)
+        starts[kw] = lowered.find(kw, pos + 1)
 
 
 def rlm_policy(request: dict[str, Any]) -> Reply:

@@ -1,0 +1,198 @@
+"""The CLI as a user runs it: a child process, real containers, the scripted model on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlm_sandbox.rlm import RLM, RLMConfig
+from rlm_sandbox.scripted_model import ScriptedModelServer
+
+from ..conftest import ROOT, containers_of
+from ..helpers import cli, json_out, never_finishes
+
+pytestmark = pytest.mark.docker
+COUNT = 'How many lines contain "ERROR disk"?'
+JSON_KEYS = [
+    "answer",
+    "status",
+    "error",
+    "steps",
+    "lm_calls",
+    "tokens",
+    "cost_usd",
+    "wall_s",
+    "nodes",
+    "containers",
+    "max_depth_reached",
+    "trace",
+]
+KEY_ENV = {"OPENAI_API_KEY": ScriptedModelServer.api_key}
+
+
+def base_args(server: ScriptedModelServer, run_id: str | None = None) -> list[str]:
+    args = ["run", "--model", server.model_name, "--api-base", server.url]
+    return args + (["--tenant", run_id] if run_id else [])
+
+
+def test_json_shape_and_same_answer_as_the_api(scripted, gen_log, run_id: str, tmp_path: Path) -> None:
+    stats = gen_log(1_000_000)
+    server = scripted()
+    trace = tmp_path / "trace.jsonl"
+    proc = cli(
+        *base_args(server),
+        "--task",
+        COUNT,
+        "-i",
+        str(stats.path),
+        "--json",
+        "--trace",
+        str(trace),
+        env=KEY_ENV,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    out = json_out(proc)
+    assert list(out) == JSON_KEYS
+    assert out["status"] == "ok" and out["answer"] == str(stats.disk_errors) and out["error"] is None
+    assert set(out["tokens"]) == {"prompt", "completion"} and out["trace"] == str(trace)
+    assert out["nodes"] == 1 and out["containers"] == 1 and out["max_depth_reached"] == 1
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert {"run_start", "node_start", "lm_call", "cell", "sub_call", "node_end", "run_end"} <= {
+        e["event"] for e in events
+    }
+    api = RLM(model=server.model_name, config=RLMConfig(api_base=server.url), api_key=server.api_key).run(
+        context=stats.path, task=COUNT, run_id=run_id
+    )
+    assert api.to_json()["answer"] == out["answer"] and list(api.to_json()) == JSON_KEYS
+    assert (api.steps, api.lm_calls, api.nodes) == (out["steps"], out["lm_calls"], out["nodes"])
+
+
+def test_stdin_input_and_plain_output(scripted, gen_log) -> None:
+    stats = gen_log(300_000)
+    server = scripted()
+    proc = cli(
+        *base_args(server), "--task", "What is the secret code?", stdin=stats.path.read_bytes(), env=KEY_ENV
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert proc.stdout.decode() == "QX-4417\n"
+    assert "ok in" in proc.stderr.decode()
+
+
+def test_usage_errors_exit_2(scripted, tmp_path: Path) -> None:
+    server = scripted()
+    missing = cli(*base_args(server), "--task", "t", "-i", str(tmp_path / "nope.log"), env=KEY_ENV)
+    assert missing.returncode == 2 and "input file not found" in missing.stderr.decode()
+    no_task = cli("run", "--model", "x")
+    assert no_task.returncode == 2 and "--task" in no_task.stderr.decode()
+    bad_depth = cli(*base_args(server), "--task", "t", "--depth", "0", stdin=b"x")
+    assert bad_depth.returncode == 2
+    too_few = cli(
+        *base_args(server), "--task", "t", "--depth", "3", "--max-containers", "2", stdin=b"x", env=KEY_ENV
+    )
+    assert too_few.returncode == 2 and "max-containers" in too_few.stderr.decode()
+
+
+def test_budget_and_lm_exit_codes(scripted) -> None:
+    loops = scripted(never_finishes)
+    proc = cli(*base_args(loops), "--task", "t", "--max-steps", "2", "--json", stdin=b"abc", env=KEY_ENV)
+    out = json_out(proc)
+    assert (
+        proc.returncode == 3 and out["status"] == "budget_exhausted" and "max-steps" in proc.stderr.decode()
+    )
+    from rlm_sandbox.scripted_model import always_status
+
+    dead = scripted(always_status(401))
+    proc = cli(*base_args(dead), "--task", "t", "--json", stdin=b"abc", env=KEY_ENV)
+    out = json_out(proc)
+    assert proc.returncode == 5 and out["status"] == "lm_error" and "API key" in out["error"]
+    assert ScriptedModelServer.api_key not in proc.stderr.decode() + proc.stdout.decode()
+
+
+def _wait_for_containers(label: str, timeout: float = 60) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = subprocess.run(
+            ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label=rlm-sandbox.tenant={label}"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        if found:
+            return found
+        time.sleep(0.1)
+    return []
+
+
+def _tenant_containers(label: str) -> list[str]:
+    return subprocess.run(
+        ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label=rlm-sandbox.tenant={label}"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signals_mid_run_remove_every_container(scripted, run_id: str, tmp_path: Path, sig: int) -> None:
+    server = scripted(never_finishes, latency_s=0.3)
+    trace = tmp_path / "t.jsonl"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rlm_sandbox.cli",
+            *base_args(server, run_id),
+            "--task",
+            "t",
+            "--trace",
+            str(trace),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, **KEY_ENV},
+    )
+    proc.stdin.write(b"some input")  # type: ignore[union-attr]
+    proc.stdin.close()  # type: ignore[union-attr]
+    assert _wait_for_containers(run_id), proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    code = proc.wait(timeout=30)
+    assert code != 0
+    assert _tenant_containers(run_id) == []
+    last = json.loads(trace.read_text().splitlines()[-1])
+    assert last["event"] == "run_end" and last["status"] in ("error", "budget_exhausted")
+
+
+def test_gc_removes_what_a_killed_controller_left(scripted, run_id: str) -> None:
+    server = scripted(never_finishes, latency_s=0.3)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlm_sandbox.cli", *base_args(server, run_id), "--task", "t"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, **KEY_ENV},
+    )
+    proc.stdin.write(b"input")  # type: ignore[union-attr]
+    proc.stdin.close()  # type: ignore[union-attr]
+    left = _wait_for_containers(run_id)
+    assert left
+    proc.kill()
+    proc.wait(timeout=30)
+    assert _tenant_containers(run_id) == left  # nobody cleaned up: the controller was SIGKILLed
+    dry = cli("gc", "--dry-run", "--tenant", run_id)
+    assert (
+        dry.returncode == 0 and "would remove 1" in dry.stdout.decode() and _tenant_containers(run_id) == left
+    )
+    other = cli("gc", "--tenant", run_id + "-other")
+    assert "removed 0" in other.stdout.decode() and _tenant_containers(run_id) == left
+    done = cli("gc", "--tenant", run_id)
+    assert done.returncode == 0 and "removed 1" in done.stdout.decode()
+    assert _tenant_containers(run_id) == [] and containers_of(run_id) == []

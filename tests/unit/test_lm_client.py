@@ -1,0 +1,204 @@
+"""The LM client over the real LiteLLM HTTP path, against the scripted server on 127.0.0.1.
+
+No key, no internet: every request goes to a local OpenAI-compatible server whose policy
+scripts the provider's behaviour (answers, 429s, 5xx, 401s, slowness).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from rlm_sandbox.errors import LMError
+from rlm_sandbox.lm import LiteLLMClient, LMResponse, litellm_loaded, preload_litellm
+from rlm_sandbox.scripted_model import (
+    ScriptedModelServer,
+    always_status,
+    fail_then,
+    rlm_policy,
+    sequence_policy,
+)
+
+PROMPT = [{"role": "user", "content": 'TASK: What is "the code"?\n\nTEXT:\nx\nthe code is AB-12\n'}]
+SECRET_KEY = "sk-test-secret-0123456789abcdef"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _litellm() -> None:
+    """Pay the LiteLLM import once for the module (several seconds)."""
+    preload_litellm()
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedModelServer]:
+    with ScriptedModelServer() as srv:
+        yield srv
+
+
+def client(srv: ScriptedModelServer, **kw: object) -> LiteLLMClient:
+    options: dict[str, object] = {"api_key": srv.api_key, "retry_wait_s": 0.01, "retry_max_wait_s": 0.05}
+    options.update(kw)
+    return LiteLLMClient(srv.model_name, api_base=srv.url, **options)  # type: ignore[arg-type]
+
+
+def test_import_does_not_import_litellm() -> None:
+    code = "import rlm_sandbox.lm, sys; assert 'litellm' not in sys.modules, 'litellm imported eagerly'"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LITELLM_")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_preload_is_thread_safe_and_configures_litellm() -> None:
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda: results.append(preload_litellm())) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(m) for m in results}) == 1
+    litellm = results[0]
+    assert litellm_loaded()
+    assert litellm.suppress_debug_info is True  # type: ignore[attr-defined]
+    assert os.environ["LITELLM_LOCAL_MODEL_COST_MAP"].lower() == "true"
+
+
+def test_completion_records_text_and_usage(server: ScriptedModelServer) -> None:
+    resp = client(server).completion(PROMPT)
+    assert isinstance(resp, LMResponse)
+    assert resp.text == "AB-12"
+    assert resp.prompt_tokens > 0 and resp.completion_tokens > 0
+    assert resp.cost_usd == 0.0  # the scripted model is not in the price map
+    assert resp.latency_s > 0
+    assert resp.model
+    assert resp.attempts == 1
+    assert server.requests.count == 1
+    body = server.requests.last()
+    assert body is not None
+    assert body["messages"] == PROMPT
+    assert body["model"] == "scripted"
+    assert not body.get("stream")
+
+
+def test_temperature_and_extra_are_sent(server: ScriptedModelServer) -> None:
+    client(server, temperature=0.25, extra={"max_tokens": 17}).completion(PROMPT)
+    body = server.requests.last()
+    assert body is not None
+    assert body["temperature"] == 0.25
+    assert body["max_tokens"] == 17
+
+
+def test_rate_limit_twice_then_success(server: ScriptedModelServer) -> None:
+    server.policy = fail_then(rlm_policy, 429, 2)
+    resp = client(server).completion(PROMPT)
+    assert resp.text == "AB-12"
+    assert resp.attempts == 3
+    assert server.requests.count == 3
+
+
+def test_server_error_forever_gives_up_after_max_retries(server: ScriptedModelServer) -> None:
+    server.policy = always_status(500)
+    with pytest.raises(LMError) as info:
+        client(server, max_retries=3).completion(PROMPT)
+    err = info.value
+    assert err.kind == "server"  # type: ignore[attr-defined]
+    assert server.requests.count == 3
+    assert "after 3 attempts" in str(err)
+
+
+@pytest.mark.parametrize("status", [502, 503])
+def test_other_5xx_are_retried(server: ScriptedModelServer, status: int) -> None:
+    server.policy = fail_then(sequence_policy("fine"), status, 1)
+    assert client(server).completion(PROMPT).text == "fine"
+    assert server.requests.count == 2
+
+
+def test_auth_error_is_not_retried_and_hides_the_key(server: ScriptedModelServer) -> None:
+    server.policy = always_status(401, f"Incorrect API key provided: {SECRET_KEY}")
+    with pytest.raises(LMError) as info:
+        client(server, api_key=SECRET_KEY).completion(PROMPT)
+    err = info.value
+    assert err.kind == "auth"  # type: ignore[attr-defined]
+    assert server.requests.count == 1
+    assert "OPENAI_API_KEY" in str(err)
+    assert SECRET_KEY not in str(err) and SECRET_KEY not in repr(err)
+    assert SECRET_KEY not in repr(client(server, api_key=SECRET_KEY))
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [(400, "bad_request"), (403, "auth"), (404, "not_found"), (422, "bad_request")],
+)
+def test_client_errors_are_not_retried(server: ScriptedModelServer, status: int, kind: str) -> None:
+    server.policy = always_status(status)
+    with pytest.raises(LMError) as info:
+        client(server).completion(PROMPT)
+    assert info.value.kind == kind  # type: ignore[attr-defined]
+    assert server.requests.count == 1
+
+
+def test_timeout(server: ScriptedModelServer) -> None:
+    server.latency_s = 2.0
+    start = time.perf_counter()
+    with pytest.raises(LMError) as info:
+        client(server, timeout_s=0.2, max_retries=2).completion(PROMPT)
+    assert info.value.kind == "timeout"  # type: ignore[attr-defined]
+    assert server.requests.count == 2  # timeouts are retried
+    assert time.perf_counter() - start < 2.0
+    # A per-call timeout overrides the client's.
+    server.latency_s = 0.3
+    assert client(server, timeout_s=0.05).completion(PROMPT, timeout_s=5).text == "AB-12"
+
+
+def test_connection_refused_mentions_api_base() -> None:
+    with ScriptedModelServer() as srv:
+        url = srv.url
+    dead = LiteLLMClient(
+        "openai/scripted", api_base=url, api_key="sk-x", max_retries=2, retry_wait_s=0.01, timeout_s=5
+    )
+    with pytest.raises(LMError) as info:
+        dead.completion(PROMPT)
+    assert info.value.kind == "connection"  # type: ignore[attr-defined]
+    assert "--api-base" in str(info.value)
+    assert info.value.attempts == 2  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("model", ["no-such-provider/model-x", "totally-unknown-model"])
+def test_unknown_model_name(model: str) -> None:
+    with pytest.raises(LMError) as info:
+        LiteLLMClient(model, api_key="sk-x", retry_wait_s=0.01).completion(PROMPT)
+    assert info.value.kind == "not_found"  # type: ignore[attr-defined]
+    assert "not known to LiteLLM" in str(info.value)
+    assert "openai/gpt-4o-mini" in str(info.value)
+
+
+def test_concurrent_calls_overlap_and_reuse_connections() -> None:
+    with ScriptedModelServer(latency_s=0.5) as srv:
+        lm = client(srv)
+        lm.completion(PROMPT)  # warm LiteLLM's cached HTTP client
+        start = time.perf_counter()
+        with ThreadPoolExecutor(16) as pool:
+            texts = list(pool.map(lambda _: lm.completion(PROMPT).text, range(16)))
+        elapsed = time.perf_counter() - start
+        assert texts == ["AB-12"] * 16
+        assert srv.requests.count == 17
+        assert elapsed < 8.0, elapsed  # serial would be 8 s; concurrent is ~0.5 s
+        # Sequential calls ride on pooled keep-alive connections, not one per call.
+        srv.latency_s = 0.0
+        before = srv.requests.connections
+        for _ in range(5):
+            lm.completion(PROMPT)
+        assert srv.requests.connections - before <= 1
+
+
+def test_invalid_arguments() -> None:
+    with pytest.raises(ValueError):
+        LiteLLMClient("")
+    with pytest.raises(ValueError):
+        LiteLLMClient("openai/x", max_retries=0)
