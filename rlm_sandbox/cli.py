@@ -14,8 +14,18 @@ from rlm_sandbox.errors import RLMSandboxError
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="rlm-sandbox")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Recursive Language Models whose code runs in hardened Docker containers."""
+    if ctx.invoked_subcommand in ("run", "demo") and not any(a in ("-h", "--help") for a in sys.argv):
+        # LiteLLM's import takes seconds: start it now, so it overlaps option parsing,
+        # container start and input load instead of adding to them. The engine's own modules
+        # are imported first (a third of a second), or they would queue behind LiteLLM's.
+        import rlm_sandbox.rlm
+        import rlm_sandbox.sandbox.core  # noqa: F401
+        from rlm_sandbox.lm import start_preload
+
+        start_preload()
 
 
 @main.group()

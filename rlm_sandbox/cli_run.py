@@ -8,6 +8,7 @@ reads while waiting goes to stderr. Exit codes: 0 answered, 2 usage, 3 budget, 4
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -168,7 +169,27 @@ def execute(
             + (f"; trace: {result.trace}" if result.trace else "")
             + "[/]"
         )
+    fast_exit(result.exit_code)
     return result.exit_code
+
+
+def fast_exit(code: int) -> None:
+    """End a finished CLI run at once: everything is written and every container removed.
+
+    Python's normal shutdown with LiteLLM loaded takes most of a second here (thousands of
+    modules to finalise); a user waiting on ``rlm-sandbox run`` gains nothing from it. Only
+    used on a real process's stdout, never inside click's test runner.
+    """
+    try:
+        sys.stdout.fileno()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):
+        return
+    from rlm_sandbox.sandbox.registry import live
+
+    live.remove_all()
+    os._exit(code)
 
 
 def fail(exc: RLMSandboxError, debug: bool) -> None:

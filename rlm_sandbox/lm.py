@@ -25,7 +25,7 @@ from typing import Any
 
 from rlm_sandbox.errors import LMError
 
-__all__ = ["LMResponse", "LiteLLMClient", "litellm_loaded", "preload_litellm"]
+__all__ = ["LMResponse", "LiteLLMClient", "litellm_loaded", "preload_litellm", "start_preload"]
 
 _litellm: ModuleType | None = None
 _import_lock = threading.Lock()
@@ -51,6 +51,27 @@ def preload_litellm() -> ModuleType:
             litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banners on errors
             _litellm = litellm
     return _litellm
+
+
+_preload_thread: threading.Thread | None = None
+_preload_lock = threading.Lock()  # not _import_lock: that one is held for the whole import
+
+
+def start_preload() -> threading.Thread:
+    """Import LiteLLM in a background thread (once): it overlaps container start and input load."""
+    global _preload_thread
+    with _preload_lock:
+        if _preload_thread is None:
+
+            def work() -> None:
+                try:
+                    preload_litellm()
+                except Exception:
+                    pass  # the first real call raises it again, with context
+
+            _preload_thread = threading.Thread(target=work, name="litellm-import", daemon=True)
+            _preload_thread.start()
+        return _preload_thread
 
 
 def litellm_loaded() -> bool:

@@ -53,6 +53,10 @@ class RLMConfig(BaseModel):
     max_containers: int = Field(16, ge=1, le=4096, description="containers alive at once")
     max_nodes: int | None = Field(1000, ge=1)
     max_concurrency: int = Field(16, ge=1, le=1024, description="sub-calls in flight per node")
+    pool_size: int | None = Field(
+        None, ge=0, le=256, description="warm containers kept ready for child nodes; None = 0 at depth 1, else 4"
+    )
+    pool_idle_timeout: float = Field(30.0, gt=0, description="seconds without demand before the pool empties")
     output_limit: int = Field(20_000, ge=200, description="characters of cell output shown to the model")
     lm_timeout: float = Field(300.0, gt=0, description="seconds per model call")
     lm_retries: int = Field(4, ge=1, le=20)
@@ -60,6 +64,21 @@ class RLMConfig(BaseModel):
     tenant: str = "default"
     trace: str | None = Field(None, description="path of the JSON-lines trace")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+
+    def effective_pool_size(self) -> int:
+        if self.pool_size is not None:
+            return min(self.pool_size, max(0, self.max_containers - 1))
+        return 0 if self.depth == 1 else min(4, max(0, self.max_containers - 1))
+
+    def node_sandbox_config(self, run_id: str, node: str) -> SandboxConfig:
+        return self.sandbox.model_copy(
+            update={
+                "run_id": run_id,
+                "node_id": f"{run_id}.{node}",
+                "tenant": self.tenant,
+                "llm_concurrency": self.max_concurrency,
+            }
+        )
 
     def limits(self) -> Limits:
         return Limits(
@@ -142,6 +161,19 @@ class Run:
         self.fatal: BaseException | None = None
         self.first_cell_s: float | None = None
         self.first_lm_s: float | None = None
+        self.pool = None
+        size = config.effective_pool_size()
+        if size:
+            from rlm_sandbox.sandbox.pool import SandboxPool
+
+            budget = self.budget
+            self.pool = SandboxPool(
+                config.node_sandbox_config(run_id, "pool"),
+                size,
+                idle_timeout=config.pool_idle_timeout,
+                can_grow=lambda total: budget.containers_alive + total < config.max_containers
+                and not budget.cancelled.is_set(),
+            )
 
     def track(self, node_id: str, sandbox: Any) -> None:
         with self._lock:
@@ -238,24 +270,24 @@ class Node:
         sandbox = None
         outcome, answer, error = "error", None, None
         try:
-            sb_cfg = cfg.sandbox.model_copy(
-                update={
-                    "run_id": run.run_id,
-                    "node_id": f"{run.run_id}.{self.id}",
-                    "tenant": cfg.tenant,
-                    "llm_concurrency": cfg.max_concurrency,
-                }
-            )
-            sandbox = Sandbox(sb_cfg, llm_handler=self.handle_llm_query)
+            t_acquire = time.perf_counter()
+            if run.pool is not None:
+                sandbox, pooled = run.pool.acquire(self.handle_llm_query)
+            else:
+                sandbox = Sandbox(cfg.node_sandbox_config(run.run_id, self.id), llm_handler=self.handle_llm_query)
+                pooled = False
+                run.track(self.id, sandbox)
+                sandbox.start()
             run.track(self.id, sandbox)
-            sandbox.start()
+            acquire_s = time.perf_counter() - t_acquire
             run.tracer.emit(
                 "node_start",
                 node=self.id,
                 parent=self.parent,
                 depth=self.depth,
                 container=sandbox.id,
-                start_s=round(sandbox.start_s or 0.0, 4),
+                start_s=round(acquire_s, 4),
+                pooled=pooled,
                 task=self.task[:500],
             )
             info = sandbox.load_context(self.context)
@@ -547,7 +579,9 @@ class RLM:
         tracer = Tracer(run_id, cfg.trace)
         for listener in self.listeners:
             tracer.subscribe(listener)
-        _start_preload()
+        from rlm_sandbox.lm import start_preload
+
+        start_preload()
         root_lm, sub_lm = self._clients()
         run = Run(cfg, root_lm, sub_lm, tracer, run_id)
         tracer.emit(
@@ -562,6 +596,8 @@ class RLM:
         )
         answer, status, error, budget_name, hint = None, "ok", None, None, None
         root = Node(run, depth=0, parent=None, context=context, task=task)
+        if run.pool is not None:
+            run.pool.start()
         try:
             answer = root.solve()
         except (KeyboardInterrupt, SystemExit) as exc:
@@ -615,35 +651,27 @@ class RLM:
                 if v is not None
             },
         )
-        tracer.emit("run_end", **result.to_json(), budget=budget_name, timings=result.timings)
+        pool = run.pool
+        pool_stats = (
+            {"size": pool.size, "hits": pool.hits, "misses": pool.misses, "started": pool.started, "discarded": pool.discarded}
+            if pool is not None
+            else None
+        )
+        tracer.emit("run_end", **result.to_json(), budget=budget_name, timings=result.timings, pool=pool_stats)
         tracer.close()
         return result
 
 
 def _stop_all(run: Run) -> None:
-    """Close whatever sandboxes of the run are still open, deepest first."""
+    """Close whatever sandboxes of the run are still open, deepest first, and the pool."""
+    if run.pool is not None:
+        run.pool.close()
     for node_id, sandbox in sorted(run.open_sandboxes(), key=lambda kv: kv[0] == "root"):
         try:
             sandbox.close()
         except Exception:
             pass
         run.untrack(node_id)
-
-
-def _start_preload() -> threading.Thread:
-    """Import LiteLLM while the container starts and the input loads (it takes seconds)."""
-
-    def work() -> None:
-        try:
-            from rlm_sandbox.lm import preload_litellm
-
-            preload_litellm()
-        except Exception:
-            pass
-
-    thread = threading.Thread(target=work, name="litellm-import", daemon=True)
-    thread.start()
-    return thread
 
 
 class RecursiveLanguageModel:

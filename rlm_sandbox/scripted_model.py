@@ -46,6 +46,7 @@ __all__ = [
     "error_body",
     "fail_then",
     "generate_log",
+    "grep_first_policy",
     "rlm_policy",
     "sequence_policy",
 ]
@@ -154,11 +155,44 @@ if isinstance(data, str) and data.startswith("TASK: ") and "\\n\\nTEXT:\\n" in d
     task = head[len("TASK: "):]
 
 
-def split_pieces(data, n=4, small=2000):
+def grep_lines(text, task):
+    # Keep only the lines that can matter: those with the quoted phrase, or with every
+    # keyword of the task. Exact, cheap code first; the sub-models see far less text.
+    m = re.search(r'"([^"\\n]+)"', task)
+    if m:
+        keys, hay = [m.group(1)], text
+    else:
+        stop = {{"what", "which", "where", "find", "there", "that", "this", "with", "does", "from", "have"}}
+        keys = [w.lower() for w in re.findall(r"[A-Za-z]{{4,}}", task) if w.lower() not in stop] or [""]
+        hay = text.lower()
+        if len(hay) != len(text):
+            return text
+    out, pos = [], 0
+    while True:
+        pos = hay.find(keys[0], pos)
+        if pos < 0:
+            return "\\n".join(out)
+        start = hay.rfind("\\n", 0, pos) + 1
+        end = hay.find("\\n", pos)
+        end = len(hay) if end < 0 else end
+        if all(k in hay[start:end] for k in keys[1:]):
+            out.append(text[start:end])
+        pos = end + 1
+
+
+if {grep_first!r} and isinstance(data, str) and len(data) > 100_000:
+    before = len(data)
+    data = grep_lines(data, task)
+    print(f"grep kept {{len(data)}} of {{before}} chars")
+
+
+def split_pieces(data, n=4, small=2000, max_piece={max_piece!r}):
     # Cut next to newlines found by find(): no per-line list, so 100 MB stays cheap.
+    # At least n pieces, more when a piece would exceed what a sub-model can read.
     if isinstance(data, str):
         if len(data) < small:
             return [data]
+        n = max(n, -(-len(data) // max_piece))
         cuts = [0]
         for i in range(1, n):
             pos = data.find("\\n", max(cuts[-1], len(data) * i // n))
@@ -200,13 +234,21 @@ print("answer:", answer)
 """
 
 
-def build_step1_code(task: str) -> str:
+MAX_PIECE = 2_000_000
+"""Characters per sub-call at most: about what a long-context sub-model reads at once."""
+
+
+def build_step1_code(task: str, *, grep_first: bool = False, max_piece: int = MAX_PIECE) -> str:
     """The first cell of a scripted RLM node: split ``context``, fan out, combine into ``answer``.
 
     Everything that depends on ``context`` is decided at run time inside the sandbox (the
-    policy never sees the context), which is also how a real root model has to work.
+    policy never sees the context), which is also how a real root model has to work. With
+    ``grep_first`` the node first keeps only the lines that mention the task's phrase or
+    keywords (what capable models do on needle and counting tasks), then fans out.
     """
-    return _STEP1_TEMPLATE.format(task=task, count_re=COUNT_TASK_RE, not_found=NOT_FOUND)
+    return _STEP1_TEMPLATE.format(
+        task=task, count_re=COUNT_TASK_RE, not_found=NOT_FOUND, grep_first=grep_first, max_piece=max_piece
+    )
 
 
 def _content_text(content: Any) -> str:
@@ -250,14 +292,14 @@ def _find_task(messages: list[dict[str, str]]) -> str:
     return ""
 
 
-def _rlm_node_reply(messages: list[dict[str, str]]) -> str:
+def _rlm_node_reply(messages: list[dict[str, str]], grep_first: bool = False) -> str:
     step = 1 + sum(1 for m in messages if m["role"] == "assistant")
     if step == 1:
         task = _find_task(messages)
         return (
             "The input is too large to read at once, so I will split `context` into pieces, "
             "ask a sub-model about each piece in parallel, and combine the answers.\n\n"
-            f"```repl\n{build_step1_code(task)}```\n"
+            f"```repl\n{build_step1_code(task, grep_first=grep_first)}```\n"
         )
     return "The combined answer is stored in the variable `answer`.\n\nFINAL_VAR(answer)\n"
 
@@ -326,9 +368,18 @@ def rlm_policy(request: dict[str, Any]) -> Reply:
     RLM nodes are recognised by the engine's system prompt (it teaches ```repl blocks); the
     step is the number of assistant turns so far. Anything else is a leaf sub-call.
     """
+    return _policy(request, grep_first=False)
+
+
+def grep_first_policy(request: dict[str, Any]) -> Reply:
+    """Like :func:`rlm_policy`, but the root filters ``context`` with code before it fans out."""
+    return _policy(request, grep_first=True)
+
+
+def _policy(request: dict[str, Any], *, grep_first: bool) -> Reply:
     messages = _messages(request)
     if _is_rlm_node(messages):
-        return _rlm_node_reply(messages)
+        return _rlm_node_reply(messages, grep_first)
     users = [m["content"] for m in messages if m["role"] == "user"]
     prompt = users[-1] if users else (messages[-1]["content"] if messages else "")
     return answer_leaf(prompt)

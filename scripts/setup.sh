@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-docker.sh
 command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
-uv sync --frozen --quiet
+uv sync --frozen --compile-bytecode --quiet
 uv run rlm-sandbox image build >/dev/null
 echo "set-up done: try 'uv run rlm-sandbox --help'" >&2

@@ -197,6 +197,18 @@ class Sandbox:
         if self.id is not None:
             self.backend.remove(self.id)
 
+    @property
+    def healthy(self) -> bool:
+        """Started, not closed, and its channel has seen no error (for pools)."""
+        ch = self._channel
+        return self.state == "running" and ch is not None and ch.error is None and not ch.eof
+
+    def set_llm_handler(self, handler: LLMHandler | None) -> None:
+        """Bind the handler of the node this sandbox now serves (a pooled sandbox had none)."""
+        self.llm_handler = handler
+        if self._channel is not None:
+            self._channel.llm_handler = handler
+
     # ---- failures
 
     def _on_fatal(self, exc: BaseException) -> None:

@@ -40,22 +40,32 @@ pytestmark = pytest.mark.docker
 # --------------------------------------------------------------------------- helpers
 
 
-def _sandbox_threads() -> set[threading.Thread]:
-    return {t for t in threading.enumerate() if t.name.startswith("sandbox ")}
-
-
 @pytest.fixture(autouse=True)
-def host_ok() -> Iterator[None]:
-    """After each attack the host is intact: no sandbox thread or registry entry leaks."""
-    before = _sandbox_threads()
-    live_before = set(live.ids())
+def host_ok(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """After each attack the host is intact: none of its sandboxes leaks a thread or an entry
+    in the process's registry of live containers. Only this test's sandboxes are judged."""
+    started: list[str] = []
+    real_start = Sandbox.start
+
+    def recording_start(self: Sandbox) -> Sandbox:
+        try:
+            return real_start(self)
+        finally:
+            if self.id is not None and self.id not in started:
+                started.append(self.id)
+
+    monkeypatch.setattr(Sandbox, "start", recording_start)
     yield
+
+    def leaked_threads() -> list[str]:
+        prefixes = tuple(f"sandbox {cid[:12]}" for cid in started)
+        return [t.name for t in threading.enumerate() if prefixes and t.name.startswith(prefixes)]
+
     deadline = time.monotonic() + 5.0
-    while (_sandbox_threads() - before) and time.monotonic() < deadline:
+    while leaked_threads() and time.monotonic() < deadline:
         time.sleep(0.05)
-    leaked = _sandbox_threads() - before
-    assert not leaked, f"host threads leaked by the attack: {sorted(t.name for t in leaked)}"
-    assert set(live.ids()) <= live_before, "a removed sandbox is still in the live registry"
+    assert not leaked_threads(), f"host threads leaked by the attack: {leaked_threads()}"
+    assert not set(started) & set(live.ids()), "a removed sandbox is still in the live registry"
 
 
 def fresh_sandbox_works(config: SandboxConfig) -> None:
