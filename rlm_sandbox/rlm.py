@@ -54,7 +54,10 @@ class RLMConfig(BaseModel):
     max_nodes: int | None = Field(1000, ge=1)
     max_concurrency: int = Field(16, ge=1, le=1024, description="sub-calls in flight per node")
     pool_size: int | None = Field(
-        None, ge=0, le=256, description="warm containers kept ready for child nodes; None = 0 at depth 1, else 4"
+        None,
+        ge=0,
+        le=256,
+        description="warm containers kept ready for child nodes; None = 0 at depth 1, else 4",
     )
     pool_idle_timeout: float = Field(30.0, gt=0, description="seconds without demand before the pool empties")
     output_limit: int = Field(20_000, ge=200, description="characters of cell output shown to the model")
@@ -171,8 +174,9 @@ class Run:
                 config.node_sandbox_config(run_id, "pool"),
                 size,
                 idle_timeout=config.pool_idle_timeout,
-                can_grow=lambda total: budget.containers_alive + total < config.max_containers
-                and not budget.cancelled.is_set(),
+                can_grow=lambda total: (
+                    budget.containers_alive + total < config.max_containers and not budget.cancelled.is_set()
+                ),
             )
 
     def track(self, node_id: str, sandbox: Any) -> None:
@@ -274,7 +278,9 @@ class Node:
             if run.pool is not None:
                 sandbox, pooled = run.pool.acquire(self.handle_llm_query)
             else:
-                sandbox = Sandbox(cfg.node_sandbox_config(run.run_id, self.id), llm_handler=self.handle_llm_query)
+                sandbox = Sandbox(
+                    cfg.node_sandbox_config(run.run_id, self.id), llm_handler=self.handle_llm_query
+                )
                 pooled = False
                 run.track(self.id, sandbox)
                 sandbox.start()
@@ -653,11 +659,19 @@ class RLM:
         )
         pool = run.pool
         pool_stats = (
-            {"size": pool.size, "hits": pool.hits, "misses": pool.misses, "started": pool.started, "discarded": pool.discarded}
+            {
+                "size": pool.size,
+                "hits": pool.hits,
+                "misses": pool.misses,
+                "started": pool.started,
+                "discarded": pool.discarded,
+            }
             if pool is not None
             else None
         )
-        tracer.emit("run_end", **result.to_json(), budget=budget_name, timings=result.timings, pool=pool_stats)
+        tracer.emit(
+            "run_end", **result.to_json(), budget=budget_name, timings=result.timings, pool=pool_stats
+        )
         tracer.close()
         return result
 

@@ -64,22 +64,52 @@ def fanout_policy(n: int, leaf_latency: float):
 
 
 ROWS: dict[str, dict[str, Any]] = {
-    **{f"needle-{s}": {"size": s * MB, "task": SEARCH, "depth": 1, "policy": "grep"} for s in (1, 10, 100, 1000)},
-    **{f"count-{s}": {"size": s * MB, "task": COUNT, "depth": 1, "policy": "grep"} for s in (1, 10, 100, 1000)},
+    **{
+        f"needle-{s}": {"size": s * MB, "task": SEARCH, "depth": 1, "policy": "grep"}
+        for s in (1, 10, 100, 1000)
+    },
+    **{
+        f"count-{s}": {"size": s * MB, "task": COUNT, "depth": 1, "policy": "grep"}
+        for s in (1, 10, 100, 1000)
+    },
     "needle-10-depth2": {"size": 10 * MB, "task": SEARCH, "depth": 2, "policy": "chunk"},
-    "needle-10-depth3": {"size": 10 * MB, "task": SEARCH, "depth": 3, "policy": "chunk", "extra": ["--max-containers", "32"]},
-    "fanout-256": {"size": 1000, "task": COUNT, "depth": 1, "policy": "fanout", "n": 256, "leaf_latency": 1.0,
-                   "extra": ["--max-concurrency", "32"]},
+    "needle-10-depth3": {
+        "size": 10 * MB,
+        "task": SEARCH,
+        "depth": 3,
+        "policy": "chunk",
+        "extra": ["--max-containers", "32"],
+    },
+    "fanout-256": {
+        "size": 1000,
+        "task": COUNT,
+        "depth": 1,
+        "policy": "fanout",
+        "n": 256,
+        "leaf_latency": 1.0,
+        "extra": ["--max-concurrency", "32"],
+    },
 }
-QUICK = ["needle-1", "count-1", "needle-10", "count-10", "needle-100", "count-100", "needle-10-depth2",
-         "needle-10-depth3", "fanout-256"]
+QUICK = [
+    "needle-1",
+    "count-1",
+    "needle-10",
+    "count-10",
+    "needle-100",
+    "count-100",
+    "needle-10-depth2",
+    "needle-10-depth3",
+    "fanout-256",
+]
 
 
 def run_cli(args: list[str], env: dict[str, str]) -> tuple[float, int, int, str, str]:
     """(wall seconds, exit code, peak RSS in MB, stdout, stderr) of one CLI process."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "rlm_sandbox.cli", *args], stdout=out, stderr=err, env=env, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rlm_sandbox.cli", *args], stdout=out, stderr=err, env=env, cwd=ROOT
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -98,7 +128,9 @@ def trace_figures(path: Path) -> dict[str, Any]:
     end = events[-1] if events and events[-1]["event"] == "run_end" else {}
     return {
         "cell_overhead_median_ms": statistics.median(overhead) if overhead else None,
-        "cell_overhead_p95_ms": overhead[min(len(overhead) - 1, int(0.95 * (len(overhead) - 1) + 0.5))] if overhead else None,
+        "cell_overhead_p95_ms": overhead[min(len(overhead) - 1, int(0.95 * (len(overhead) - 1) + 0.5))]
+        if overhead
+        else None,
         "start_cold_s": statistics.median(cold) if cold else None,
         "start_pool_ms": statistics.median(pooled) * 1000 if pooled else None,
         "first_lm_call_s": (end.get("timings") or {}).get("first_lm_call_s"),
@@ -113,10 +145,14 @@ def med(values: list[Any]) -> Any:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rows", default=None, help="comma-separated row names (default: all but the 1 GB rows with --quick)")
+    ap.add_argument(
+        "--rows", default=None, help="comma-separated row names (default: all but the 1 GB rows with --quick)"
+    )
     ap.add_argument("--quick", action="store_true", help="skip the 1 GB rows")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--latency", type=float, default=0.0, help="simulated model latency for every call, seconds")
+    ap.add_argument(
+        "--latency", type=float, default=0.0, help="simulated model latency for every call, seconds"
+    )
     ap.add_argument("--json", dest="json_path", default="bench-results.json")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "rlm-bench"))
     args = ap.parse_args()
@@ -124,7 +160,9 @@ def main() -> None:
     names = args.rows.split(",") if args.rows else (QUICK if args.quick else list(ROWS))
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "rlm_sandbox.cli", "image", "build"], check=True, capture_output=True, cwd=ROOT)
+    subprocess.run(
+        [sys.executable, "-m", "rlm_sandbox.cli", "image", "build"], check=True, capture_output=True, cwd=ROOT
+    )
     results = []
     for name in names:
         row = ROWS[name]
@@ -141,9 +179,27 @@ def main() -> None:
             for i in range(runs):
                 trace = work / f"trace-{name}-{i}.jsonl"
                 memory = "6g" if row["size"] >= 1000 * MB else "2g"
-                cli_args = ["run", "--model", server.model_name, "--api-base", server.url, "--task", row["task"],
-                            "-i", str(stats.path), "--depth", str(row["depth"]), "--json", "--trace", str(trace),
-                            "--memory", memory, "--timeout", "1200", *row.get("extra", [])]
+                cli_args = [
+                    "run",
+                    "--model",
+                    server.model_name,
+                    "--api-base",
+                    server.url,
+                    "--task",
+                    row["task"],
+                    "-i",
+                    str(stats.path),
+                    "--depth",
+                    str(row["depth"]),
+                    "--json",
+                    "--trace",
+                    str(trace),
+                    "--memory",
+                    memory,
+                    "--timeout",
+                    "1200",
+                    *row.get("extra", []),
+                ]
                 wall, code, rss, out, err = run_cli(cli_args, env)
                 try:
                     res = json.loads(out)
@@ -151,26 +207,67 @@ def main() -> None:
                     res = {"status": f"exit {code}", "error": err[-500:]}
                 fig = trace_figures(trace) if trace.exists() else {}
                 samples.append({"wall_e2e_s": wall, "rss_mb": rss, **res, **fig})
-                print(f"  {name} run {i + 1}: {wall:.2f} s, status {res.get('status')}, answer {res.get('answer')!r} "
-                      f"(truth {truth}), rss {rss} MB", file=sys.stderr)
+                print(
+                    f"  {name} run {i + 1}: {wall:.2f} s, status {res.get('status')}, answer {res.get('answer')!r} "
+                    f"(truth {truth}), rss {rss} MB",
+                    file=sys.stderr,
+                )
         summary = {
             "row": name,
             "size_mb": row["size"] / MB,
             "depth": row["depth"],
             "runs": runs,
             "correct": all(s.get("answer") == truth for s in samples),
-            **{k: med([s.get(k) for s in samples]) for k in (
-                "wall_e2e_s", "wall_s", "lm_calls", "containers", "nodes", "rss_mb", "first_lm_call_s", "first_cell_s",
-                "cell_overhead_median_ms", "cell_overhead_p95_ms", "start_cold_s", "start_pool_ms")},
+            **{
+                k: med([s.get(k) for s in samples])
+                for k in (
+                    "wall_e2e_s",
+                    "wall_s",
+                    "lm_calls",
+                    "containers",
+                    "nodes",
+                    "rss_mb",
+                    "first_lm_call_s",
+                    "first_cell_s",
+                    "cell_overhead_median_ms",
+                    "cell_overhead_p95_ms",
+                    "start_cold_s",
+                    "start_pool_ms",
+                )
+            },
         }
         results.append(summary)
 
-    cols = [("row", "{:<17}"), ("correct", "{!s:<7}"), ("wall_e2e_s", "{:>7.2f}"), ("wall_s", "{:>7.2f}"),
-            ("lm_calls", "{:>5.0f}"), ("containers", "{:>4.0f}"), ("rss_mb", "{:>6.0f}"), ("first_lm_call_s", "{:>6.2f}"),
-            ("first_cell_s", "{:>6.2f}"), ("cell_overhead_median_ms", "{:>6.2f}"), ("cell_overhead_p95_ms", "{:>6.2f}"),
-            ("start_cold_s", "{:>6.3f}"), ("start_pool_ms", "{:>6.2f}")]
-    heads = ["row", "ok", "e2e s", "run s", "LM", "ctr", "RSS MB", "1st LM", "1st cell", "cell ms", "p95 ms",
-             "cold s", "pool ms"]
+    cols = [
+        ("row", "{:<17}"),
+        ("correct", "{!s:<7}"),
+        ("wall_e2e_s", "{:>7.2f}"),
+        ("wall_s", "{:>7.2f}"),
+        ("lm_calls", "{:>5.0f}"),
+        ("containers", "{:>4.0f}"),
+        ("rss_mb", "{:>6.0f}"),
+        ("first_lm_call_s", "{:>6.2f}"),
+        ("first_cell_s", "{:>6.2f}"),
+        ("cell_overhead_median_ms", "{:>6.2f}"),
+        ("cell_overhead_p95_ms", "{:>6.2f}"),
+        ("start_cold_s", "{:>6.3f}"),
+        ("start_pool_ms", "{:>6.2f}"),
+    ]
+    heads = [
+        "row",
+        "ok",
+        "e2e s",
+        "run s",
+        "LM",
+        "ctr",
+        "RSS MB",
+        "1st LM",
+        "1st cell",
+        "cell ms",
+        "p95 ms",
+        "cold s",
+        "pool ms",
+    ]
     print("  ".join(heads))
     for r in results:
         print("  ".join("-" if r.get(k) is None else f.format(r[k]) for k, f in cols))

@@ -53,16 +53,26 @@ def main() -> None:
                 r = sb.execute("x = 1")
                 cells.append(time.perf_counter() - t0)
                 assert r.ok
-        rows.append({"size_mb": mb, "load_s": load, "cell_median_ms": statistics.median(cells) * 1e3,
-                     "cell_p95_ms": pct(cells, 0.95) * 1e3})
+        rows.append(
+            {
+                "size_mb": mb,
+                "load_s": load,
+                "cell_median_ms": statistics.median(cells) * 1e3,
+                "cell_p95_ms": pct(cells, 0.95) * 1e3,
+            }
+        )
         del text
 
     print(f"runtime: {args.runtime or 'default (runc)'}")
-    print(f"cold start of a hardened container (create+attach+start+kernel ready): "
-          f"median {statistics.median(starts):.3f} s, p95 {pct(starts, 0.95):.3f} s, min {min(starts):.3f} s")
+    print(
+        f"cold start of a hardened container (create+attach+start+kernel ready): "
+        f"median {statistics.median(starts):.3f} s, p95 {pct(starts, 0.95):.3f} s, min {min(starts):.3f} s"
+    )
     print(f"{'size':>8} {'load s':>8} {'cell median ms':>15} {'cell p95 ms':>12}")
     for r in rows:
-        print(f"{r['size_mb']:>6}MB {r['load_s']:>8.3f} {r['cell_median_ms']:>15.2f} {r['cell_p95_ms']:>12.2f}")
+        print(
+            f"{r['size_mb']:>6}MB {r['load_s']:>8.3f} {r['cell_median_ms']:>15.2f} {r['cell_p95_ms']:>12.2f}"
+        )
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump({"cold_start_s": statistics.median(starts), "rows": rows}, f, indent=2)
