@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from rlm_sandbox.errors import BudgetExhausted, ConfigError
+from rlm_sandbox.tenants import TenantAccount
 
 FLAGS = {
     "max_steps": "--max-steps",
@@ -27,6 +28,8 @@ FLAGS = {
     "timeout": "--timeout",
     "max_containers": "--max-containers",
     "max_nodes": "--max-nodes",
+    "tenant_max_cost": "the tenant's max_cost setting",
+    "tenant_max_containers": "the tenant's max_containers setting",
 }
 
 
@@ -49,10 +52,21 @@ class Limits:
             )
 
 
+_TENANT_LOCK = threading.Lock()
+
+
 class Budget:
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, tenant: TenantAccount | None = None) -> None:
         limits.check()
+        if tenant is not None and tenant.limits.max_containers is not None and tenant.limits.max_containers < limits.depth:
+            raise ConfigError(
+                f"tenant {tenant.name!r} may have {tenant.limits.max_containers} containers at once, "
+                f"fewer than depth ({limits.depth})",
+                hint="raise the tenant's max_containers or lower --depth",
+            )
         self.limits = limits
+        self.tenant = tenant
+        self._tenant_slots = 0
         self.started = time.monotonic()
         self._lock = threading.Condition()
         self.lm_calls = 0
@@ -126,6 +140,8 @@ class Budget:
             self.prompt_tokens += max(0, prompt_tokens)
             self.completion_tokens += max(0, completion_tokens)
             self.cost_usd += max(0.0, cost_usd)
+            if self.tenant is not None:
+                self.tenant.cost_usd += max(0.0, cost_usd)
         self._check_totals(raise_now=False)
 
     def _check_totals(self, raise_now: bool = True) -> None:
@@ -134,7 +150,13 @@ class Budget:
         with self._lock:
             tokens = self.prompt_tokens + self.completion_tokens
             cost = self.cost_usd
-        if lim.max_tokens is not None and tokens >= lim.max_tokens:
+        tenant = self.tenant
+        if tenant is not None and tenant.limits.max_cost is not None and tenant.cost_usd >= tenant.limits.max_cost:
+            exc = self._exhaust(
+                "tenant_max_cost",
+                f"tenant {tenant.name!r} has spent ${tenant.cost_usd:.4f}; its limit is ${tenant.limits.max_cost:g}",
+            )
+        elif lim.max_tokens is not None and tokens >= lim.max_tokens:
             exc = self._exhaust("max_tokens", f"the run used {tokens} tokens; the limit is {lim.max_tokens}")
         elif lim.max_cost is not None and cost >= lim.max_cost:
             exc = self._exhaust("max_cost", f"the run cost ${cost:.4f}; the limit is ${lim.max_cost:g}")
@@ -166,20 +188,39 @@ class Budget:
                 if self.cancelled.is_set():
                     break
                 free = lim.max_containers - self.containers_alive
-                if free > reserve:
+                if free > reserve and self._tenant_admits(reserve):
                     self.containers_alive += 1
                     self.containers_started += 1
                     return
                 left = self.wall_left()
-                self._lock.wait(0.5 if left is None else max(0.01, min(0.5, left)))
+                # Another run of the tenant frees its slots without notifying us: poll briskly then.
+                poll = 0.1 if self.tenant is not None and self.tenant.limits.max_containers else 0.5
+                self._lock.wait(poll if left is None else max(0.01, min(poll, left)))
                 if left is not None and left <= 0:
                     break
         self.check()
         raise self._exhaust("timeout", "the wall-time budget ran out while waiting for a container slot")
 
+    def _tenant_admits(self, reserve: int) -> bool:
+        """Called with the lock held: take a tenant slot too, under the same reserve rule."""
+        tenant = self.tenant
+        if tenant is None:
+            return True
+        with _TENANT_LOCK:
+            cap = tenant.limits.max_containers
+            if cap is not None and cap - tenant.containers_alive <= reserve:
+                return False
+            tenant.containers_alive += 1
+            self._tenant_slots += 1
+            return True
+
     def release_container(self) -> None:
         with self._lock:
             self.containers_alive = max(0, self.containers_alive - 1)
+            if self.tenant is not None and self._tenant_slots > 0:
+                with _TENANT_LOCK:
+                    self.tenant.containers_alive = max(0, self.tenant.containers_alive - 1)
+                    self._tenant_slots -= 1
             self._lock.notify_all()
 
     def snapshot(self) -> dict:

@@ -25,7 +25,9 @@ class SandboxConfig(BaseModel):
     )
     memory: str = Field("1g", description="memory limit; swap is set equal, so there is no swap")
     cpus: Annotated[float, Field(gt=0, le=64)] = 1.0
-    pids: Annotated[int, Field(ge=8, le=65536)] = 128
+    pids: Annotated[int, Field(ge=8, le=65536)] | None = Field(
+        None, description="pids limit; None = 128, or 512 under runsc (gVisor's own threads count against it)"
+    )
     nofile: Annotated[int, Field(ge=16, le=1 << 20)] = 256
     tmpfs_size: str = Field("64m", description="size of the noexec tmpfs mounted on /tmp")
     cell_timeout: Annotated[float, Field(gt=0, le=86400)] = 60.0
@@ -46,6 +48,11 @@ class SandboxConfig(BaseModel):
     run_id: str | None = None
     node_id: str | None = None
     tenant: str = "default"
+
+    def effective_pids(self) -> int:
+        if self.pids is not None:
+            return self.pids
+        return 512 if self.runtime == "runsc" else 128
 
     @field_validator("memory", "tmpfs_size")
     @classmethod

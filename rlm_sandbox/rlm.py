@@ -34,6 +34,7 @@ from rlm_sandbox.errors import (
 )
 from rlm_sandbox.parsing import find_code_blocks, find_final, truncate_output
 from rlm_sandbox.prompts import render
+from rlm_sandbox.tenants import TenantLimits, ledger
 from rlm_sandbox.trace import Tracer
 
 STATUS_EXIT = {"ok": 0, "budget_exhausted": 3, "sandbox_error": 4, "lm_error": 5, "error": 1}
@@ -65,10 +66,16 @@ class RLMConfig(BaseModel):
     lm_retries: int = Field(4, ge=1, le=20)
     api_base: str | None = None
     tenant: str = "default"
+    tenants: dict[str, TenantLimits] = Field(
+        default_factory=dict, description="per-tenant limits shared by all runs of a tenant in this process"
+    )
     trace: str | None = Field(None, description="path of the JSON-lines trace")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
 
     def effective_pool_size(self) -> int:
+        tenant = self.tenants.get(self.tenant)
+        if tenant is not None and tenant.max_containers is not None:
+            return 0  # pooled containers would escape the tenant's cap, which spans runs
         if self.pool_size is not None:
             return min(self.pool_size, max(0, self.max_containers - 1))
         return 0 if self.depth == 1 else min(4, max(0, self.max_containers - 1))
@@ -157,7 +164,7 @@ class Run:
         self.sub_lm = sub_lm
         self.tracer = tracer
         self.run_id = run_id
-        self.budget = Budget(config.limits())
+        self.budget = Budget(config.limits(), ledger.account(config.tenant, config.tenants.get(config.tenant)))
         self._ids = 0
         self._lock = threading.Lock()
         self.sandboxes: dict[str, Any] = {}

@@ -61,7 +61,7 @@ def hardened_host_config(api, config: SandboxConfig) -> dict:
         security_opt=["no-new-privileges"],
         mem_limit=config.memory,
         memswap_limit=config.memory,
-        pids_limit=config.pids,
+        pids_limit=config.effective_pids(),
         nano_cpus=int(config.cpus * 1e9),
         ulimits=[Ulimit(name="nofile", soft=config.nofile, hard=config.nofile)],
         ipc_mode="private",

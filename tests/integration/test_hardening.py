@@ -80,7 +80,7 @@ def test_container_is_hardened(
         # Limits.
         assert host["Memory"] == _bytes(cfg.memory) and host["MemorySwap"] == host["Memory"]
         assert not host.get("OomKillDisable")
-        assert host["PidsLimit"] == cfg.pids
+        assert host["PidsLimit"] == cfg.effective_pids()
         assert host["NanoCpus"] == int(cfg.cpus * 1e9)
         assert {"Name": "nofile", "Soft": cfg.nofile, "Hard": cfg.nofile} in host["Ulimits"]
         assert host["Init"] is True
