@@ -107,6 +107,7 @@ class KernelChannel:
         self._diag_total = 0
         self.current_cell = 0
         self.last_rx = time.monotonic()
+        self.frame_stall_s = 3.0
         self.clock = HostWaitClock()
         self._pending_llm = 0
         self._pool = ThreadPoolExecutor(max_workers=llm_concurrency, thread_name_prefix=f"{name}-llm")
@@ -174,6 +175,16 @@ class KernelChannel:
                     break
                 if self.error is not None:
                     raise self.error
+                if self.stalled_in_frame(self.frame_stall_s):
+                    # The kernel writes a frame in one go; half a frame that stays half is
+                    # bytes a cell forged onto the channel. Say so now, not at the cell timeout.
+                    self.fail(
+                        ProtocolViolation(
+                            f"{self.name}: the channel stalled inside a frame ({self.buffered_bytes} bytes "
+                            f"buffered, nothing more for {self.frame_stall_s:g} s)"
+                        )
+                    )
+                    raise self.error  # type: ignore[misc]
         finally:
             with self._lock:
                 if self._waiter is waiter:

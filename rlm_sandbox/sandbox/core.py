@@ -162,6 +162,7 @@ class Sandbox:
                 on_fatal=self._on_fatal,
                 name=f"sandbox {started.id[:12]}",
             )
+            self._channel.frame_stall_s = self.config.kill_grace
             try:
                 ready = self._channel.wait_ready(self.config.start_timeout)
             except SandboxError as exc:
@@ -253,9 +254,30 @@ class Sandbox:
                 f"the sandbox's stream broke while its kernel was running ({cause}){tail}", reason="stream"
             )
         code = info.exit_code
+        if code in (137, 143) and not self._killed_for:
+            # `docker rm -f` / `docker stop` from outside look like a kill at first: the engine
+            # reports the exit before the container is gone. Look once more.
+            time.sleep(0.3)
+            again = self.backend.exit_info(self.id or "")
+            if not again.exists:
+                return SandboxCrashed(
+                    f"the sandbox container {self.id and self.id[:12]} was killed and removed from outside",
+                    reason="removed",
+                    exit_code=code,
+                    hint="something else removed the container; check for a concurrent `rlm-sandbox gc`",
+                )
         if code == 137 or code == -9:
             return SandboxCrashed(
-                f"the sandbox kernel was killed (SIGKILL, exit 137){tail}", reason="killed", exit_code=code
+                f"the sandbox kernel was killed (SIGKILL, exit 137): by a cell, the runtime, or from outside{tail}",
+                reason="killed",
+                exit_code=code,
+                hint="if nothing outside killed it, a cell did (os.kill) or the runtime hit a limit (pids)",
+            )
+        if code == 143:
+            return SandboxCrashed(
+                f"the sandbox kernel was terminated (SIGTERM, exit 143): by a cell or from outside (docker stop){tail}",
+                reason="terminated",
+                exit_code=code,
             )
         return SandboxCrashed(
             f"the sandbox kernel exited with code {code}{tail}",
