@@ -175,10 +175,10 @@ class OutputCapture:
                     self._read_available(fd)
 
     def begin(self, cap: int) -> None:
-        self.sync()
+        """Output written since the last ``take`` (a background thread) counts for this cell."""
         with self._lock:
             for sink in self.sinks.values():
-                sink.reset(cap)
+                sink.cap = cap
 
     def sync(self) -> None:
         self._synced.clear()
@@ -189,7 +189,10 @@ class OutputCapture:
         self.sync()
         with self._lock:
             out, err = self.sinks[self.out_r], self.sinks[self.err_r]
-            return bytes(out.buf), out.total, bytes(err.buf), err.total
+            taken = bytes(out.buf), out.total, bytes(err.buf), err.total
+            out.reset(out.cap)
+            err.reset(err.cap)
+            return taken
 
 
 # --------------------------------------------------------------------------- watchdog
@@ -313,6 +316,9 @@ class Kernel:
         os.dup2(self.devnull, 0)
         os.dup2(self.capture.out_w, 1)
         os.dup2(self.capture.err_w, 2)
+        mine = getattr(self, "_std", None)
+        if mine is not None and (sys.stdin, sys.stdout, sys.stderr) == mine and not any(f.closed for f in mine):
+            return  # untouched by the cell: no need to build new stream objects (a syscall saver)
         sys.stdin = io.TextIOWrapper(io.FileIO(0, "rb", closefd=False), encoding="utf-8")
         sys.stdout = io.TextIOWrapper(
             io.BufferedWriter(io.FileIO(1, "wb", closefd=False), 1 << 16),
@@ -323,6 +329,7 @@ class Kernel:
             io.FileIO(2, "wb", closefd=False), encoding="utf-8", errors="backslashreplace", write_through=True
         )
         sys.__stdout__, sys.__stderr__, sys.__stdin__ = sys.stdout, sys.stderr, sys.stdin
+        self._std = (sys.stdin, sys.stdout, sys.stderr)
 
     def _flush_std(self) -> None:
         for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):

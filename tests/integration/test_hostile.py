@@ -197,11 +197,13 @@ def test_forked_child_never_speaks_on_the_channel(sandbox_config: SandboxConfig)
         r = sb.execute("pid = os.fork()\nchild = pid == 0\nprint('child' if child else 'parent')")
         assert "parent" in r.stdout
         r = sb.execute("_, status = os.waitpid(pid, 0)\nprint(os.waitstatus_to_exitcode(status))")
-        assert r.stdout == "0\n", r
+        # The child's own "child" line may land here: output of background processes counts
+        # for whichever cell runs when it arrives.
+        assert r.stdout.splitlines()[-1] == "0", r
         r = sb.execute("pid = os.fork()\nif pid == 0:\n    1 / 0")
         assert r.ok, r
         r = sb.execute("_, status = os.waitpid(pid, 0)\nprint(os.waitstatus_to_exitcode(status))")
-        assert r.stdout == "1\n", r
+        assert r.stdout.splitlines()[-1] == "1", r
         # A forked child cannot ask the host's model: it would wait forever for the answer.
         r = sb.execute(
             "pid = os.fork()\n"
