@@ -255,6 +255,12 @@ class Node:
         self.id = run.new_node_id(parent)
         self.lm = run.root_lm if depth == 0 else run.sub_lm
         self.steps = 0
+        self._loader: _Loader | None = None
+
+    def _loaded(self) -> None:
+        """Block until ``context`` is in the sandbox; re-raise a failed load."""
+        if self._loader is not None:
+            self._loader.join()
 
     # ---- llm_query from this node's cells
 
@@ -303,7 +309,13 @@ class Node:
                 pooled=pooled,
                 task=self.task[:500],
             )
-            info = sandbox.load_context(self.context)
+            info = host_context_info(self.context)
+            if info is None:
+                info = sandbox.load_context(self.context)
+            else:
+                # The host already knows what the prompt says of the input: the first model
+                # call need not wait for the load (seconds at 1 GB). Cells wait for it.
+                self._loader = _Loader(sandbox, self.context)
             answer = self._loop(sandbox, info)
             outcome = "done"
             return answer
@@ -344,6 +356,7 @@ class Node:
             run.budget.add_step()
             text = run.lm_call(self.lm, messages, self.id, self.depth, "step")
             messages.append({"role": "assistant", "content": text})
+            self._loaded()
             outputs, answer = self._run_blocks(sandbox, text, step)
             if answer is None:
                 answer, note = self._final_from_text(sandbox, text)
@@ -374,6 +387,7 @@ class Node:
         run.budget.check()
         text = run.lm_call(self.lm, messages, self.id, self.depth, "last_answer")
         messages.append({"role": "assistant", "content": text})
+        self._loaded()
         answer, _ = self._final_from_text(sandbox, text)
         if answer is not None:
             return answer
@@ -467,13 +481,51 @@ class Node:
 # ---- context descriptions (never the context itself)
 
 
+class _Loader:
+    """Loads ``context`` in a thread while the node's first model call is under way."""
+
+    def __init__(self, sandbox: Any, context: Any) -> None:
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(sandbox, context), name="context-load", daemon=True)
+        self._thread.start()
+
+    def _run(self, sandbox: Any, context: Any) -> None:
+        try:
+            sandbox.load_context(context)
+        except BaseException as exc:
+            self.error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
+@dataclasses.dataclass(frozen=True)
+class HostContextInfo:
+    type: str
+    length: int
+    approximate: bool = False
+
+
+def host_context_info(context: Any) -> HostContextInfo | None:
+    """What can be said of the input without the kernel; None for streams (unknown length)."""
+    if isinstance(context, str | bytes | list | dict):
+        return HostContextInfo(type(context).__name__, len(context))
+    if isinstance(context, os.PathLike) and os.path.isfile(context):
+        return HostContextInfo("str", os.path.getsize(context), approximate=True)
+    return None
+
+
 def describe_context(context: Any, info: Any) -> str:
     kind = getattr(info, "type", None) or type(context).__name__
     length = getattr(info, "length", None)
     if isinstance(context, os.PathLike):
         kind = "str"
     if kind == "str":
-        return f"a str of {length:,} characters" if length is not None else "a str"
+        about = "about " if getattr(info, "approximate", False) else ""
+        return f"a str of {about}{length:,} characters" if length is not None else "a str"
     if kind == "bytes":
         return f"a bytes object of {length:,} bytes" if length is not None else "a bytes object"
     if kind == "list":
