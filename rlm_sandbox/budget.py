@@ -58,7 +58,11 @@ _TENANT_LOCK = threading.Lock()
 class Budget:
     def __init__(self, limits: Limits, tenant: TenantAccount | None = None) -> None:
         limits.check()
-        if tenant is not None and tenant.limits.max_containers is not None and tenant.limits.max_containers < limits.depth:
+        if (
+            tenant is not None
+            and tenant.limits.max_containers is not None
+            and tenant.limits.max_containers < limits.depth
+        ):
             raise ConfigError(
                 f"tenant {tenant.name!r} may have {tenant.limits.max_containers} containers at once, "
                 f"fewer than depth ({limits.depth})",
@@ -151,7 +155,11 @@ class Budget:
             tokens = self.prompt_tokens + self.completion_tokens
             cost = self.cost_usd
         tenant = self.tenant
-        if tenant is not None and tenant.limits.max_cost is not None and tenant.cost_usd >= tenant.limits.max_cost:
+        if (
+            tenant is not None
+            and tenant.limits.max_cost is not None
+            and tenant.cost_usd >= tenant.limits.max_cost
+        ):
             exc = self._exhaust(
                 "tenant_max_cost",
                 f"tenant {tenant.name!r} has spent ${tenant.cost_usd:.4f}; its limit is ${tenant.limits.max_cost:g}",

@@ -164,7 +164,9 @@ class Run:
         self.sub_lm = sub_lm
         self.tracer = tracer
         self.run_id = run_id
-        self.budget = Budget(config.limits(), ledger.account(config.tenant, config.tenants.get(config.tenant)))
+        self.budget = Budget(
+            config.limits(), ledger.account(config.tenant, config.tenants.get(config.tenant))
+        )
         self._ids = 0
         self._lock = threading.Lock()
         self.sandboxes: dict[str, Any] = {}
@@ -486,7 +488,9 @@ class _Loader:
 
     def __init__(self, sandbox: Any, context: Any) -> None:
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(sandbox, context), name="context-load", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(sandbox, context), name="context-load", daemon=True
+        )
         self._thread.start()
 
     def _run(self, sandbox: Any, context: Any) -> None:

@@ -317,7 +317,11 @@ class Kernel:
         os.dup2(self.capture.out_w, 1)
         os.dup2(self.capture.err_w, 2)
         mine = getattr(self, "_std", None)
-        if mine is not None and (sys.stdin, sys.stdout, sys.stderr) == mine and not any(f.closed for f in mine):
+        if (
+            mine is not None
+            and (sys.stdin, sys.stdout, sys.stderr) == mine
+            and not any(f.closed for f in mine)
+        ):
             return  # untouched by the cell: no need to build new stream objects (a syscall saver)
         sys.stdin = io.TextIOWrapper(io.FileIO(0, "rb", closefd=False), encoding="utf-8")
         sys.stdout = io.TextIOWrapper(

@@ -196,3 +196,33 @@ def test_gc_removes_what_a_killed_controller_left(scripted, run_id: str) -> None
     done = cli("gc", "--tenant", run_id)
     assert done.returncode == 0 and "removed 1" in done.stdout.decode()
     assert _tenant_containers(run_id) == [] and containers_of(run_id) == []
+
+
+def test_stdin_streams_byte_exact_into_the_kernel(scripted, gen_log) -> None:
+    import hashlib
+
+    from ..helpers import cells_then_final
+
+    stats = gen_log(5_000_000)
+    data = stats.path.read_bytes()
+    server = scripted(
+        cells_then_final(
+            "import hashlib\nh = hashlib.sha256(context.encode()).hexdigest()", final="FINAL_VAR(h)"
+        )
+    )
+    proc = cli(*base_args(server), "--task", "hash it", "--json", stdin=data, env=KEY_ENV)
+    assert json_out(proc)["answer"] == hashlib.sha256(data).hexdigest()
+
+
+def test_fan_out_really_overlaps(scripted, tmp_path: Path) -> None:
+    from ..helpers import cells_then_final
+
+    code = "answers = llm_query_batched([f'q{i}' for i in range(16)])\nprint(len(answers))"
+    server = scripted(cells_then_final(code, final="FINAL(done)"), latency_s=0.5)
+    trace = tmp_path / "t.jsonl"
+    args = ["--task", "t", "--json", "--max-concurrency", "16", "--trace", str(trace)]
+    out = json_out(cli(*base_args(server), *args, stdin=b"x", env=KEY_ENV))
+    assert out["status"] == "ok" and out["lm_calls"] == 18
+    (cell,) = [e for e in map(json.loads, trace.read_text().splitlines()) if e["event"] == "cell"]
+    # 16 calls of 0.5 s one after another would take 8 s; overlapped, about one latency.
+    assert cell["output"].strip() == "16" and cell["wall_s"] < 16 * 0.5 / 4, cell["wall_s"]

@@ -712,7 +712,12 @@ def test_gigantic_payload_length_is_rejected_before_buffering(
     [
         ("import os\nos._exit(3)", "exit", 3, "exited with code 3"),
         ("import os\nos.kill(os.getpid(), 9)", "killed", 137, "killed"),
-        ("import os, signal\nos.kill(1, signal.SIGTERM)", "terminated", 143, "terminated (SIGTERM, exit 143)"),
+        (
+            "import os, signal\nos.kill(1, signal.SIGTERM)",
+            "terminated",
+            143,
+            "terminated (SIGTERM, exit 143)",
+        ),
         ("import ctypes\nctypes.string_at(0)", "exit", 139, "exited with code 139"),
     ],
     ids=["os-exit-3", "sigkill-self", "sigterm-init", "segfault"],
