@@ -404,7 +404,11 @@ class Node:
         outputs: list[str] = []
         for index, code in enumerate(find_code_blocks(text)):
             run.budget.check()
-            result = sandbox.execute(code)
+            limit = cfg.sandbox.cell_timeout
+            left = run.budget.wall_left()
+            if left is not None:
+                limit = max(1.0, min(limit, left))  # a cell may not outlive the run's wall budget
+            result = sandbox.execute(code, timeout=limit)
             if run.first_cell_s is None:
                 run.first_cell_s = time.monotonic() - run.budget.started
             shown = format_result(result, cfg.output_limit)

@@ -201,3 +201,10 @@ def test_reference_names(scripted, run_id: str) -> None:
     result = rlm.run(prompt=text, task=SEARCH, run_id=run_id)
     assert result.ok and result.answer == "ZZ-9"
     assert rlm.completion(context=text, query=SEARCH) == "ZZ-9"
+
+
+def test_a_sleeping_cell_cannot_outlive_the_wall_budget(scripted, run_id: str) -> None:
+    server = scripted(cells_then_final("import time\ntime.sleep(60)", "import time\ntime.sleep(60)"))
+    result = make_rlm(server, {"timeout": 3}).run(context="abc", task="t", run_id=run_id)
+    assert result.status == "budget_exhausted" and result.budget == "timeout", result
+    assert result.wall_s < 8
