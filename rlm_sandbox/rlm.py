@@ -419,7 +419,7 @@ class Node:
                 step=step,
                 index=index,
                 code=code[:4000],
-                output=shown[:2000],
+                output=truncate_output(shown, 2000),
                 error=result.error,
                 duration_s=round(result.duration_s, 6),
                 wall_s=round(result.wall_s, 6),
