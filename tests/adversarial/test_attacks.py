@@ -140,15 +140,15 @@ def test_egress_to_loopback_bridge_and_dns(attack, scripted) -> None:
     listener = scripted()  # a real listener on the host's loopback
     port = listener.url.split(":")[2].split("/")[0]
     code = (
-        "import socket\nfor host, port in [('127.0.0.1', %s), ('172.17.0.1', 2375), ('172.17.0.1', 80), ('10.0.0.1', 53)]:\n"
+        "import socket\nfor host, port in [('127.0.0.1', PORT), ('172.17.0.1', 2375), ('172.17.0.1', 80)]:\n"
         "    try:\n        socket.create_connection((host, port), timeout=2)\n        print('CONNECTED', host)\n"
         "    except OSError as e:\n        print('blocked', host, type(e).__name__)\n"
         "try:\n    print('RESOLVED', socket.getaddrinfo('example.com', 80))\nexcept OSError as e:\n    print('dns blocked', type(e).__name__)\n"
         "print('interfaces', [n for _, n in socket.if_nameindex()])"
-    ) % port
+    ).replace("PORT", port)
     out = attack(code)
     text = out.first_output
-    assert "CONNECTED" not in text and "RESOLVED" not in text and text.count("blocked") == 5, text
+    assert "CONNECTED" not in text and "RESOLVED" not in text and text.count("blocked") == 4, text
     assert listener.requests.count == 0
 
 
