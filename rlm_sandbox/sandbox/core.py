@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, NoReturn
 from rlm_sandbox.config import SandboxConfig
 from rlm_sandbox.errors import (
     CellTimeout,
+    EngineUnavailable,
     ProtocolViolation,
     SandboxClosed,
     SandboxCrashed,
@@ -235,6 +236,11 @@ class Sandbox:
         info = self.backend.exit_info(self.id or "", wait_s=2.0)
         diag = self._channel.diagnostics().strip()[-1500:] if self._channel else ""
         tail = f"; kernel said: {diag}" if diag else ""
+        if not info.exists and info.error:
+            return EngineUnavailable(
+                f"the Docker engine stopped answering while sandbox {self.id and self.id[:12]} ran ({info.error})",
+                hint="restart the engine (bash scripts/ensure-docker.sh), then `rlm-sandbox gc` removes what is left",
+            )
         if not info.exists:
             return SandboxCrashed(
                 f"the sandbox container {self.id and self.id[:12]} disappeared (removed from outside?)",

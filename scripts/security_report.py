@@ -1,0 +1,60 @@
+"""Run the adversarial suite under each runtime and print what every attack achieved.
+
+Usage: uv run python scripts/security_report.py [--runtime runc,runsc]
+
+Each row: the attack, the runtime, the run's status, how it was contained (the error or the
+cell's last line), seconds to contain, and whether a planted host secret leaked. Exit status
+1 if any test failed or anything leaked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runtime", default="runc,runsc", help="comma-separated: runc, runsc")
+    args = ap.parse_args()
+    rows, failed = [], False
+    for runtime in args.runtime.split(","):
+        report = Path(tempfile.mkstemp(suffix=".json")[1])
+        env = {**os.environ, "RLM_SANDBOX_TEST_RUNTIME": runtime, "RLM_SANDBOX_SECURITY_REPORT": str(report)}
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:warnings", "tests/adversarial"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        summary = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
+        print(f"[{runtime}] pytest: {summary}")
+        failed |= proc.returncode != 0
+        if report.exists() and report.stat().st_size:
+            rows += json.loads(report.read_text())["rows"]
+    width = max((len(r["attack"]) for r in rows), default=10)
+    print(f"\n{'attack':<{width}}  {'runtime':<7}  {'status':<16}  {'secs':>5}  breached  contained by")
+    for r in rows:
+        print(
+            f"{r['attack']:<{width}}  {r['runtime']:<7}  {r['status']:<16}  {r['seconds']:>5.1f}  "
+            f"{'YES' if r['breached'] else 'no':<8}  {r['outcome'][:90]}"
+        )
+    breaches = sum(r["breached"] for r in rows)
+    slowest = max((r["seconds"] for r in rows), default=0.0)
+    print(
+        f"\n{len(rows)} attack runs, {breaches} breaches, slowest contained in {slowest:.1f} s"
+        + ("; SOME TESTS FAILED" if failed else "; all checks passed")
+    )
+    return 1 if failed or breaches else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

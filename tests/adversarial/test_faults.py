@@ -1,0 +1,125 @@
+"""Faults on the host's side: the model times out, the Docker engine goes away mid-run."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from rlm_sandbox.config import SandboxConfig
+from rlm_sandbox.rlm import RLM, RLMConfig
+from rlm_sandbox.sandbox.gc import collect_garbage
+
+from ..conftest import containers_of
+from ..helpers import cells_then_final
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
+
+
+class EngineProxy:
+    """A unix socket that forwards to the real engine until ``cut()`` drops every connection."""
+
+    def __init__(self, path: Path, target: str = "/var/run/docker.sock") -> None:
+        self.path, self.target = path, target
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(str(path))
+        self.listener.listen(64)
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.cut_done = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(self.target)
+            with self.lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        self.cut_done = True
+        self.listener.close()
+        os.unlink(self.path)
+        with self.lock:
+            for s in self.conns:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                    s.close()
+                except OSError:
+                    pass
+
+
+def test_engine_disappears_mid_run(scripted, run_id: str, tmp_path: Path) -> None:
+    proxy = EngineProxy(tmp_path / "engine.sock")
+    server = scripted(cells_then_final("import time\ntime.sleep(30)"))
+    cfg = RLMConfig(
+        api_base=server.url,
+        sandbox=SandboxConfig(docker_url=f"unix://{proxy.path}", cell_timeout=20, kill_grace=1),
+    )
+    engine = RLM(model=server.model_name, config=cfg, api_key=server.api_key)
+    engine.listeners.append(
+        lambda ev: threading.Timer(1.0, proxy.cut).start() if ev.get("event") == "node_start" else None
+    )
+    t0 = time.monotonic()
+    result = engine.run(context="abc", task="t", run_id=run_id)
+    took = time.monotonic() - t0
+    assert result.status == "sandbox_error" and result.exit_code == 4, result
+    assert "engine" in (result.error or "").lower(), result.error
+    assert took < 30
+    # With the engine back (the real socket), gc removes what the cut left behind.
+    deadline = time.monotonic() + 10
+    while containers_of(run_id) and time.monotonic() < deadline:
+        collect_garbage(run_id=run_id, include_live=True)
+        time.sleep(0.2)
+    assert containers_of(run_id) == []
+
+
+def test_model_timeouts_are_retried_then_reported(scripted, run_id: str) -> None:
+    def slow(request: dict) -> str:
+        time.sleep(3)
+        return "too late"
+
+    server = scripted(slow)
+    cfg = RLMConfig(api_base=server.url, lm_timeout=1, lm_retries=2)
+    t0 = time.monotonic()
+    result = RLM(model=server.model_name, config=cfg, api_key=server.api_key).run(
+        context="x", task="t", run_id=run_id
+    )
+    assert result.status == "lm_error" and result.exit_code == 5, result
+    assert "did not answer" in (result.error or "") and server.requests.count == 2
+    assert time.monotonic() - t0 < 20
+
+
+def test_unique_runs_do_not_see_each_other(run_id: str) -> None:
+    """gc of one run (or tenant) leaves another's containers alone."""
+    from rlm_sandbox import Sandbox
+
+    other = f"other-{uuid.uuid4().hex[:8]}"
+    with Sandbox(SandboxConfig(run_id=run_id)) as mine, Sandbox(SandboxConfig(run_id=other)):
+        report = collect_garbage(run_id=other, include_live=True)
+        assert [i.id for i in report.removed] and mine.execute("print(1)").stdout == "1\n"
+    assert containers_of(other) == []
