@@ -221,6 +221,7 @@ class Run:
         if left is not None:
             timeout = max(1.0, min(timeout, left))
         t0 = time.perf_counter()
+        self.tracer.emit("lm_start", node=node, depth=depth, purpose=purpose, model=client.model)
         try:
             resp = client.completion(messages, timeout_s=timeout)
         except LMError as exc:
@@ -284,6 +285,7 @@ class Node:
 
         run = self.run
         cfg = run.config
+        run.tracer.emit("node_begin", node=self.id, parent=self.parent, depth=self.depth)
         run.budget.admit_node(self.depth)  # takes a container slot: released below, whatever happens
         t0 = time.monotonic()
         sandbox = None
@@ -408,6 +410,9 @@ class Node:
             left = run.budget.wall_left()
             if left is not None:
                 limit = max(1.0, min(limit, left))  # a cell may not outlive the run's wall budget
+            run.tracer.emit(
+                "cell_start", node=self.id, depth=self.depth, step=step, index=index, code=code[:4000]
+            )
             result = sandbox.execute(code, timeout=limit)
             if run.first_cell_s is None:
                 run.first_cell_s = time.monotonic() - run.budget.started
