@@ -141,12 +141,22 @@ def execute(
     err = Console(stderr=True)
     config = build_config(o)
     rlm = RLM(model=model, sub_model=sub_model, config=config, api_key=api_key)
-    if o["verbose"]:
+    live = None
+    if not o["as_json"] and use_live_view(err):
+        from rlm_sandbox.live import LiveTree
+
+        live = LiveTree(err, verbose=o["verbose"])
+        rlm.listeners.append(live.on_event)
+    elif o["verbose"]:
         rlm.listeners.append(TraceView(err).on_event)
     elif not o["as_json"]:
         rlm.listeners.append(TraceView(err, quiet=True).on_event)
     try:
-        result = rlm.run(context=context, task=task)
+        if live is not None:
+            with live:
+                result = rlm.run(context=context, task=task)
+        else:
+            result = rlm.run(context=context, task=task)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: the run was stopped and every container removed")
         if o["as_json"]:
@@ -171,6 +181,17 @@ def execute(
         )
     fast_exit(result.exit_code)
     return result.exit_code
+
+
+def use_live_view(err: Any) -> bool:
+    """The live tree redraws in place: only for a person at a terminal, never into a pipe or
+    a log file (``RLM_SANDBOX_NO_LIVE=1`` turns it off, e.g. for screen readers)."""
+    if os.environ.get("RLM_SANDBOX_NO_LIVE", "") not in ("", "0"):
+        return False
+    try:
+        return sys.stdout.isatty() and err.is_terminal
+    except (AttributeError, ValueError):
+        return False
 
 
 def fast_exit(code: int) -> None:

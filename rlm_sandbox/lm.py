@@ -291,7 +291,7 @@ class LiteLLMClient:
         kwargs.pop("stream", None)  # we need one complete response with usage
 
         backoff = wait_exponential_jitter(
-            initial=self.retry_wait_s, max=self.retry_max_wait_s, jitter=self.retry_wait_s
+            multiplier=self.retry_wait_s, max=self.retry_max_wait_s, jitter=self.retry_wait_s
         )
 
         def wait(state: RetryCallState) -> float:

@@ -183,6 +183,7 @@ class Run:
                 config.node_sandbox_config(run_id, "pool"),
                 size,
                 idle_timeout=config.pool_idle_timeout,
+                progress=self.image_progress,
                 can_grow=lambda total: (
                     budget.containers_alive + total < config.max_containers and not budget.cancelled.is_set()
                 ),
@@ -199,6 +200,22 @@ class Run:
     def open_sandboxes(self) -> list[tuple[str, Any]]:
         with self._lock:
             return list(self.sandboxes.items())
+
+    def image_progress(self, message: str) -> None:
+        """The first run on a machine builds the image (about a minute): say what it is doing."""
+        self.tracer.notify("image_progress", message=message)
+
+    def load_progress(self, node: str) -> Callable[[int, int], None]:
+        """Tell the live view how far a node's input load has got, a few times a second."""
+        last = [0.0]
+
+        def tick(sent: int, size: int) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 0.1 or sent == size:
+                last[0] = now
+                self.tracer.notify("load_progress", node=node, sent=sent, size=size)
+
+        return tick
 
     def new_node_id(self, parent: str | None) -> str:
         with self._lock:
@@ -296,7 +313,9 @@ class Node:
                 sandbox, pooled = run.pool.acquire(self.handle_llm_query)
             else:
                 sandbox = Sandbox(
-                    cfg.node_sandbox_config(run.run_id, self.id), llm_handler=self.handle_llm_query
+                    cfg.node_sandbox_config(run.run_id, self.id),
+                    llm_handler=self.handle_llm_query,
+                    progress=run.image_progress,
                 )
                 pooled = False
                 run.track(self.id, sandbox)
@@ -314,12 +333,13 @@ class Node:
                 task=self.task[:500],
             )
             info = host_context_info(self.context)
+            progress = run.load_progress(self.id)
             if info is None:
-                info = sandbox.load_context(self.context)
+                info = sandbox.load_context(self.context, progress=progress)
             else:
                 # The host already knows what the prompt says of the input: the first model
                 # call need not wait for the load (seconds at 1 GB). Cells wait for it.
-                self._loader = _Loader(sandbox, self.context)
+                self._loader = _Loader(sandbox, self.context, progress)
             answer = self._loop(sandbox, info)
             outcome = "done"
             return answer
@@ -495,16 +515,18 @@ class Node:
 class _Loader:
     """Loads ``context`` in a thread while the node's first model call is under way."""
 
-    def __init__(self, sandbox: Any, context: Any) -> None:
+    def __init__(
+        self, sandbox: Any, context: Any, progress: Callable[[int, int], None] | None = None
+    ) -> None:
         self.error: BaseException | None = None
         self._thread = threading.Thread(
-            target=self._run, args=(sandbox, context), name="context-load", daemon=True
+            target=self._run, args=(sandbox, context, progress), name="context-load", daemon=True
         )
         self._thread.start()
 
-    def _run(self, sandbox: Any, context: Any) -> None:
+    def _run(self, sandbox: Any, context: Any, progress: Callable[[int, int], None] | None) -> None:
         try:
-            sandbox.load_context(context)
+            sandbox.load_context(context, progress=progress)
         except BaseException as exc:
             self.error = exc
 

@@ -317,11 +317,18 @@ class Sandbox:
 
     # ---- context
 
-    def load_context(self, data: ContextInput, *, kind: str | None = None) -> ContextInfo:
+    def load_context(
+        self,
+        data: ContextInput,
+        *,
+        kind: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> ContextInfo:
         """Send the input to the kernel, raw and in chunks; it becomes ``context``.
 
         str -> str, bytes -> bytes, list/dict -> the same JSON structure, a path (``Path``)
         or a binary file object -> streamed from disk as text (``kind="bytes"`` keeps bytes).
+        ``progress(sent, size)`` follows a large load (size -1 when unknown, as for stdin).
         """
         with self._lock:
             channel = self._check_usable()
@@ -335,6 +342,8 @@ class Sandbox:
                 for piece in source(chunk):
                     channel.send({"t": P.CONTEXT_CHUNK, "id": ident}, piece)
                     sent += len(piece)
+                    if progress is not None:
+                        progress(sent, size)
                 if size >= 0 and sent != size:
                     raise SandboxError(f"the input changed while it was read ({sent} of {size} bytes)")
                 channel.send({"t": P.CONTEXT_END, "id": ident})

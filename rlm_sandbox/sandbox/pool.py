@@ -34,6 +34,7 @@ class SandboxPool:
         parallel_starts: int = 2,
         can_grow: Callable[[int], bool] = lambda _total: True,
         on_start: Callable[[Sandbox], None] | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.size = max(0, size)
@@ -41,6 +42,7 @@ class SandboxPool:
         self.parallel_starts = max(1, parallel_starts)
         self._can_grow = can_grow
         self._on_start = on_start
+        self._progress = progress
         self._cond = threading.Condition()
         self._ready: deque[tuple[float, Sandbox]] = deque()
         self._starting = 0
@@ -101,7 +103,7 @@ class SandboxPool:
                 threading.Thread(target=sb.close, daemon=True).start()
             self.misses += 1
             self._cond.notify_all()
-        sb = Sandbox(self.config, llm_handler=llm_handler)
+        sb = Sandbox(self.config, llm_handler=llm_handler, progress=self._progress)
         if self._on_start:
             self._on_start(sb)
         return sb.start(), False
@@ -122,7 +124,7 @@ class SandboxPool:
                     self._expire_idle()
                     self._cond.wait(1.0)
                 self._starting += 1
-            sb = Sandbox(self.config)
+            sb = Sandbox(self.config, progress=self._progress)
             try:
                 if self._on_start:
                     self._on_start(sb)

@@ -208,3 +208,21 @@ def test_a_sleeping_cell_cannot_outlive_the_wall_budget(scripted, run_id: str) -
     result = make_rlm(server, {"timeout": 3}).run(context="abc", task="t", run_id=run_id)
     assert result.status == "budget_exhausted" and result.budget == "timeout", result
     assert result.wall_s < 8
+
+
+def test_listeners_see_load_progress_and_every_node_state(scripted, gen_log, run_id: str) -> None:
+    stats = gen_log(20_000_000)
+    server = scripted()
+    rlm = make_rlm(server, {"depth": 2})
+    seen: list[dict] = []
+    rlm.listeners.append(seen.append)
+    result = rlm.run(context=stats.path, task=COUNT, run_id=run_id)
+    assert result.status == "ok" and result.answer == str(stats.disk_errors)
+    loads = [e for e in seen if e["event"] == "load_progress" and e["node"] == "root"]
+    assert loads and loads[-1]["sent"] == loads[-1]["size"] == stats.size_bytes
+    assert [e["sent"] for e in loads] == sorted(e["sent"] for e in loads)
+    kinds = [e["event"] for e in seen]
+    for kind in ("node_begin", "node_start", "lm_start", "lm_call", "cell_start", "cell", "node_end"):
+        assert kinds.count(kind) >= 1, kind
+    assert kinds.count("node_begin") == kinds.count("node_end") == result.nodes
+    assert kinds.count("lm_start") == kinds.count("lm_call") == result.lm_calls
