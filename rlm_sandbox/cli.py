@@ -3,6 +3,7 @@ so ``--help``, ``gc`` and ``doctor`` start fast."""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -12,7 +13,27 @@ from rlm_sandbox.cli_run import budget_options, execute, fail
 from rlm_sandbox.errors import RLMSandboxError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class FriendlyGroup(click.Group):
+    """Whatever goes wrong reaches a person as one line and a hint, never a traceback,
+    unless they asked for one (``--debug`` anywhere on the line, or RLM_SANDBOX_DEBUG=1)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = "--debug" in sys.argv[1:] or os.environ.get("RLM_SANDBOX_DEBUG", "") not in ("", "0")
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except RLMSandboxError as exc:
+            fail(exc, debug)
+        except Exception as exc:
+            if debug:
+                raise
+            click.echo(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
+            click.echo("hint: rerun with --debug for the traceback, and please report it", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="rlm-sandbox")
 @click.pass_context
 def main(ctx: click.Context) -> None:

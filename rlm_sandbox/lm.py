@@ -376,39 +376,41 @@ class LiteLLMClient:
         context_window = _classes(litellm, ("ContextWindowExceededError",))
         if kind == "auth":
             denied = status == 403 or isinstance(exc, _classes(litellm, ("PermissionDeniedError",)))
-            what = "permission denied" if denied else "authentication failed"
             msg = (
-                f"{what} for model {model!r}{where}: set the provider's API key in the environment "
-                f"(e.g. {self._key_env()})" + (" and check that it may use this model" if denied else "")
+                f"{'permission denied' if denied else 'authentication failed'} for model {model!r}{where}: "
+                f"the provider refused the API key (read from {self._key_env()})"
+            )
+            hint = f"set the provider's API key in the environment (e.g. {self._key_env()})" + (
+                " and check that it may use this model" if denied else ""
             )
         elif kind == "not_found" and "LLM Provider NOT provided" in str(exc):
-            msg = f"model {model!r} is not known to LiteLLM: use provider/model, e.g. openai/gpt-4o-mini"
+            msg = f"model {model!r} is not known to LiteLLM"
+            hint = "name it as provider/model, e.g. --model openai/gpt-4o-mini"
         elif kind == "not_found":
-            msg = (
-                f"model {model!r} was not found{where}: check the model name (provider/model, e.g. "
-                f"openai/gpt-4o-mini) and --api-base ({detail})"
-            )
+            msg = f"model {model!r} was not found{where} ({detail})"
+            hint = "check the model name (provider/model, e.g. openai/gpt-4o-mini) and --api-base"
         elif kind == "bad_request" and context_window and isinstance(exc, context_window):
-            msg = f"the prompt is longer than the context window of {model!r}: send less text per call ({detail})"
+            msg = f"the prompt is longer than the context window of {model!r} ({detail})"
+            hint = "send less text per call: lower the size of the pieces passed to llm_query"
         elif kind == "bad_request":
             msg = f"model {model!r} rejected the request: {detail}"
+            hint = "check the model's options (--model, --api-base) and the provider's limits"
         elif kind == "timeout":
-            msg = (
-                f"model {model!r}{where} did not answer within {timeout:g} s, {tries}: "
-                "raise the timeout or check the provider's status"
-            )
+            msg = f"model {model!r}{where} did not answer within {timeout:g} s, {tries}"
+            hint = "raise the model timeout, or check the provider's status page"
         elif kind == "rate_limit":
-            msg = f"model {model!r} is rate-limited, {tries}: lower the concurrency or wait ({detail})"
+            msg = f"model {model!r} is rate-limited, {tries} ({detail})"
+            hint = "lower --max-concurrency, or wait and run again"
         elif kind == "connection":
-            msg = (
-                f"could not connect to the provider of {model!r}{where}, {tries}: check the network "
-                f"and --api-base ({detail})"
-            )
+            msg = f"could not connect to the provider of {model!r}{where}, {tries} ({detail})"
+            hint = "check the network and --api-base (`rlm-sandbox doctor` tests both)"
         elif kind == "server":
             msg = f"the provider of {model!r}{where} failed with a server error, {tries} ({detail})"
+            hint = "the provider is failing: wait and run again, or use another model"
         else:
             msg = f"model call to {model!r} failed: {type(exc).__name__}: {detail}"
-        error = LMError(msg)
+            hint = "rerun with --debug to see where it failed"
+        error = LMError(msg, hint=hint)
         error.kind = kind  # type: ignore[attr-defined]
         error.attempts = attempts  # type: ignore[attr-defined]
         error.status_code = status  # type: ignore[attr-defined]
