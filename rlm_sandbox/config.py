@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -40,6 +40,10 @@ class SandboxConfig(BaseModel):
     max_pending_llm: Annotated[int, Field(ge=1, le=65536)] = 1024
     llm_concurrency: Annotated[int, Field(ge=1, le=1024)] = 16
     context_chunk: Annotated[int, Field(ge=4096, le=64 << 20)] = 4 << 20
+    backend: Literal["docker", "local"] = Field(
+        "docker",
+        description="'local' runs the kernel as a plain subprocess: NO SANDBOX, trusted code only",
+    )
     runtime: str | None = Field(
         None, description="OCI runtime, e.g. 'runsc' for gVisor; None = engine default"
     )

@@ -85,6 +85,7 @@ class LiveTree:
         self.image_note = ""
         self.final: dict[str, Any] | None = None
         self._fits = True
+        self.unsafe = False
         self._lines = TraceView(console) if verbose else None
         self._live = Live(
             get_renderable=self.render,
@@ -119,6 +120,7 @@ class LiveTree:
             if kind == "run_start":
                 self.limits = dict(ev.get("limits") or {})
                 self.model = str(ev.get("model") or "")
+                self.unsafe = bool(ev.get("unsafe"))
             elif kind == "node_begin":
                 parent = ev.get("parent")
                 self.nodes[node_id] = NodeState(node_id, parent, int(ev.get("depth") or 0), time.monotonic())
@@ -249,6 +251,10 @@ class LiveTree:
     def render(self) -> RenderableType:
         with self.lock:
             title = Text(f"rlm-sandbox · {self.model}", style="bold")
+            if self.unsafe:
+                title.append(
+                    "  ⚠ UNSAFE: --backend local, code runs on this machine with no sandbox", style="bold red"
+                )
             tree = Tree(title, guide_style="dim")
             root = self.nodes.get("root")
             room = max(6, self.console.size.height - 6)

@@ -121,6 +121,7 @@ class RLMResult:
     budget: str | None = None
     hint: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    unsafe_backend: str | None = None  # "local": the code ran with no sandbox at all
 
     @property
     def ok(self) -> bool:
@@ -144,7 +145,7 @@ class RLMResult:
             "containers": self.containers,
             "max_depth_reached": self.max_depth_reached,
             "trace": self.trace,
-        }
+        } | ({"unsafe_backend": self.unsafe_backend} if self.unsafe_backend else {})
 
 
 class _Client:
@@ -675,6 +676,11 @@ class RLM:
         if isinstance(context, Path) and not context.is_file():
             raise ConfigError(f"input file not found: {context}", hint="check the path given to -i/--input")
         cfg = self.config
+        if cfg.sandbox.backend == "local" and cfg.tenant != "default":
+            raise ConfigError(
+                "the local backend runs model-written code with no sandbox: it is refused for tenants",
+                hint="drop --backend local (the default, docker, is the sandbox), or drop --tenant",
+            )
         run_id = run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         tracer = Tracer(run_id, cfg.trace)
         for listener in self.listeners:
@@ -693,6 +699,8 @@ class RLM:
             max_steps=cfg.max_steps,
             tenant=cfg.tenant,
             limits=dataclasses.asdict(cfg.limits()),
+            backend=cfg.sandbox.backend,
+            unsafe=cfg.sandbox.backend == "local",
         )
         answer, status, error, budget_name, hint = None, "ok", None, None, None
         root = Node(run, depth=0, parent=None, context=context, task=task)
@@ -745,6 +753,7 @@ class RLM:
             trace=str(cfg.trace) if cfg.trace else None,
             budget=budget_name,
             hint=hint,
+            unsafe_backend=cfg.sandbox.backend if cfg.sandbox.backend != "docker" else None,
             timings={
                 k: round(v, 4)
                 for k, v in (("first_lm_call_s", run.first_lm_s), ("first_cell_s", run.first_cell_s))

@@ -29,6 +29,8 @@ class TraceView:
         line = None
         if kind == "run_start":
             line = f"[bold]run[/] {ev.get('run')} model={ev.get('model')} depth={ev.get('depth')}"
+            if ev.get("unsafe"):
+                line += "\n[bold red]UNSAFE: --backend local runs the code on this machine with no sandbox[/]"
         elif kind == "node_start":
             line = f"{pad}[cyan]▶ {node}[/] depth {ev.get('depth')} container {str(ev.get('container'))[:12]} ({ev.get('start_s')} s)"
         elif kind == "node_end":

@@ -95,7 +95,8 @@ class KernelChannel:
         self.max_pending_llm = max_pending_llm
         self.name = name
         self._decoder = FrameDecoder(limits)
-        self._demux = Demuxer()
+        # Docker multiplexes stdout and stderr on one stream; a pipe carries stdout alone.
+        self._demux = Demuxer() if getattr(stream, "multiplexed", True) else None
         self._on_fatal = on_fatal
         self._lock = threading.Lock()
         self._waiter: _Waiter | None = None
@@ -220,7 +221,8 @@ class KernelChannel:
                             partial = f" ({exc})"
                         self.fail(SandboxError(f"{self.name}: the kernel's stream ended{partial}"))
                     return
-                for stream_id, piece in self._demux.feed(data):
+                pieces = self._demux.feed(data) if self._demux is not None else ((1, data),)
+                for stream_id, piece in pieces:
                     if stream_id == 1:
                         for frame in self._decoder.feed(piece):
                             self._dispatch(frame)

@@ -92,10 +92,12 @@ class Sandbox:
         config: SandboxConfig | None = None,
         *,
         llm_handler: LLMHandler | None = None,
-        backend: Backend | None = None,
+        backend: Backend | str | None = None,
         progress: Callable[[str], None] | None = None,
         **overrides: Any,
     ) -> None:
+        if isinstance(backend, str):  # Sandbox(backend="local") names a kind, like the setting
+            overrides["backend"], backend = backend, None
         base = config or SandboxConfig()
         self.config = base.model_copy(update=overrides) if overrides else base
         if overrides:
@@ -125,9 +127,14 @@ class Sandbox:
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            from .docker_backend import DockerBackend
+            if self.config.backend == "local":
+                from .local_backend import shared_local_backend
 
-            self._backend = DockerBackend(self.config.docker_url)
+                self._backend = shared_local_backend()
+            else:
+                from .docker_backend import DockerBackend
+
+                self._backend = DockerBackend(self.config.docker_url)
         return self._backend
 
     def labels(self) -> dict[str, str]:

@@ -1,0 +1,92 @@
+"""``backend="local"``: the same kernel as a plain subprocess (no Docker, and no sandbox)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from rlm_sandbox.config import SandboxConfig
+from rlm_sandbox.errors import ConfigError, SandboxCrashed
+from rlm_sandbox.rlm import RLM, RLMConfig
+from rlm_sandbox.sandbox.core import Sandbox
+from rlm_sandbox.sandbox.local_backend import shared_local_backend
+from rlm_sandbox.scripted_model import rlm_policy
+
+from ..helpers import cells_then_final
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_the_kernel_runs_as_a_subprocess_with_state_limits_and_no_host_secrets(monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-host-secret-local")
+    with Sandbox(backend="local", cell_timeout=5) as sb:
+        assert sb.id and sb.id.startswith("local-")
+        sb.load_context(["doc one", "doc two"])
+        r = sb.execute("import os\nn = len(context)\nprint(n, type(context).__name__, dict(os.environ))")
+        assert r.error is None and r.stdout.startswith("2 list {")
+        assert "sk-host-secret-local" not in r.stdout
+        assert sb.execute("print(n * 21)").stdout == "42\n"
+        slow = sb.execute("while True:\n    pass", timeout=0.5)
+        assert slow.timed_out and "time limit" in (slow.error or "")
+        assert sb.execute("print(n)").stdout == "2\n"  # interrupted, not lost
+        child = sb.execute("import subprocess\np = subprocess.Popen(['sleep', '60'])\nprint(p.pid)")
+        pid = int(child.stdout)
+        assert _alive(pid)
+        workdir = sb.execute("import os\nprint(os.getcwd())").stdout.strip()
+        assert workdir.startswith("/tmp/rlm-local-")
+    # Closing kills the whole process group and removes the private directory.
+    assert not _alive(pid)
+    assert not Path(workdir).exists()
+    assert shared_local_backend().list({}) == []
+
+
+def test_a_kernel_that_exits_is_a_typed_crash() -> None:
+    with Sandbox(backend="local") as sb, pytest.raises(SandboxCrashed) as info:
+        sb.execute("import os\nos._exit(3)")
+    assert "exited with code 3" in str(info.value)
+
+
+def test_a_memory_bomb_hits_the_address_space_limit() -> None:
+    with Sandbox(backend="local", memory="128m") as sb:
+        r = sb.execute("x = bytearray(1 << 30)")
+        assert r.ename == "MemoryError", r
+        assert sb.execute("print('still here')").stdout == "still here\n"
+
+
+def test_a_run_says_it_was_unsafe_everywhere(scripted, tmp_path: Path) -> None:
+    server = scripted(rlm_policy)
+    trace = tmp_path / "t.jsonl"
+    context = "\n".join(f"line {i}" for i in range(5000)) + "\nThe secret code is QX-4417.\n"
+    cfg = RLMConfig(api_base=server.url, depth=2, trace=str(trace), sandbox=SandboxConfig(backend="local"))
+    result = RLM(model=server.model_name, config=cfg, api_key=server.api_key).run(
+        context=context, task="What is the secret code?"
+    )
+    assert result.status == "ok" and result.answer == "QX-4417", result
+    assert result.nodes > 1
+    assert result.to_json()["unsafe_backend"] == "local"
+    start = json.loads(trace.read_text().splitlines()[0])
+    assert start["event"] == "run_start" and start["unsafe"] is True and start["backend"] == "local"
+    assert shared_local_backend().list({}) == []
+
+
+def test_docker_runs_do_not_grow_an_unsafe_key(scripted) -> None:
+    from rlm_sandbox.rlm import RLMResult
+
+    r = RLMResult(None, "ok", None, 0, 0, {"prompt": 0, "completion": 0}, 0.0, 0.0, 0, 0, 0, None)
+    assert "unsafe_backend" not in r.to_json()
+
+
+def test_refused_for_tenants(scripted) -> None:
+    server = scripted(cells_then_final("print(1)"))
+    cfg = RLMConfig(api_base=server.url, tenant="acme", sandbox=SandboxConfig(backend="local"))
+    with pytest.raises(ConfigError, match="refused for tenants"):
+        RLM(model=server.model_name, config=cfg, api_key=server.api_key).run(context="x", task="t")
