@@ -9,7 +9,10 @@ from typing import Any
 
 import click
 
+from rlm_sandbox.cli_config import config as config_command
+from rlm_sandbox.cli_doctor import doctor as doctor_command
 from rlm_sandbox.cli_run import budget_options, execute, fail
+from rlm_sandbox.cli_settings import MODEL_FLAGS, setting_options
 from rlm_sandbox.errors import RLMSandboxError
 
 
@@ -105,15 +108,22 @@ def gc(dry_run: bool, tenant: str | None, run_id: str | None, include_live: bool
 
 
 @main.command()
-@click.option("--model", required=True, help="root model, LiteLLM format (provider/model)")
-@click.option("--sub-model", default=None, help="model for sub-calls (default: --model)")
+@setting_options(*MODEL_FLAGS)
 @click.option("--task", required=True, help="what to find or compute over the input")
 @click.option("-i", "--input", "input_path", default=None, help="input file ('-' or absent: standard input)")
 @budget_options
-def run(model: str, sub_model: str | None, task: str, input_path: str | None, **o: Any) -> None:
-    """Answer TASK over a large input with a Recursive Language Model."""
+def run(model: str | None, sub_model: str | None, task: str, input_path: str | None, **o: Any) -> None:
+    """Answer TASK over a large input with a Recursive Language Model.
+
+    Every option except --task, --input and the output flags can also come from
+    RLM_SANDBOX_* variables or rlm-sandbox.toml (see `rlm-sandbox config show`).
+    """
     from rlm_sandbox.inputs import open_input
 
+    if not model:
+        raise click.UsageError(
+            "Missing option '--model' (or set model in rlm-sandbox.toml, or RLM_SANDBOX_MODEL)."
+        )
     try:
         context = open_input(input_path)
         code = execute(model, sub_model, task, context, o)
@@ -123,8 +133,7 @@ def run(model: str, sub_model: str | None, task: str, input_path: str | None, **
 
 
 @main.command()
-@click.option("--model", default=None, help="use this model instead of the built-in scripted one")
-@click.option("--sub-model", default=None)
+@setting_options(*MODEL_FLAGS, help={"model": "use this model instead of the built-in scripted one"})
 @click.option("--size", default="4m", show_default=True, help="size of the generated log (e.g. 4m, 100m)")
 @click.option(
     "--task", "task_kind", type=click.Choice(["count", "search"]), default="count", show_default=True
@@ -143,7 +152,7 @@ def demo(
 
     from rlm_sandbox.scripted_model import ScriptedModelServer, generate_log
 
-    if o["depth"] == 1 and not _given("depth"):
+    if o["settings"].origin("depth") == "default":
         o["depth"] = 2
     if not o["trace_path"]:
         o["trace_path"] = str(Path(tempfile.gettempdir()) / "rlm-sandbox-demo-trace.jsonl")
@@ -167,12 +176,6 @@ def demo(
     sys.exit(code)
 
 
-def _given(name: str) -> bool:
-    ctx = click.get_current_context()
-    source = ctx.get_parameter_source(name)
-    return source is not None and source.name != "DEFAULT"
-
-
 def _parse_size(text: str) -> int:
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
     t = text.strip().lower().rstrip("b")
@@ -181,6 +184,10 @@ def _parse_size(text: str) -> int:
         return int(float(t[:-1] if t[-1:] in units else t) * mult)
     except ValueError:
         raise click.BadParameter(f"{text!r} is not a size like 4m or 1g") from None
+
+
+main.add_command(config_command)
+main.add_command(doctor_command)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ reads while waiting goes to stderr. Exit codes: 0 answered, 2 usage, 3 budget, 4
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -19,114 +20,49 @@ from rlm_sandbox.errors import ConfigError, RLMSandboxError
 
 
 def budget_options(f: Callable) -> Callable:
+    """The setting flags of a run plus its output flags. Settings are resolved before the
+    command body runs (flag > env > project file > user file > default), so the body sees
+    effective values under the usual keys and ``o["settings"]`` says where each came from."""
+    from rlm_sandbox.cli_settings import RUN_FLAGS, resolve_settings, setting_options
+
+    @functools.wraps(f)
+    def with_settings(**o: Any) -> Any:
+        try:
+            o["settings"] = resolve_settings(click.get_current_context(), o)
+        except ConfigError as exc:
+            fail(exc, o.get("debug", False))
+        return f(**o)
+
     opts = [
-        click.option(
-            "--max-steps", type=click.IntRange(1, 1000), default=12, show_default=True, help="steps per node"
-        ),
-        click.option(
-            "--depth",
-            "--max-depth",
-            "depth",
-            type=click.IntRange(1, 16),
-            default=1,
-            show_default=True,
-            help="levels of RLM nodes (1 = the paper's setting)",
-        ),
-        click.option(
-            "--max-lm-calls",
-            type=click.IntRange(1),
-            default=500,
-            show_default=True,
-            help="model calls, whole run",
-        ),
-        click.option(
-            "--max-tokens",
-            type=click.IntRange(1),
-            default=None,
-            help="tokens (prompt + completion), whole run",
-        ),
-        click.option(
-            "--max-cost", type=click.FloatRange(min=0, min_open=True), default=None, help="USD, whole run"
-        ),
-        click.option(
-            "--timeout",
-            type=click.FloatRange(min=0, min_open=True),
-            default=1800,
-            show_default=True,
-            help="wall-time budget, seconds",
-        ),
-        click.option(
-            "--max-containers",
-            type=click.IntRange(1),
-            default=16,
-            show_default=True,
-            help="containers alive at once",
-        ),
-        click.option(
-            "--max-concurrency",
-            type=click.IntRange(1),
-            default=16,
-            show_default=True,
-            help="sub-calls in flight per node",
-        ),
-        click.option(
-            "--cell-timeout",
-            type=click.FloatRange(min=0, min_open=True),
-            default=60,
-            show_default=True,
-            help="seconds per cell",
-        ),
-        click.option("--memory", default="1g", show_default=True, help="memory limit per container"),
-        click.option("--runtime", default=None, help="container runtime, e.g. runsc (gVisor)"),
-        click.option(
-            "--tenant", default="default", show_default=True, help="tenant label for containers and trace"
-        ),
-        click.option("--api-base", default=None, help="OpenAI-compatible server URL"),
-        click.option(
-            "--trace",
-            "trace_path",
-            type=click.Path(dir_okay=False),
-            default=None,
-            help="write the trace (JSON lines)",
-        ),
+        setting_options(*RUN_FLAGS),
         click.option("-v", "--verbose", is_flag=True, help="show the trace as it happens"),
         click.option(
             "--json", "as_json", is_flag=True, help="print one JSON object on stdout and nothing else"
         ),
         click.option("--debug", is_flag=True, help="show tracebacks"),
     ]
+    decorated: Callable = with_settings
     for opt in reversed(opts):
-        f = opt(f)
-    return f
+        decorated = opt(decorated)
+    return decorated
 
 
 def build_config(o: dict[str, Any]) -> Any:
+    """The run's RLMConfig from the effective values in ``o`` (a command may have changed
+    some, as ``demo`` does) and the tenant tables of the settings."""
     from pydantic import ValidationError
 
-    from rlm_sandbox.config import SandboxConfig
-    from rlm_sandbox.rlm import RLMConfig
+    from rlm_sandbox.cli_settings import PARAM_TO_FIELD
+    from rlm_sandbox.settings import Settings, build_rlm_config, describe_error
 
+    loaded = o.get("settings")
+    values = loaded.settings.model_dump() if loaded is not None else Settings.model_construct().model_dump()
+    values |= {field: o[param] for param, field in PARAM_TO_FIELD.items() if param in o}
     try:
-        sandbox = SandboxConfig(
-            cell_timeout=o["cell_timeout"], memory=o["memory"], runtime=o["runtime"], tenant=o["tenant"]
-        )
-        return RLMConfig(
-            max_steps=o["max_steps"],
-            depth=o["depth"],
-            max_lm_calls=o["max_lm_calls"],
-            max_tokens=o["max_tokens"],
-            max_cost=o["max_cost"],
-            timeout=o["timeout"],
-            max_containers=o["max_containers"],
-            max_concurrency=o["max_concurrency"],
-            api_base=o["api_base"],
-            tenant=o["tenant"],
-            trace=o["trace_path"],
-            sandbox=sandbox,
-        )
+        return build_rlm_config(values)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        origin = loaded.origin if loaded is not None else (lambda *_p: "default")
+        raise describe_error(exc, origin) from None
 
 
 def execute(

@@ -1,0 +1,59 @@
+"""``rlm-sandbox doctor``: one line per check, a fix for each that is not fine.
+
+Exit 0 when nothing a run needs is wrong (warnings included), 1 otherwise, 2 for invalid
+settings. The checks themselves live in :mod:`rlm_sandbox.doctor`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from rlm_sandbox.cli_settings import setting_options
+
+DOCTOR_FLAGS = ("model", "sub_model", "api_base", "runtime", "memory", "cpus", "docker_url", "tenant")
+STYLE = {"ok": "green", "fail": "red", "warn": "yellow", "skip": "dim"}
+
+
+@click.command()
+@setting_options(*DOCTOR_FLAGS)
+@click.option("--json", "as_json", is_flag=True, help="one JSON object on stdout")
+def doctor(as_json: bool, **flags: Any) -> None:
+    """Check the engine, a hardened sandbox start, gVisor, the image, leftovers, the model's
+    key and the model server; say how to fix what is wrong.
+
+    The settings checked are those `run` would use (flags here, RLM_SANDBOX_*, rlm-sandbox.toml).
+    """
+    from rich.console import Console
+    from rich.markup import escape
+
+    from rlm_sandbox.cli_settings import resolve_settings
+    from rlm_sandbox.doctor import MARK, CheckResult, run_checks
+    from rlm_sandbox.errors import ConfigError
+
+    try:
+        loaded = resolve_settings(click.get_current_context(), flags)
+    except ConfigError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        if exc.hint:
+            click.echo(f"hint: {exc.hint}", err=True)
+        sys.exit(2)
+    out = Console(highlight=False, soft_wrap=True)
+
+    def show(r: CheckResult) -> None:
+        fix = f"  [dim]fix:[/] {escape(r.fix)}" if r.fix and r.status != "ok" else ""
+        out.print(f"[{STYLE[r.status]}]{MARK[r.status]}[/] [bold]{r.name}[/]: {escape(r.detail)}{fix}")
+
+    results = run_checks(loaded, on_result=None if as_json else show)
+    failed = [r for r in results if r.failed]
+    if as_json:
+        click.echo(json.dumps({"ok": not failed, "checks": [r.to_json() for r in results]}))
+    elif failed:
+        out.print(f"[red]{len(failed)} problem(s) would stop a run[/]")
+    else:
+        warned = sum(r.status == "warn" for r in results)
+        out.print("[green]ready[/]" + (f" ({warned} warning(s))" if warned else ""))
+    sys.exit(1 if failed else 0)

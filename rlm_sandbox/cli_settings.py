@@ -1,0 +1,141 @@
+"""Command-line flags for settings, declared once for ``run``, ``demo``, ``config show``, ``doctor``.
+
+A click default would hide the environment and the config files (click cannot tell a
+default from a value the user typed once it reaches the callback), so every setting flag
+defaults to ``None`` and :func:`resolve_settings` passes on only the flags that
+``ctx.get_parameter_source`` says were really given. The built-in default is shown in
+``--help`` all the same, read lazily so that ``--help`` does not import pydantic-settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import click
+from click.core import ParameterSource
+
+if TYPE_CHECKING:
+    from rlm_sandbox.settings import LoadedSettings
+
+_GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSource.PROMPT)
+
+
+@dataclass(frozen=True)
+class SettingFlag:
+    name: str  # the field of rlm_sandbox.settings.Settings
+    decls: tuple[str, ...]
+    help: str
+    type: Any = None
+    param: str | None = None  # the callback's keyword, when it is not the field's name
+
+
+FLAGS: dict[str, SettingFlag] = {
+    f.name: f
+    for f in (
+        SettingFlag("model", ("--model",), "root model, LiteLLM format (provider/model)"),
+        SettingFlag("sub_model", ("--sub-model",), "model for sub-calls (default: the root model)"),
+        SettingFlag("max_steps", ("--max-steps",), "steps per node", click.INT),
+        SettingFlag(
+            "depth", ("--depth", "--max-depth"), "levels of RLM nodes (1 = the paper's setting)", click.INT
+        ),
+        SettingFlag("max_lm_calls", ("--max-lm-calls",), "model calls, whole run", click.INT),
+        SettingFlag("max_tokens", ("--max-tokens",), "tokens (prompt + completion), whole run", click.INT),
+        SettingFlag("max_cost", ("--max-cost",), "USD, whole run", click.FLOAT),
+        SettingFlag("timeout", ("--timeout",), "wall-time budget, seconds", click.FLOAT),
+        SettingFlag("max_containers", ("--max-containers",), "containers alive at once", click.INT),
+        SettingFlag("max_concurrency", ("--max-concurrency",), "sub-calls in flight per node", click.INT),
+        SettingFlag(
+            "pool_size",
+            ("--pool-size",),
+            "warm containers kept for child nodes (default: 0 at depth 1, else 4)",
+            click.INT,
+        ),
+        SettingFlag("cell_timeout", ("--cell-timeout",), "seconds per cell", click.FLOAT),
+        SettingFlag("memory", ("--memory",), "memory limit per container"),
+        SettingFlag("cpus", ("--cpus",), "CPUs per container", click.FLOAT),
+        SettingFlag("runtime", ("--runtime",), "container runtime, e.g. runsc (gVisor)"),
+        SettingFlag(
+            "docker_url", ("--docker-url",), "Docker engine URL (default: DOCKER_HOST or the socket)"
+        ),
+        SettingFlag("tenant", ("--tenant",), "tenant label for containers, trace and [tenants.NAME] limits"),
+        SettingFlag("api_base", ("--api-base",), "OpenAI-compatible server URL"),
+        SettingFlag(
+            "trace",
+            ("--trace",),
+            "write the trace (JSON lines) to this file",
+            click.Path(dir_okay=False),
+            param="trace_path",
+        ),
+    )
+}
+MODEL_FLAGS = ("model", "sub_model")
+RUN_FLAGS = tuple(n for n in FLAGS if n not in MODEL_FLAGS)
+PARAM_TO_FIELD = {f.param or f.name: f.name for f in FLAGS.values()}
+
+
+class SettingOption(click.Option):
+    """A flag whose help shows the built-in default without making it click's default."""
+
+    def __init__(self, *args: Any, setting: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.setting = setting
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        record = super().get_help_record(ctx)
+        if record is None:
+            return None
+        from rlm_sandbox.settings import Settings
+
+        default = Settings.model_fields[self.setting].default
+        if default is None or isinstance(default, dict):
+            return record
+        return record[0], f"{record[1]}  [default: {default}]".strip()
+
+
+def setting_options(*names: str, help: dict[str, str] | None = None) -> Callable[[Callable], Callable]:
+    """Declare the flags of ``names`` (in this order), each defaulting to ``None``."""
+
+    def decorate(f: Callable) -> Callable:
+        for name in reversed(names):
+            flag = FLAGS[name]
+            decls = (*flag.decls, flag.param) if flag.param else flag.decls
+            f = click.option(
+                *decls,
+                cls=SettingOption,
+                setting=name,
+                type=flag.type,
+                default=None,
+                help=(help or {}).get(name, flag.help),
+            )(f)
+        return f
+
+    return decorate
+
+
+def resolve_settings(ctx: click.Context, kwargs: dict[str, Any]) -> LoadedSettings:
+    """Load the settings with the flags really given, and put every effective value back
+    into ``kwargs`` under its parameter name (so command bodies read one dict)."""
+    from rlm_sandbox.settings import load_settings
+
+    given: dict[str, Any] = {}
+    names: dict[str, str] = {}
+    params = [p for p in ctx.command.params if p.name in PARAM_TO_FIELD and p.name in kwargs]
+    for param in params:
+        assert param.name is not None
+        if ctx.get_parameter_source(param.name) in _GIVEN:
+            field = PARAM_TO_FIELD[param.name]
+            given[field] = kwargs[param.name]
+            names[field] = _typed_flag(param)
+    loaded = load_settings(given, flag_names=names)
+    for param in params:
+        assert param.name is not None
+        kwargs[param.name] = getattr(loaded.settings, PARAM_TO_FIELD[param.name])
+    return loaded
+
+
+def _typed_flag(param: click.Parameter) -> str:
+    """The spelling of the flag as the user most likely typed it (the long form)."""
+    longs = [o for o in param.opts if o.startswith("--")]
+    return (longs or param.opts)[0]

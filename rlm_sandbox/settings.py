@@ -1,0 +1,305 @@
+"""Settings of ``run``/``demo`` from flags, the environment and ``rlm-sandbox.toml`` files.
+
+Precedence, highest first: a command-line flag, an ``RLM_SANDBOX_*`` environment variable,
+the project file (``rlm-sandbox.toml`` in the current directory, or in a parent up to the
+project's root), the user file (``$XDG_CONFIG_HOME/rlm-sandbox/rlm-sandbox.toml``), the
+built-in default. pydantic-settings does the reading and merging; this module adds what it
+does not: finding the files, and remembering where every value came from so that
+``rlm-sandbox config show`` can say it and an invalid value is reported with its source.
+
+Bounds and defaults are taken from :class:`RLMConfig` and :class:`SandboxConfig` field by
+field, so a limit is defined once. API keys are not settings: LiteLLM reads them from the
+environment, and nothing here ever holds or prints one.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
+
+from rlm_sandbox.config import SandboxConfig
+from rlm_sandbox.errors import ConfigError
+from rlm_sandbox.rlm import RLMConfig
+from rlm_sandbox.tenants import TenantLimits
+
+FILE_NAME = "rlm-sandbox.toml"
+ENV_PREFIX = "RLM_SANDBOX_"
+_PROJECT_MARKERS = (".git", "pyproject.toml")
+SANDBOX_FIELDS = ("cell_timeout", "memory", "runtime", "tenant", "cpus", "docker_url")
+RLM_FIELDS = (
+    "max_steps",
+    "depth",
+    "max_lm_calls",
+    "max_tokens",
+    "max_cost",
+    "timeout",
+    "max_containers",
+    "max_concurrency",
+    "pool_size",
+    "api_base",
+    "tenant",
+    "tenants",
+    "trace",
+)
+
+
+def _same_as(model: type, name: str) -> FieldInfo:
+    """The field of ``model`` (default, bounds, description), so a limit lives in one place."""
+    return copy.copy(model.model_fields[name])
+
+
+class Settings(BaseSettings):
+    """Everything ``run``/``demo`` can be told, whatever the source."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", env_ignore_empty=True, validate_default=False
+    )
+
+    model: str | None = Field(None, description="root model, LiteLLM format (provider/model)")
+    sub_model: str | None = Field(None, description="model for sub-calls (default: model)")
+    api_base: str | None = Field(None, description="OpenAI-compatible server URL")
+    max_steps: int = _same_as(RLMConfig, "max_steps")
+    depth: int = _same_as(RLMConfig, "depth")
+    max_lm_calls: int | None = _same_as(RLMConfig, "max_lm_calls")
+    max_tokens: int | None = _same_as(RLMConfig, "max_tokens")
+    max_cost: float | None = _same_as(RLMConfig, "max_cost")
+    timeout: float | None = _same_as(RLMConfig, "timeout")
+    max_containers: int = _same_as(RLMConfig, "max_containers")
+    max_concurrency: int = _same_as(RLMConfig, "max_concurrency")
+    pool_size: int | None = _same_as(RLMConfig, "pool_size")
+    cell_timeout: float = _same_as(SandboxConfig, "cell_timeout")
+    memory: str = _same_as(SandboxConfig, "memory")
+    cpus: float = _same_as(SandboxConfig, "cpus")
+    runtime: str | None = _same_as(SandboxConfig, "runtime")
+    docker_url: str | None = _same_as(SandboxConfig, "docker_url")
+    tenant: str = _same_as(SandboxConfig, "tenant")
+    tenants: dict[str, TenantLimits] = _same_as(RLMConfig, "tenants")
+    trace: str | None = _same_as(RLMConfig, "trace")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # No .env and no secrets directory: a file nobody asked for must not change a run.
+        layers = _LAYERS.get()
+        if layers is None:  # Settings() used directly: the same sources, found afresh
+            files = (TomlConfigSettingsSource(settings_cls, p) for _kind, p in config_files())
+            return (init_settings, env_settings, *files)
+        return (init_settings, *(layer.source for layer in layers if layer.source is not None))
+
+    def rlm_config(self, **overrides: Any) -> RLMConfig:
+        """The run's configuration; ``overrides`` are values a command sets for itself."""
+        return build_rlm_config(self.model_dump() | overrides)
+
+
+def build_rlm_config(values: Mapping[str, Any]) -> RLMConfig:
+    sandbox = SandboxConfig(**{k: values[k] for k in SANDBOX_FIELDS})
+    return RLMConfig(**{k: values[k] for k in RLM_FIELDS}, sandbox=sandbox)
+
+
+# ---- where the files are
+
+
+def user_config_file(environ: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "rlm-sandbox" / FILE_NAME
+
+
+def project_config_file(cwd: Path | None = None) -> Path | None:
+    """``rlm-sandbox.toml`` in ``cwd`` or a parent up to the project's root (``.git`` or
+    ``pyproject.toml``); outside a project only ``cwd`` counts, so a stray file in ``/tmp``
+    or ``$HOME`` never configures an unrelated directory."""
+    here = (cwd or Path.cwd()).resolve()
+    chain = [here, *here.parents]
+    root = next((d for d in chain if any((d / m).exists() for m in _PROJECT_MARKERS)), None)
+    for d in chain[: chain.index(root) + 1] if root else [here]:
+        if (d / FILE_NAME).is_file():
+            return d / FILE_NAME
+    return None
+
+
+def config_files(cwd: Path | None = None, environ: Mapping[str, str] | None = None) -> list[tuple[str, Path]]:
+    """The files that exist, highest precedence first, as ``(kind, path)``."""
+    found: list[tuple[str, Path]] = []
+    project = project_config_file(cwd)
+    if project is not None:
+        found.append(("project", project))
+    user = user_config_file(environ)
+    if user.is_file() and (project is None or user.resolve() != project.resolve()):
+        found.append(("user", user))
+    return found
+
+
+# ---- loading, with the origin of every value
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One source of values: what it holds (raw, before validation) and how to name it."""
+
+    kind: str  # flag | env | project | user
+    data: Mapping[str, Any]
+    path: Path | None = None
+    flag_names: Mapping[str, str] = field(default_factory=dict)
+    source: PydanticBaseSettingsSource | None = None
+
+    def label(self, key: str) -> str:
+        if self.kind == "flag":
+            return f"flag {self.flag_names.get(key, '--' + key.replace('_', '-'))}"
+        if self.kind == "env":
+            return f"env {ENV_PREFIX}{key.upper()}"
+        return f"{self.kind} file {self.path}"
+
+
+_LAYERS: ContextVar[Sequence[Layer] | None] = ContextVar("rlm_sandbox_settings_layers", default=None)
+
+
+@dataclass
+class LoadedSettings:
+    settings: Settings
+    layers: list[Layer]
+    files: list[tuple[str, Path]]
+
+    def origin(self, *path: str) -> str:
+        """Where the value at ``path`` (e.g. ``"depth"`` or ``"tenants", "a", "max_cost"``)
+        came from: the first source, in precedence order, that holds it."""
+        for layer in self.layers:
+            if _has_path(layer.data, path):
+                return layer.label(path[0])
+        return "default"
+
+    def rows(self) -> list[tuple[str, Any, str]]:
+        """``(name, effective value, origin)`` for every setting, tenants one limit a row."""
+        out: list[tuple[str, Any, str]] = []
+        for name in Settings.model_fields:
+            if name == "tenants":
+                continue
+            out.append((name, display_value(name, getattr(self.settings, name)), self.origin(name)))
+        for tenant, limits in sorted(self.settings.tenants.items()):
+            for key, value in limits.model_dump().items():
+                out.append((f"tenants.{tenant}.{key}", value, self.origin("tenants", tenant, key)))
+        return out
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    flag_names: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> LoadedSettings:
+    """Resolve every setting; ``flags`` holds only the flags really given on the command line.
+
+    Raises :class:`ConfigError` with one line naming the setting and its source.
+    """
+    files = config_files(cwd, environ)
+    layers = [Layer("flag", dict(flags or {}), flag_names=dict(flag_names or {}))]
+    env_source = EnvSettingsSource(Settings)
+    if environ is not None:
+        env_source.env_vars = {k.lower(): v for k, v in environ.items()}
+    try:
+        layers.append(Layer("env", env_source(), source=env_source))
+    except SettingsError as exc:  # a table-valued variable that is not JSON
+        name = m.group(1) if (m := re.search(r'field "(\w+)"', str(exc))) else "?"
+        raise ConfigError(
+            f"invalid setting {name} (env {ENV_PREFIX}{name.upper()}): not valid JSON",
+            hint=f"""e.g. {ENV_PREFIX}TENANTS='{{"team-a": {{"max_cost": 5}}}}', or use rlm-sandbox.toml""",
+        ) from None
+    for kind, path in files:
+        try:
+            toml_source = TomlConfigSettingsSource(Settings, path)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{kind} file {path} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{kind} file {path} cannot be read: {exc.strerror or exc}") from None
+        layers.append(Layer(kind, toml_source.toml_data, path=path, source=toml_source))
+    token = _LAYERS.set(layers[1:])
+    try:
+        settings = Settings(**layers[0].data)
+        settings.rlm_config()  # cross-model checks (sizes, tenant names) fail here, not mid-run
+    except ValidationError as exc:
+        loaded = LoadedSettings(Settings.model_construct(), layers, files)
+        raise describe_error(exc, loaded.origin) from None
+    finally:
+        _LAYERS.reset(token)
+    return LoadedSettings(settings, layers, files)
+
+
+def describe_error(exc: ValidationError, origin: Any) -> ConfigError:
+    """One line: which setting, from where, what is wrong (and a hint for a misspelt name)."""
+    first = exc.errors()[0]
+    loc = tuple(str(p) for p in first["loc"] if p != "sandbox") or ("?",)
+    name = ".".join(loc)
+    where = origin(*loc)
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    if first["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(loc[-1].replace("-", "_"), _known_names(loc), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "run `rlm-sandbox config show` for the names"
+        return ConfigError(f"unknown setting {name!r} in {where}{more}", hint=hint)
+    shown = _short(display_value(loc[0], first.get("input")))
+    msg = first["msg"].removeprefix("Value error, ")
+    return ConfigError(f"invalid setting {name} = {shown} ({where}): {msg}{more}")
+
+
+def _known_names(loc: tuple[str, ...]) -> list[str]:
+    if loc[0] == "tenants":
+        return list(TenantLimits.model_fields)
+    return list(Settings.model_fields)
+
+
+def _has_path(data: Any, path: Sequence[str]) -> bool:
+    for key in path:
+        if not isinstance(data, Mapping):
+            return False
+        lowered = {str(k).lower(): v for k, v in data.items()}
+        if key.lower() not in lowered:
+            return False
+        data = lowered[key.lower()]
+    return True
+
+
+def display_value(name: str, value: Any) -> Any:
+    """A value as it may be shown: URLs lose any password they carry."""
+    if name in ("api_base", "docker_url") and isinstance(value, str):
+        return redact_url(value)
+    return value
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
