@@ -384,7 +384,7 @@ class LiteLLMClient:
                 " and check that it may use this model" if denied else ""
             )
         elif kind == "not_found" and "LLM Provider NOT provided" in str(exc):
-            msg = f"model {model!r} is not known to LiteLLM"
+            msg = f"model {model!r} is not known to LiteLLM (names are provider/model)"
             hint = "name it as provider/model, e.g. --model openai/gpt-4o-mini"
         elif kind == "not_found":
             msg = f"model {model!r} was not found{where} ({detail})"

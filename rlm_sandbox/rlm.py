@@ -28,12 +28,14 @@ from rlm_sandbox.config import SandboxConfig
 from rlm_sandbox.errors import (
     BudgetExhausted,
     ConfigError,
+    EngineUnavailable,
     LMError,
     RLMSandboxError,
     SandboxError,
 )
 from rlm_sandbox.parsing import find_code_blocks, find_final, truncate_output
 from rlm_sandbox.prompts import render
+from rlm_sandbox.sandbox.engines import EngineSpec
 from rlm_sandbox.tenants import TenantLimits, ledger
 from rlm_sandbox.trace import Tracer
 
@@ -71,6 +73,10 @@ class RLMConfig(BaseModel):
     )
     trace: str | None = Field(None, description="path of the JSON-lines trace")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    engines: list[EngineSpec] = Field(
+        default_factory=list,
+        description="Docker engines to spread nodes over; empty = the one of sandbox.docker_url",
+    )
 
     def effective_pool_size(self) -> int:
         tenant = self.tenants.get(self.tenant)
@@ -80,9 +86,10 @@ class RLMConfig(BaseModel):
             return min(self.pool_size, max(0, self.max_containers - 1))
         return 0 if self.depth == 1 else min(4, max(0, self.max_containers - 1))
 
-    def node_sandbox_config(self, run_id: str, node: str) -> SandboxConfig:
+    def node_sandbox_config(self, run_id: str, node: str, engine_url: str | None = None) -> SandboxConfig:
         return self.sandbox.model_copy(
             update={
+                "docker_url": engine_url or self.sandbox.docker_url,
                 "run_id": run_id,
                 "node_id": f"{run_id}.{node}",
                 "tenant": self.tenant,
@@ -175,8 +182,9 @@ class Run:
         self.first_cell_s: float | None = None
         self.first_lm_s: float | None = None
         self.pool = None
+        self.placement: Any = None
         size = config.effective_pool_size()
-        if size:
+        if size and not config.engines:
             from rlm_sandbox.sandbox.pool import SandboxPool
 
             budget = self.budget
@@ -201,6 +209,55 @@ class Run:
     def open_sandboxes(self) -> list[tuple[str, Any]]:
         with self._lock:
             return list(self.sandboxes.items())
+
+    def prepare_engines(self) -> None:
+        """Several engines: probe them, give them the image, cap the budget at their room,
+        and give each its own warm pool (a pooled container must live where its node runs)."""
+        from rlm_sandbox.placement import Placement
+
+        cfg = self.config
+        placement = Placement(
+            cfg.engines,
+            cfg.max_containers,
+            warn=lambda message, fields: self.tracer.emit("engine_warning", message=message, **fields),
+            progress=self.image_progress,
+        )
+        placement.prepare(cfg.sandbox)
+        room = placement.capacity()
+        limits = self.budget.limits
+        if room < limits.depth:
+            raise ConfigError(
+                f"the live engines have room for {room} containers, fewer than depth ({limits.depth})",
+                hint="raise the engines' max (--engine URL,max=N), add engines, or lower --depth",
+            )
+        self.budget.limits = dataclasses.replace(limits, max_containers=min(limits.max_containers, room))
+        self.placement = placement
+        self.tracer.emit(
+            "engines", engines=placement.summary(), max_containers=self.budget.limits.max_containers
+        )
+        size = cfg.effective_pool_size()
+        if size:
+            from rlm_sandbox.sandbox.pool import SandboxPool
+
+            budget = self.budget
+            per_engine = -(-size // len(placement.live))
+            for engine in placement.live:
+                engine.pool = SandboxPool(
+                    cfg.node_sandbox_config(self.run_id, "pool", engine.url),
+                    per_engine,
+                    idle_timeout=cfg.pool_idle_timeout,
+                    progress=self.image_progress,
+                    can_grow=lambda total, e=engine: (
+                        placement.pool_room(e, total)
+                        and budget.containers_alive + placement.pools_held() < budget.limits.max_containers
+                        and not budget.cancelled.is_set()
+                    ),
+                ).start()
+
+    def pools(self) -> list[Any]:
+        if self.placement is not None:
+            return [e.pool for e in self.placement.engines if e.pool is not None]
+        return [self.pool] if self.pool is not None else []
 
     def image_progress(self, message: str) -> None:
         """The first run on a machine builds the image (about a minute): say what it is doing."""
@@ -307,14 +364,19 @@ class Node:
         run.budget.admit_node(self.depth)  # takes a container slot: released below, whatever happens
         t0 = time.monotonic()
         sandbox = None
+        engine = None
         outcome, answer, error = "error", None, None
         try:
             t_acquire = time.perf_counter()
-            if run.pool is not None:
-                sandbox, pooled = run.pool.acquire(self.handle_llm_query)
+            pool = run.pool
+            if run.placement is not None:
+                engine = run.placement.acquire(run.budget.check)
+                pool = engine.pool
+            if pool is not None:
+                sandbox, pooled = pool.acquire(self.handle_llm_query)
             else:
                 sandbox = Sandbox(
-                    cfg.node_sandbox_config(run.run_id, self.id),
+                    cfg.node_sandbox_config(run.run_id, self.id, engine.url if engine else None),
                     llm_handler=self.handle_llm_query,
                     progress=run.image_progress,
                 )
@@ -329,6 +391,7 @@ class Node:
                 parent=self.parent,
                 depth=self.depth,
                 container=sandbox.id,
+                engine=engine.url if engine else None,
                 start_s=round(acquire_s, 4),
                 pooled=pooled,
                 task=self.task[:500],
@@ -346,11 +409,15 @@ class Node:
             return answer
         except BaseException as exc:
             error = f"{type(exc).__name__}: {exc}"
+            if engine is not None and isinstance(exc, EngineUnavailable):
+                run.placement.mark_dead(engine, exc.message)
             raise
         finally:
             if sandbox is not None:
                 run.untrack(self.id)
                 sandbox.close()
+            if engine is not None:
+                run.placement.release(engine)
             run.budget.release_container()
             run.tracer.emit(
                 "node_end",
@@ -707,6 +774,8 @@ class RLM:
         if run.pool is not None:
             run.pool.start()
         try:
+            if cfg.engines:
+                run.prepare_engines()
             answer = root.solve()
         except (KeyboardInterrupt, SystemExit) as exc:
             # Ctrl-C or SIGTERM: stop the tree, remove every container, close the trace with
@@ -760,20 +829,22 @@ class RLM:
                 if v is not None
             },
         )
-        pool = run.pool
+        pools = run.pools()
         pool_stats = (
             {
-                "size": pool.size,
-                "hits": pool.hits,
-                "misses": pool.misses,
-                "started": pool.started,
-                "discarded": pool.discarded,
+                key: sum(getattr(p, key) for p in pools)
+                for key in ("size", "hits", "misses", "started", "discarded")
             }
-            if pool is not None
+            if pools
             else None
         )
         tracer.emit(
-            "run_end", **result.to_json(), budget=budget_name, timings=result.timings, pool=pool_stats
+            "run_end",
+            **result.to_json(),
+            budget=budget_name,
+            timings=result.timings,
+            pool=pool_stats,
+            engines=run.placement.summary() if run.placement is not None else None,
         )
         tracer.close()
         return result
@@ -781,8 +852,8 @@ class RLM:
 
 def _stop_all(run: Run) -> None:
     """Close whatever sandboxes of the run are still open, deepest first, and the pool."""
-    if run.pool is not None:
-        run.pool.close()
+    for pool in run.pools():
+        pool.close()
     for node_id, sandbox in sorted(run.open_sandboxes(), key=lambda kv: kv[0] == "root"):
         try:
             sandbox.close()

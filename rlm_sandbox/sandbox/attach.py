@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import select
 import socket
+import ssl
+import threading
 import time
 from urllib.parse import urlparse
 
@@ -75,7 +77,7 @@ def _connect(base_url: str, timeout_s: float) -> tuple[socket.socket, str]:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         host = "docker"
         target: object = path
-    elif url.scheme in ("tcp", "http"):
+    elif url.scheme in ("tcp", "http", "https"):
         sock = socket.socket(socket.AF_INET6 if ":" in (url.hostname or "") else socket.AF_INET)
         host = url.hostname or "localhost"
         target = (host, url.port or 2375)
@@ -87,7 +89,13 @@ def _connect(base_url: str, timeout_s: float) -> tuple[socket.socket, str]:
     sock.settimeout(timeout_s)
     try:
         sock.connect(target)  # type: ignore[arg-type]
-    except OSError as exc:
+        if url.scheme in ("tcp", "https"):
+            from .engines import ssl_context
+
+            ctx = ssl_context(base_url)
+            if ctx is not None:
+                sock = ctx.wrap_socket(sock, server_hostname=host)
+    except (OSError, ssl.SSLError) as exc:
         sock.close()
         raise EngineUnavailable(f"cannot reach the Docker engine at {base_url}: {exc}") from None
     return sock, host
@@ -121,4 +129,77 @@ def attach(base_url: str, container_id: str, api_version: str, timeout_s: float 
         sock.close()
         raise SandboxError(f"the engine refused to attach to {container_id[:12]}: {status_line}")
     sock.settimeout(None)
+    if isinstance(sock, ssl.SSLSocket):
+        return AttachStream(_tls_relay(sock, leftover, container_id[:12]))
     return AttachStream(sock, leftover)
+
+
+def _tls_relay(tls: ssl.SSLSocket, leftover: bytes, name: str) -> socket.socket:
+    """A plain socket whose peer is ``tls``, pumped by one thread that owns the TLS object.
+
+    A TLS connection must not be read and written from two threads at once, and a blocking
+    write could deadlock against a kernel that is itself blocked writing to us. So one thread
+    moves bytes both ways with non-blocking calls and bounded buffers, and the rest of the
+    engine keeps the plain-socket stream it already knows.
+    """
+    ours, theirs = socket.socketpair()
+    tls.setblocking(False)
+    theirs.setblocking(False)
+    cap = 4 << 20
+
+    def pump() -> None:
+        to_local, to_remote = bytearray(leftover), bytearray()
+        remote_open = local_open = True
+        try:
+            while (remote_open or to_local) and (local_open or to_remote):
+                readers = []
+                if remote_open and len(to_local) < cap:
+                    readers.append(tls)
+                if local_open and len(to_remote) < cap:
+                    readers.append(theirs)
+                writers = ([theirs] if to_local else []) + ([tls] if to_remote else [])
+                if not (remote_open and tls.pending()):
+                    r, w, _ = select.select(readers, writers, [], 1.0)
+                else:
+                    r, w = [tls], []
+                if tls in r:
+                    try:
+                        data = tls.recv(1 << 18)
+                        if data:
+                            to_local += data
+                        else:
+                            remote_open = False
+                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                        pass
+                if theirs in r:
+                    try:
+                        data = theirs.recv(1 << 18)
+                        if data:
+                            to_remote += data
+                        else:
+                            local_open = False
+                    except BlockingIOError:
+                        pass
+                if to_local and theirs in w:
+                    try:
+                        del to_local[: theirs.send(to_local)]
+                    except BlockingIOError:
+                        pass
+                if to_remote and tls in w:
+                    try:
+                        del to_remote[: tls.send(to_remote)]
+                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                        pass
+                if not remote_open and not to_local:
+                    break
+        except OSError:
+            pass
+        finally:
+            for s in (theirs, tls):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    threading.Thread(target=pump, daemon=True, name=f"tls-attach-{name}").start()
+    return ours

@@ -40,7 +40,10 @@ def docker_client(url: str | None = None):  # -> docker.DockerClient
         client = _clients.get(key)
         if client is None:
             try:
-                client = docker.DockerClient(base_url=key, max_pool_size=128, timeout=60)
+                from .engines import docker_tls_config
+
+                tls = docker_tls_config(key)
+                client = docker.DockerClient(base_url=key, max_pool_size=128, timeout=60, tls=tls or False)
                 client.ping()
             except DockerException as exc:
                 raise EngineUnavailable(f"no Docker engine answers at {key}: {exc}") from None

@@ -86,6 +86,12 @@ class SandboxPool:
         with self._cond:
             return len(self._ready)
 
+    @property
+    def held(self) -> int:
+        """Containers the pool holds or is starting: they count against every cap."""
+        with self._cond:
+            return len(self._ready) + self._starting
+
     # ---- handing out
 
     def acquire(self, llm_handler: LLMHandler | None = None) -> tuple[Sandbox, bool]:
