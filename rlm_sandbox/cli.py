@@ -87,24 +87,58 @@ def image_build(base: str | None, force: bool) -> None:
 @click.option("--tenant", default=None, help="only this tenant's containers")
 @click.option("--run", "run_id", default=None, help="only this run's containers")
 @click.option("--all", "include_live", is_flag=True, help="also containers of controllers still running")
-def gc(dry_run: bool, tenant: str | None, run_id: str | None, include_live: bool) -> None:
-    """Remove sandbox containers left behind by controllers that died."""
+@click.option(
+    "--engine", "engines", multiple=True, help="clean this engine (repeatable; default: the configured ones)"
+)
+def gc(
+    dry_run: bool, tenant: str | None, run_id: str | None, include_live: bool, engines: tuple[str, ...]
+) -> None:
+    """Remove sandbox containers left behind by controllers that died.
+
+    Every engine named by --engine is cleaned (default: the engines of the settings, else
+    the local one); one that does not answer is reported and the others are still cleaned.
+    """
     from rlm_sandbox.errors import RLMSandboxError
+    from rlm_sandbox.sandbox.engines import EngineSpec, register
     from rlm_sandbox.sandbox.gc import collect_garbage
 
-    try:
-        report = collect_garbage(tenant=tenant, run_id=run_id, include_live=include_live, dry_run=dry_run)
-    except RLMSandboxError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(4)
+    urls: list[str | None] = list(engines)
+    if not urls:
+        from rlm_sandbox.settings import Settings
+
+        urls = list(Settings().engines) or [None]
     verb = "would remove" if dry_run else "removed"
-    for info in report.removed:
-        labels = info.labels
+    failed = 0
+    for text in urls:
+        backend = None
+        where = ""
+        try:
+            if text is not None:
+                from rlm_sandbox.sandbox.docker_backend import DockerBackend
+
+                spec = EngineSpec.parse(text)
+                register(spec)
+                backend, where = DockerBackend(spec.url), f" on {spec.url}"
+            report = collect_garbage(
+                backend, tenant=tenant, run_id=run_id, include_live=include_live, dry_run=dry_run
+            )
+        except RLMSandboxError as exc:
+            click.echo(f"error{where}: {exc.message}", err=True)
+            if exc.hint:
+                click.echo(f"hint: {exc.hint}", err=True)
+            failed += 1
+            continue
+        for info in report.removed:
+            labels = info.labels
+            click.echo(
+                f"{verb} {info.id[:12]} ({info.status}){where} run={labels.get('rlm-sandbox.run', '?')} "
+                f"tenant={labels.get('rlm-sandbox.tenant', '?')}"
+            )
         click.echo(
-            f"{verb} {info.id[:12]} ({info.status}) run={labels.get('rlm-sandbox.run', '?')} "
-            f"tenant={labels.get('rlm-sandbox.tenant', '?')}"
+            f"{verb} {len(report.removed)} container(s){where}; kept {len(report.kept)} of live controllers"
         )
-    click.echo(f"{verb} {len(report.removed)} container(s); kept {len(report.kept)} of live controllers")
+    if failed:
+        sys.exit(4)
 
 
 @main.command()

@@ -35,6 +35,14 @@ def budget_options(f: Callable) -> Callable:
 
     opts = [
         setting_options(*RUN_FLAGS),
+        click.option(
+            "--backend",
+            type=click.Choice(["docker", "local"]),
+            default="docker",
+            show_default=True,
+            help="'local' runs the code as a plain subprocess with NO SANDBOX (trusted code only; "
+            "refused with --tenant). Deliberately not a setting: only a flag can turn it on.",
+        ),
         click.option("-v", "--verbose", is_flag=True, help="show the trace as it happens"),
         click.option(
             "--json", "as_json", is_flag=True, help="print one JSON object on stdout and nothing else"
@@ -59,7 +67,10 @@ def build_config(o: dict[str, Any]) -> Any:
     values = loaded.settings.model_dump() if loaded is not None else Settings.model_construct().model_dump()
     values |= {field: o[param] for param, field in PARAM_TO_FIELD.items() if param in o}
     try:
-        return build_rlm_config(values)
+        config = build_rlm_config(values)
+        if o.get("backend", "docker") != "docker":
+            config.sandbox = config.sandbox.model_copy(update={"backend": o["backend"]})
+        return config
     except ValidationError as exc:
         origin = loaded.origin if loaded is not None else (lambda *_p: "default")
         raise describe_error(exc, origin) from None
@@ -76,6 +87,11 @@ def execute(
 
     err = Console(stderr=True)
     config = build_config(o)
+    if config.sandbox.backend == "local":
+        err.print(
+            "[bold red]warning:[/] --backend local runs model-written code on this machine with NO "
+            "sandbox: no container, your user's rights, your network and files"
+        )
     rlm = RLM(model=model, sub_model=sub_model, config=config, api_key=api_key)
     live = None
     if not o["as_json"] and use_live_view(err):

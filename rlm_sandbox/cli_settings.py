@@ -29,6 +29,7 @@ class SettingFlag:
     help: str
     type: Any = None
     param: str | None = None  # the callback's keyword, when it is not the field's name
+    multiple: bool = False
 
 
 FLAGS: dict[str, SettingFlag] = {
@@ -59,6 +60,13 @@ FLAGS: dict[str, SettingFlag] = {
         SettingFlag(
             "docker_url", ("--docker-url",), "Docker engine URL (default: DOCKER_HOST or the socket)"
         ),
+        SettingFlag(
+            "engines",
+            ("--engine",),
+            "a Docker engine to place nodes on (repeat for several; URL or URL,max=N)",
+            param="engines",
+            multiple=True,
+        ),
         SettingFlag("tenant", ("--tenant",), "tenant label for containers, trace and [tenants.NAME] limits"),
         SettingFlag("api_base", ("--api-base",), "OpenAI-compatible server URL"),
         SettingFlag(
@@ -88,8 +96,9 @@ class SettingOption(click.Option):
             return None
         from rlm_sandbox.settings import Settings
 
-        default = Settings.model_fields[self.setting].default
-        if default is None or isinstance(default, dict):
+        info = Settings.model_fields[self.setting]
+        default = info.default
+        if default is None or isinstance(default, dict) or info.default_factory is not None:
             return record
         return record[0], f"{record[1]}  [default: {default}]".strip()
 
@@ -107,6 +116,7 @@ def setting_options(*names: str, help: dict[str, str] | None = None) -> Callable
                 setting=name,
                 type=flag.type,
                 default=None,
+                multiple=flag.multiple,
                 help=(help or {}).get(name, flag.help),
             )(f)
         return f
@@ -126,7 +136,7 @@ def resolve_settings(ctx: click.Context, kwargs: dict[str, Any]) -> LoadedSettin
         assert param.name is not None
         if ctx.get_parameter_source(param.name) in _GIVEN:
             field = PARAM_TO_FIELD[param.name]
-            given[field] = kwargs[param.name]
+            given[field] = list(kwargs[param.name]) if FLAGS[field].multiple else kwargs[param.name]
             names[field] = _typed_flag(param)
     loaded = load_settings(given, flag_names=names)
     for param in params:

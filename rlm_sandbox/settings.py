@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     cpus: float = _same_as(SandboxConfig, "cpus")
     runtime: str | None = _same_as(SandboxConfig, "runtime")
     docker_url: str | None = _same_as(SandboxConfig, "docker_url")
+    engines: list[str] = Field(
+        default_factory=list,
+        description="Docker engines to spread nodes over, each URL or URL,max=N (empty: docker_url)",
+    )
     tenant: str = _same_as(SandboxConfig, "tenant")
     tenants: dict[str, TenantLimits] = _same_as(RLMConfig, "tenants")
     trace: str | None = _same_as(RLMConfig, "trace")
@@ -118,8 +122,11 @@ class Settings(BaseSettings):
 
 
 def build_rlm_config(values: Mapping[str, Any]) -> RLMConfig:
+    from rlm_sandbox.sandbox.engines import EngineSpec
+
     sandbox = SandboxConfig(**{k: values[k] for k in SANDBOX_FIELDS})
-    return RLMConfig(**{k: values[k] for k in RLM_FIELDS}, sandbox=sandbox)
+    engines = [EngineSpec.parse(e) for e in values.get("engines") or ()]
+    return RLMConfig(**{k: values[k] for k in RLM_FIELDS}, sandbox=sandbox, engines=engines)
 
 
 # ---- where the files are

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -210,3 +211,46 @@ def test_the_second_engine_dies_mid_run(
         collect_garbage(DockerBackend(second_engine.unix_url), run_id=run_id, include_live=True)
         time.sleep(0.5)
     assert left_on(second_engine.unix_url, run_id) == []
+
+
+def test_the_cli_spreads_a_run_and_gc_cleans_every_engine(
+    second_engine: SecondEngine, scripted, gen_log, tmp_path: Path
+) -> None:
+    from ..helpers import cli, json_out
+
+    stats = gen_log(1_000_000)
+    server = scripted()
+    trace = tmp_path / "t.jsonl"
+    proc = cli(
+        "run", "--model", server.model_name, "--api-base", server.url, "--task", COUNT, "-i", str(stats.path),
+        "--depth", "2", "--engine", f"{LOCAL},max=4", "--engine", f"{second_engine.unix_url},max=4",
+        "--trace", str(trace), "--json",
+        env={"OPENAI_API_KEY": server.api_key},
+    )  # fmt: skip
+    out = json_out(proc)
+    assert out["status"] == "ok" and out["answer"] == str(stats.disk_errors), proc.stderr.decode()[-2000:]
+    assert {e["engine"] for e in events_of(trace) if e["event"] == "node_start"} == {
+        LOCAL,
+        second_engine.unix_url,
+    }
+    # A container a dead controller left on the second engine: gc over both engines finds it.
+    client = second_engine.client()
+    try:
+        orphan = client.containers.create(
+            "rlm-sandbox-base:bookworm"
+            if client.images.list("rlm-sandbox-base")
+            else client.images.list()[0].id,
+            command="true",
+            labels={
+                "rlm-sandbox": "1",
+                "rlm-sandbox.run": "orphan-run",
+                "rlm-sandbox.owner": f"{socket.gethostname()}:999999:1",
+            },
+        )
+    finally:
+        client.close()
+    gc = cli("gc", "--run", "orphan-run", "--engine", LOCAL, "--engine", second_engine.unix_url)
+    text = gc.stdout.decode()
+    assert gc.returncode == 0, gc.stderr.decode()
+    assert f"removed {orphan.id[:12]}" in text and f"on {second_engine.unix_url}" in text
+    assert left_on(second_engine.unix_url, "orphan-run") == []

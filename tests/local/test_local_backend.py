@@ -90,3 +90,21 @@ def test_refused_for_tenants(scripted) -> None:
     cfg = RLMConfig(api_base=server.url, tenant="acme", sandbox=SandboxConfig(backend="local"))
     with pytest.raises(ConfigError, match="refused for tenants"):
         RLM(model=server.model_name, config=cfg, api_key=server.api_key).run(context="x", task="t")
+
+
+def test_the_cli_flag_warns_and_marks_the_json(scripted, tmp_path: Path) -> None:
+    from ..helpers import cli, json_out
+
+    server = scripted(cells_then_final("print(len(context))", final="FINAL(counted)"))
+    src = tmp_path / "in.txt"
+    src.write_text("hello\n" * 100)
+    base = ["run", "--model", server.model_name, "--api-base", server.url, "--task", "t", "-i", str(src)]
+    proc = cli(*base, "--backend", "local", "--json", env={"OPENAI_API_KEY": server.api_key})
+    out = json_out(proc)
+    assert out["status"] == "ok" and out["answer"] == "counted" and out["unsafe_backend"] == "local"
+    assert "with NO sandbox" in " ".join(proc.stderr.decode().split())
+    refused = cli(*base, "--backend", "local", "--tenant", "acme", env={"OPENAI_API_KEY": server.api_key})
+    assert refused.returncode == 2 and b"refused for tenants" in refused.stderr
+    # Not a setting: the environment cannot switch the sandbox off.
+    env_try = cli(*base, "--json", env={"OPENAI_API_KEY": server.api_key, "RLM_SANDBOX_BACKEND": "local"})
+    assert env_try.returncode == 2 or "unsafe_backend" not in env_try.stdout.decode()
