@@ -87,6 +87,16 @@ def execute(
 
     err = Console(stderr=True)
     config = build_config(o)
+    loaded = o.get("settings")
+    origin = loaded.origin("api_base") if loaded is not None else "default"
+    if config.api_base and origin.startswith("project file"):
+        # A cloned repository's rlm-sandbox.toml could point the model calls, and so the
+        # API key they carry, at a server of its author's choosing: say so every time.
+        err.print(
+            f"[yellow]note:[/] the model server {config.api_base} comes from {origin[len('project file ') :]}; "
+            "your provider's API key is sent there. Check that file if you did not write it.",
+            soft_wrap=True,
+        )
     if config.sandbox.backend == "local":
         err.print(
             "[bold red]warning:[/] --backend local runs model-written code on this machine with NO "

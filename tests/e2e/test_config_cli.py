@@ -147,6 +147,9 @@ def test_run_takes_model_and_depth_from_the_project_file(
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     assert out["status"] == "ok" and out["answer"] == str(stats.disk_errors)
     assert out["trace"] == "run-trace.jsonl"
+    # The model server (and so the key) came from a project file: the user is told where.
+    said = " ".join(proc.stderr.decode().split())
+    assert f"the model server {server.url} comes from {project / 'rlm-sandbox.toml'}" in said
     events = [json.loads(line) for line in (project / "run-trace.jsonl").read_text().splitlines()]
     start = events[0]
     assert start["event"] == "run_start"
