@@ -201,7 +201,10 @@ class Placement:
         self._warn(f"engine {engine.url} failed mid-run", {"engine": engine.url, "error": error})
 
     def pool_room(self, engine: Engine, total: int) -> bool:
-        """May ``engine``'s pool hold ``total`` containers? (its own cap, not the run's)."""
+        """May ``engine``'s pool grow past ``total`` containers? (its own cap, not the run's).
+
+        Called by the pool with its own lock held, so it takes no lock that is ever held
+        while a pool's lock is wanted (``acquire`` reads pools without their locks)."""
         return engine.alive and engine.in_use + total < engine.cap
 
     def pools_held(self) -> int:

@@ -8,7 +8,7 @@ the first model call and to the first cell, per-cell overhead (host round trip m
 cell's own time: median and p95), and container start (cold, and from the warm pool).
 
 Usage: uv run python scripts/bench.py [--quick] [--runs 3] [--rows needle-1,count-100,...]
-       [--latency 0] [--json bench-results.json]
+       [--latency 0] [--engine URL[,max=N] ...] [--json bench-results.json]
 
 Rows with depth 1 use a model that filters ``context`` with code before fanning out (what
 capable models do on needle and counting tasks); depth 2/3 rows use one that chunks the
@@ -45,11 +45,20 @@ MB = 1_000_000
 
 
 def fanout_policy(n: int, leaf_latency: float):
-    """A root whose one cell asks ``n`` questions at once; each leaf answer takes ``leaf_latency``."""
+    """A root whose one cell asks ``n`` questions at once; each leaf answer takes ``leaf_latency``.
+
+    At depth 2 each question is a child RLM node (its own container): it runs one cell and
+    answers with ``FINAL_VAR``, each of its two model calls taking ``leaf_latency``.
+    """
 
     def policy(request: dict[str, Any]) -> str:
         msgs = request.get("messages") or []
-        if msgs and msgs[0].get("role") == "system" and "```repl" in str(msgs[0].get("content")):
+        node = msgs and msgs[0].get("role") == "system" and "```repl" in str(msgs[0].get("content"))
+        if node and "depth 0 of" not in str(msgs[0].get("content")):
+            time.sleep(leaf_latency)
+            steps = sum(m.get("role") == "assistant" for m in msgs)
+            return "```repl\nn = 1\nprint(n)\n```" if steps == 0 else "FINAL_VAR(n)"
+        if node:
             if sum(m.get("role") == "assistant" for m in msgs) == 0:
                 return (
                     "```repl\n"
@@ -79,6 +88,15 @@ ROWS: dict[str, dict[str, Any]] = {
         "depth": 3,
         "policy": "chunk",
         "extra": ["--max-containers", "32"],
+    },
+    "fanout-256-depth2": {
+        "size": 1000,
+        "task": COUNT,
+        "depth": 2,
+        "policy": "fanout",
+        "n": 256,
+        "leaf_latency": 1.0,
+        "extra": ["--max-concurrency", "32", "--max-containers", "33", "--max-lm-calls", "1000"],
     },
     "fanout-256": {
         "size": 1000,
@@ -153,6 +171,13 @@ def main() -> None:
     ap.add_argument(
         "--latency", type=float, default=0.0, help="simulated model latency for every call, seconds"
     )
+    ap.add_argument(
+        "--engine",
+        dest="engines",
+        action="append",
+        default=[],
+        help="pass --engine URL[,max=N] to every run (repeat for several engines)",
+    )
     ap.add_argument("--json", dest="json_path", default="bench-results.json")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "rlm-bench"))
     args = ap.parse_args()
@@ -199,6 +224,7 @@ def main() -> None:
                     "--timeout",
                     "1200",
                     *row.get("extra", []),
+                    *[a for url in args.engines for a in ("--engine", url)],
                 ]
                 wall, code, rss, out, err = run_cli(cli_args, env)
                 try:
@@ -271,7 +297,9 @@ def main() -> None:
     print("  ".join(heads))
     for r in results:
         print("  ".join("-" if r.get(k) is None else f.format(r[k]) for k, f in cols))
-    Path(args.json_path).write_text(json.dumps({"latency_s": args.latency, "rows": results}, indent=2))
+    Path(args.json_path).write_text(
+        json.dumps({"latency_s": args.latency, "engines": args.engines, "rows": results}, indent=2)
+    )
     print(f"(medians over runs; JSON written to {args.json_path})")
 
 

@@ -81,16 +81,18 @@ class SandboxPool:
             sb.close()
             self.discarded += 1
 
+    # Read without the pool's lock, on purpose: other parties (the placement of nodes over
+    # engines, other pools) ask while holding their own locks, and a pool filling itself
+    # asks them back (``can_grow``) while holding this one. A reading one change stale is
+    # harmless; a lock-order cycle between two pools is a hung run.
     @property
     def ready(self) -> int:
-        with self._cond:
-            return len(self._ready)
+        return len(self._ready)
 
     @property
     def held(self) -> int:
         """Containers the pool holds or is starting: they count against every cap."""
-        with self._cond:
-            return len(self._ready) + self._starting
+        return len(self._ready) + self._starting
 
     # ---- handing out
 
