@@ -316,9 +316,21 @@ class Run:
             completion_tokens=resp.completion_tokens,
             cost_usd=resp.cost_usd,
             latency_s=round(time.perf_counter() - t0, 4),
-            response=resp.text[:2000],
+            # Whole (up to 64 KB) and keyed by the request, so `replay` can answer the same
+            # request with the same text without a model.
+            response=resp.text[:65536],
+            request_sha256=request_digest(messages),
         )
         return resp.text
+
+
+def request_digest(messages: list[dict[str, str]]) -> str:
+    """A stable name for one model request: the same messages give the same digest."""
+    import hashlib
+    import json
+
+    blob = json.dumps(messages, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 class Node:
