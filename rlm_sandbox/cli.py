@@ -13,6 +13,7 @@ from rlm_sandbox.cli_config import config as config_command
 from rlm_sandbox.cli_doctor import doctor as doctor_command
 from rlm_sandbox.cli_run import budget_options, execute, fail
 from rlm_sandbox.cli_settings import MODEL_FLAGS, setting_options
+from rlm_sandbox.cli_trace import trace_group
 from rlm_sandbox.errors import RLMSandboxError
 
 
@@ -222,6 +223,7 @@ def _parse_size(text: str) -> int:
 
 main.add_command(config_command)
 main.add_command(doctor_command)
+main.add_command(trace_group)
 
 
 if __name__ == "__main__":
