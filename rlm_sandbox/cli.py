@@ -224,6 +224,9 @@ def _parse_size(text: str) -> int:
 main.add_command(config_command)
 main.add_command(doctor_command)
 main.add_command(trace_group)
+from rlm_sandbox.cli_replay import replay as replay_command  # noqa: E402
+
+main.add_command(replay_command)
 
 
 if __name__ == "__main__":
