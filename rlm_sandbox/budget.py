@@ -139,6 +139,11 @@ class Budget:
             raise self._exhaust("max_lm_calls", f"the run made its limit of {limit} LM calls")
         self._check_totals()
 
+    def count_unchecked_call(self) -> None:
+        """A call made past the limits on purpose (the fallback answer): counted, not refused."""
+        with self._lock:
+            self.lm_calls += 1
+
     def record_usage(self, prompt_tokens: int, completion_tokens: int, cost_usd: float) -> None:
         with self._lock:
             self.prompt_tokens += max(0, prompt_tokens)

@@ -61,6 +61,13 @@ FLAGS: dict[str, SettingFlag] = {
             "docker_url", ("--docker-url",), "Docker engine URL (default: DOCKER_HOST or the socket)"
         ),
         SettingFlag(
+            "depth_models",
+            ("--depth-model",),
+            "model for one level, D=MODEL (repeatable): nodes at depth D, leaf calls from depth D-1",
+            param="depth_models",
+            multiple=True,
+        ),
+        SettingFlag(
             "engines",
             ("--engine",),
             "a Docker engine to place nodes on (repeat for several; URL or URL,max=N)",

@@ -33,6 +33,7 @@ from rlm_sandbox.errors import (
     RLMSandboxError,
     SandboxError,
 )
+from rlm_sandbox.models import ModelRouter
 from rlm_sandbox.parsing import find_code_blocks, find_final, truncate_output
 from rlm_sandbox.prompts import render
 from rlm_sandbox.sandbox.engines import EngineSpec
@@ -73,6 +74,13 @@ class RLMConfig(BaseModel):
     )
     trace: str | None = Field(None, description="path of the JSON-lines trace")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    depth_models: dict[int, str] = Field(
+        default_factory=dict,
+        description="model per level: nodes at depth d use depth_models[d]; leaf calls from d use [d+1]",
+    )
+    fallback_answer: bool = Field(
+        True, description="when a budget stops the root, ask once (bounded) for its best answer"
+    )
     engines: list[EngineSpec] = Field(
         default_factory=list,
         description="Docker engines to spread nodes over; empty = the one of sandbox.docker_url",
@@ -129,6 +137,9 @@ class RLMResult:
     hint: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     unsafe_backend: str | None = None  # "local": the code ran with no sandbox at all
+    fallback: bool = False  # the answer came from the model's last word after a budget stop
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # usage and cost per model
+    output: Any = None  # the validated typed answer, when a schema was given
 
     @property
     def ok(self) -> bool:
@@ -139,20 +150,24 @@ class RLMResult:
         return STATUS_EXIT.get(self.status, 1)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "answer": self.answer,
-            "status": self.status,
-            "error": self.error,
-            "steps": self.steps,
-            "lm_calls": self.lm_calls,
-            "tokens": dict(self.tokens),
-            "cost_usd": self.cost_usd,
-            "wall_s": self.wall_s,
-            "nodes": self.nodes,
-            "containers": self.containers,
-            "max_depth_reached": self.max_depth_reached,
-            "trace": self.trace,
-        } | ({"unsafe_backend": self.unsafe_backend} if self.unsafe_backend else {})
+        return (
+            {
+                "answer": self.answer,
+                "status": self.status,
+                "error": self.error,
+                "steps": self.steps,
+                "lm_calls": self.lm_calls,
+                "tokens": dict(self.tokens),
+                "cost_usd": self.cost_usd,
+                "wall_s": self.wall_s,
+                "nodes": self.nodes,
+                "containers": self.containers,
+                "max_depth_reached": self.max_depth_reached,
+                "trace": self.trace,
+            }
+            | ({"unsafe_backend": self.unsafe_backend} if self.unsafe_backend else {})
+            | ({"fallback": True} if self.fallback else {})
+        )
 
 
 class _Client:
@@ -166,10 +181,11 @@ class _Client:
 class Run:
     """State shared by every node of one run: budget, trace, clients, live sandboxes."""
 
-    def __init__(self, config: RLMConfig, root_lm: Any, sub_lm: Any, tracer: Tracer, run_id: str) -> None:
+    def __init__(self, config: RLMConfig, models: ModelRouter, tracer: Tracer, run_id: str) -> None:
         self.config = config
-        self.root_lm = root_lm
-        self.sub_lm = sub_lm
+        self.models = models
+        self.root_lm = models.root
+        self.sub_lm = models.sub
         self.tracer = tracer
         self.run_id = run_id
         self.budget = Budget(
@@ -183,6 +199,8 @@ class Run:
         self.first_lm_s: float | None = None
         self.pool = None
         self.placement: Any = None
+        self._nodes_cond = threading.Condition()
+        self._active_nodes = 0
         size = config.effective_pool_size()
         if size and not config.engines:
             from rlm_sandbox.sandbox.pool import SandboxPool
@@ -209,6 +227,27 @@ class Run:
     def open_sandboxes(self) -> list[tuple[str, Any]]:
         with self._lock:
             return list(self.sandboxes.items())
+
+    def node_entered(self) -> None:
+        with self._nodes_cond:
+            self._active_nodes += 1
+
+    def node_left(self) -> None:
+        with self._nodes_cond:
+            self._active_nodes -= 1
+            self._nodes_cond.notify_all()
+
+    def wait_nodes(self, timeout_s: float) -> bool:
+        """Wait until no node is running: after a stop, children still unwinding in handler
+        threads may be starting or closing containers; the run must not return before them."""
+        deadline = time.monotonic() + timeout_s
+        with self._nodes_cond:
+            while self._active_nodes > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._nodes_cond.wait(left)
+        return True
 
     def prepare_engines(self) -> None:
         """Several engines: probe them, give them the image, cap the budget at their room,
@@ -295,14 +334,29 @@ class Run:
         left = self.budget.wall_left()
         if left is not None:
             timeout = max(1.0, min(timeout, left))
+        return self.call_model(client, messages, node, depth, purpose, timeout)
+
+    def call_model(
+        self, client: Any, messages: list[dict[str, str]], node: str, depth: int, purpose: str, timeout: float
+    ) -> str:
+        """One model call, counted (per model too) and traced, whatever budget allowed it."""
         t0 = time.perf_counter()
         self.tracer.emit("lm_start", node=node, depth=depth, purpose=purpose, model=client.model)
+        self.models.started()
         try:
             resp = client.completion(messages, timeout_s=timeout)
-        except LMError as exc:
-            self.tracer.emit("lm_error", node=node, depth=depth, model=client.model, error=str(exc))
-            self.fail_run(exc)
+        except BaseException as exc:
+            self.models.finished(None)
+            if isinstance(exc, LMError):
+                left = self.budget.wall_left()
+                if getattr(exc, "kind", None) == "timeout" and left is not None and left <= 0.5:
+                    # The call was cut by the run's wall budget, not by the model: say so.
+                    self.tracer.emit("lm_cut", node=node, depth=depth, model=client.model, reason="timeout")
+                    self.budget.check()
+                self.tracer.emit("lm_error", node=node, depth=depth, model=client.model, error=str(exc))
+                self.fail_run(exc)
             raise
+        self.models.finished(client.model, resp.prompt_tokens, resp.completion_tokens, resp.cost_usd)
         self.budget.record_usage(resp.prompt_tokens, resp.completion_tokens, resp.cost_usd)
         if self.first_lm_s is None:
             self.first_lm_s = time.monotonic() - self.budget.started
@@ -311,7 +365,8 @@ class Run:
             node=node,
             depth=depth,
             purpose=purpose,
-            model=resp.model or client.model,
+            model=client.model,  # the name the user configured: per-model accounting uses it
+            served_model=resp.model or None,
             prompt_tokens=resp.prompt_tokens,
             completion_tokens=resp.completion_tokens,
             cost_usd=resp.cost_usd,
@@ -343,8 +398,9 @@ class Node:
         self.context = context
         self.task = task
         self.id = run.new_node_id(parent)
-        self.lm = run.root_lm if depth == 0 else run.sub_lm
+        self.lm = run.models.for_node(depth)
         self.steps = 0
+        self.messages: list[dict[str, str]] = []
         self._loader: _Loader | None = None
 
     def _loaded(self) -> None:
@@ -362,7 +418,8 @@ class Node:
             child = Node(run, depth=self.depth + 1, parent=self.id, context=prompt, task=render("child_task"))
             return child.solve()
         run.tracer.emit("sub_call", node=self.id, depth=self.depth, kind="lm", prompt_chars=len(prompt))
-        return run.lm_call(run.sub_lm, [{"role": "user", "content": prompt}], self.id, self.depth, "sub_call")
+        leaf = run.models.for_leaf(self.depth)
+        return run.lm_call(leaf, [{"role": "user", "content": prompt}], self.id, self.depth, "sub_call")
 
     # ---- the loop
 
@@ -373,7 +430,12 @@ class Node:
         run = self.run
         cfg = run.config
         run.tracer.emit("node_begin", node=self.id, parent=self.parent, depth=self.depth)
-        run.budget.admit_node(self.depth)  # takes a container slot: released below, whatever happens
+        run.node_entered()
+        try:
+            run.budget.admit_node(self.depth)  # a container slot: released below, whatever happens
+        except BaseException:
+            run.node_left()
+            raise
         t0 = time.monotonic()
         sandbox = None
         engine = None
@@ -421,6 +483,20 @@ class Node:
             return answer
         except BaseException as exc:
             error = f"{type(exc).__name__}: {exc}"
+            if (
+                isinstance(exc, BudgetExhausted)
+                and self.depth == 0
+                and cfg.fallback_answer
+                and sandbox is not None
+                # A tenant's caps are the operator's, hard: no call past them, not even this one.
+                and exc.budget not in ("cancelled", "tenant_max_cost", "tenant_max_containers")
+                and not hasattr(exc, "fallback_answer")
+            ):
+                from rlm_sandbox.fallback import best_answer
+
+                found = best_answer(self, sandbox, exc)
+                if found is not None:
+                    exc.fallback_answer = found  # type: ignore[attr-defined]
             if engine is not None and isinstance(exc, EngineUnavailable):
                 run.placement.mark_dead(engine, exc.message)
             raise
@@ -441,11 +517,12 @@ class Node:
                 error=error,
                 wall_s=round(time.monotonic() - t0, 4),
             )
+            run.node_left()
 
     def _loop(self, sandbox: Any, info: Any) -> str:
         run, cfg = self.run, self.run.config
         desc = describe_context(self.context, info)
-        messages = [
+        self.messages = messages = [
             {"role": "system", "content": self._system_prompt(desc, cfg.max_steps)},
             {
                 "role": "user",
@@ -493,13 +570,16 @@ class Node:
         messages.append({"role": "assistant", "content": text})
         self._loaded()
         answer, _ = self._final_from_text(sandbox, text)
-        if answer is not None:
-            return answer
-        raise BudgetExhausted(
+        exc = BudgetExhausted(
             "max_steps",
             f"node {self.id} (depth {self.depth}) used all {cfg.max_steps} steps without a final answer",
             hint="raise --max-steps",
         )
+        if answer is not None and self.depth > 0:
+            return answer  # a child's last word is still an answer for its parent
+        if answer is not None and cfg.fallback_answer:
+            exc.fallback_answer = answer  # type: ignore[attr-defined]
+        raise exc
 
     def _run_blocks(self, sandbox: Any, text: str, step: int) -> tuple[list[str], str | None]:
         run, cfg = self.run, self.run.config
@@ -728,6 +808,16 @@ class RLM:
         self._api_key = api_key
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
+    def _router(self) -> ModelRouter:
+        from rlm_sandbox.lm import LiteLLMClient
+
+        cfg = self.config
+        root, sub = self._clients()
+        kw = dict(
+            api_base=cfg.api_base, api_key=self._api_key, timeout_s=cfg.lm_timeout, max_retries=cfg.lm_retries
+        )
+        return ModelRouter(root, sub, cfg.depth_models, make_client=lambda m: LiteLLMClient(m, **kw))
+
     def _clients(self) -> tuple[Any, Any]:
         from rlm_sandbox.lm import LiteLLMClient
 
@@ -767,8 +857,7 @@ class RLM:
         from rlm_sandbox.lm import start_preload
 
         start_preload()
-        root_lm, sub_lm = self._clients()
-        run = Run(cfg, root_lm, sub_lm, tracer, run_id)
+        run = Run(cfg, self._router(), tracer, run_id)
         tracer.emit(
             "run_start",
             model=self.model,
@@ -780,8 +869,10 @@ class RLM:
             limits=dataclasses.asdict(cfg.limits()),
             backend=cfg.sandbox.backend,
             unsafe=cfg.sandbox.backend == "local",
+            levels=run.models.levels(cfg.depth),
         )
         answer, status, error, budget_name, hint = None, "ok", None, None, None
+        used_fallback = False
         root = Node(run, depth=0, parent=None, context=context, task=task)
         if run.pool is not None:
             run.pool.start()
@@ -807,10 +898,19 @@ class RLM:
             status, budget_name = _classify(cause)
             error = str(cause.message if isinstance(cause, RLMSandboxError) else cause)
             hint = getattr(cause, "hint", None) or None
+            fallback = getattr(exc, "fallback_answer", None) or getattr(cause, "fallback_answer", None)
+            if status == "budget_exhausted" and fallback is not None:
+                answer, used_fallback = fallback, True
         except Exception as exc:  # a bug of ours: still a typed outcome, never a lost run
             status, error = "error", f"{type(exc).__name__}: {exc}"
         finally:
             _stop_all(run)
+            # Children cut short are still unwinding in their threads (a cold start may be
+            # finishing): wait for them, then close whatever they opened after the sweep.
+            run.wait_nodes(max(10.0, cfg.sandbox.start_timeout + cfg.sandbox.kill_grace))
+            _stop_all(run)
+        # Calls still in flight (a fan-out the stop cut short) cost money: wait for them.
+        run.models.drain(min(30.0, cfg.lm_timeout))
         snap = run.budget.snapshot()
         if status != "ok":
             tracer.emit(
@@ -835,6 +935,8 @@ class RLM:
             budget=budget_name,
             hint=hint,
             unsafe_backend=cfg.sandbox.backend if cfg.sandbox.backend != "docker" else None,
+            fallback=used_fallback,
+            models=run.models.report(),
             timings={
                 k: round(v, 4)
                 for k, v in (("first_lm_call_s", run.first_lm_s), ("first_cell_s", run.first_cell_s))
@@ -857,6 +959,8 @@ class RLM:
             timings=result.timings,
             pool=pool_stats,
             engines=run.placement.summary() if run.placement is not None else None,
+            models=result.models,
+            levels=run.models.levels(cfg.depth),
         )
         tracer.close()
         return result

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -60,6 +60,7 @@ RLM_FIELDS = (
     "tenant",
     "tenants",
     "trace",
+    "depth_models",
 )
 
 
@@ -92,6 +93,10 @@ class Settings(BaseSettings):
     cpus: float = _same_as(SandboxConfig, "cpus")
     runtime: str | None = _same_as(SandboxConfig, "runtime")
     docker_url: str | None = _same_as(SandboxConfig, "docker_url")
+    depth_models: dict[int, str] = Field(
+        default_factory=dict,
+        description="model per level: D=MODEL (nodes at depth D; leaf calls from depth D-1)",
+    )
     engines: list[str] = Field(
         default_factory=list,
         description="Docker engines to spread nodes over, each URL or URL,max=N (empty: docker_url)",
@@ -99,6 +104,20 @@ class Settings(BaseSettings):
     tenant: str = _same_as(SandboxConfig, "tenant")
     tenants: dict[str, TenantLimits] = _same_as(RLMConfig, "tenants")
     trace: str | None = _same_as(RLMConfig, "trace")
+
+    @field_validator("depth_models", mode="before")
+    @classmethod
+    def _depth_models_from_flags(cls, value: Any) -> Any:
+        """``--depth-model 1=openai/gpt-4o-mini`` (repeatable) or a TOML table/JSON object."""
+        if isinstance(value, list | tuple):
+            out: dict[str, str] = {}
+            for item in value:
+                depth, sep, model = str(item).partition("=")
+                if not sep or not depth.strip().isdigit() or not model.strip():
+                    raise ValueError(f"{item!r} is not DEPTH=MODEL, e.g. 1=openai/gpt-4o-mini")
+                out[depth.strip()] = model.strip()
+            return out
+        return value
 
     @classmethod
     def settings_customise_sources(

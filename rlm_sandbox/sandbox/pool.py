@@ -80,6 +80,11 @@ class SandboxPool:
         for sb in ready:
             sb.close()
             self.discarded += 1
+        # A fill thread may be half-way through starting one more container: wait for it to
+        # finish and remove that container, so nothing of the pool outlives its run.
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(self.config.start_timeout + self.config.kill_grace)
 
     # Read without the pool's lock, on purpose: other parties (the placement of nodes over
     # engines, other pools) ask while holding their own locks, and a pool filling itself

@@ -98,3 +98,26 @@ def test_load_and_image_progress_are_shown() -> None:
     assert "loading 50.0 MB/200.0 MB" in text and "building" not in text
     t.on_event({"event": "load_progress", "node": "root", "sent": 200_000_000, "size": 200_000_000})
     assert "loading" not in draw(t)
+
+
+def test_the_model_router_waits_for_calls_in_flight() -> None:
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from rlm_sandbox.models import ModelRouter
+
+    root, sub = SimpleNamespace(model="a"), SimpleNamespace(model="b")
+    router = ModelRouter(root, sub, {1: "c"}, make_client=lambda m: SimpleNamespace(model=m))
+    assert router.for_node(0) is root and router.for_node(1).model == "c" and router.for_node(2) is sub
+    assert router.for_leaf(0).model == "c" and router.for_leaf(1) is sub
+    assert router.levels(2) == {0: "a", 1: "c", 2: "b"}
+    router.started()
+    threading.Timer(0.3, lambda: router.finished("b", 10, 2, 0.5)).start()
+    t0 = time.monotonic()
+    assert router.drain(5) and time.monotonic() - t0 >= 0.25
+    assert router.report() == {
+        "b": {"calls": 1, "prompt_tokens": 10, "completion_tokens": 2, "cost_usd": 0.5}
+    }
+    router.started()
+    assert router.drain(0.1) is False  # a call that never comes back does not hang the run
