@@ -78,6 +78,12 @@ class RLMConfig(BaseModel):
         default_factory=dict,
         description="model per level: nodes at depth d use depth_models[d]; leaf calls from d use [d+1]",
     )
+    context_window: int | None = Field(
+        None,
+        ge=1000,
+        description="tokens the model accepts; None = what LiteLLM knows of the model (else no compaction)",
+    )
+    compact_at: float = Field(0.8, gt=0.1, le=1.0, description="compact when history exceeds this share")
     fallback_answer: bool = Field(
         True, description="when a budget stops the root, ask once (bounded) for its best answer"
     )
@@ -535,6 +541,7 @@ class Node:
             run.budget.check()
             self.steps = step
             run.budget.add_step()
+            messages = self._compact(messages)
             text = run.lm_call(self.lm, messages, self.id, self.depth, "step")
             messages.append({"role": "assistant", "content": text})
             self._loaded()
@@ -580,6 +587,15 @@ class Node:
         if answer is not None and cfg.fallback_answer:
             exc.fallback_answer = answer  # type: ignore[attr-defined]
         raise exc
+
+    def _compact(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        """Keep the history inside the model's context window (the namespace is untouched)."""
+        from rlm_sandbox.compaction import compact_if_needed
+
+        compacted = compact_if_needed(self, messages)
+        if compacted is not messages:
+            self.messages = compacted
+        return compacted
 
     def _run_blocks(self, sandbox: Any, text: str, step: int) -> tuple[list[str], str | None]:
         run, cfg = self.run, self.run.config

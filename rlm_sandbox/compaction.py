@@ -1,0 +1,73 @@
+"""Keep a node's history inside its model's context window on long runs.
+
+A node that explores a big input for many steps accumulates code and outputs until the next
+call no longer fits. Before that happens, the older steps are summarised by the node's own
+model and replaced by the summary; the system prompt, the task and the latest outputs stay
+verbatim, and the REPL's namespace is untouched (variables survive, only the prose shrinks).
+The window comes from LiteLLM's knowledge of the model, or the ``context_window`` setting.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import TYPE_CHECKING
+
+from rlm_sandbox.prompts import render
+
+if TYPE_CHECKING:
+    from rlm_sandbox.rlm import Node
+
+CHARS_PER_TOKEN = 4
+
+
+def estimate_tokens(messages: list[dict[str, str]]) -> int:
+    """A cheap over-estimate (a tokenizer per model would cost more than it saves here)."""
+    return sum(len(m.get("content") or "") for m in messages) // CHARS_PER_TOKEN + 4 * len(messages)
+
+
+@cache
+def known_window(model: str) -> int | None:
+    from rlm_sandbox.lm import preload_litellm
+
+    try:
+        info = preload_litellm().get_model_info(model)
+    except Exception:  # LiteLLM raises for models it does not know
+        return None
+    window = info.get("max_input_tokens") or info.get("max_tokens")
+    return int(window) if window else None
+
+
+def compact_if_needed(node: Node, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The history to send: ``messages`` itself, or a compacted copy when it is too long."""
+    cfg = node.run.config
+    window = cfg.context_window or known_window(node.lm.model)
+    if not window:
+        return messages
+    before = estimate_tokens(messages)
+    if before < cfg.compact_at * window:
+        return messages
+    head, middle, last = messages[:2], messages[2:-1], messages[-1:]
+    if len(middle) < 2:  # nothing older than the latest step: nothing to fold
+        return messages
+    steps = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in middle)
+    room = int(window * 0.5) * CHARS_PER_TOKEN
+    if len(steps) > room:  # the summary call must fit too: keep the most recent part
+        steps = "[... the oldest part is cut ...]\n" + steps[-room:]
+    request = [head[0], {"role": "user", "content": render("compact", steps=steps)}]
+    summary = node.run.lm_call(node.lm, request, node.id, node.depth, "compaction")
+    folded = {
+        "role": "assistant",
+        "content": "(Summary of my earlier steps, compacted to fit the context window; every REPL "
+        f"variable is still defined.)\n{summary}",
+    }
+    compacted = [*head, folded, *last]
+    node.run.tracer.emit(
+        "compaction",
+        node=node.id,
+        depth=node.depth,
+        window=window,
+        tokens_before=before,
+        tokens_after=estimate_tokens(compacted),
+        messages_folded=len(middle),
+    )
+    return compacted
