@@ -28,6 +28,7 @@ FLAGS = {
     "timeout": "--timeout",
     "max_containers": "--max-containers",
     "max_nodes": "--max-nodes",
+    "max_tool_calls": "max_tool_calls (RLMConfig)",
     "tenant_max_cost": "the tenant's max_cost setting",
     "tenant_max_containers": "the tenant's max_containers setting",
 }
@@ -42,6 +43,7 @@ class Limits:
     timeout_s: float | None = 1800.0
     max_containers: int = 16
     max_nodes: int | None = 1000
+    max_tool_calls: int | None = 1000
 
     def check(self) -> None:
         if self.max_containers < self.depth:
@@ -74,6 +76,7 @@ class Budget:
         self.started = time.monotonic()
         self._lock = threading.Condition()
         self.lm_calls = 0
+        self.tool_calls = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cost_usd = 0.0
@@ -138,6 +141,16 @@ class Budget:
         if over:
             raise self._exhaust("max_lm_calls", f"the run made its limit of {limit} LM calls")
         self._check_totals()
+
+    def reserve_tool_call(self) -> None:
+        self.check()
+        with self._lock:
+            limit = self.limits.max_tool_calls
+            over = limit is not None and self.tool_calls >= limit
+            if not over:
+                self.tool_calls += 1
+        if over:
+            raise self._exhaust("max_tool_calls", f"the run made its limit of {limit} tool calls")
 
     def count_unchecked_call(self) -> None:
         """A call made past the limits on purpose (the fallback answer): counted, not refused."""

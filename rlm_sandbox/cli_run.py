@@ -77,7 +77,15 @@ def build_config(o: dict[str, Any]) -> Any:
 
 
 def execute(
-    model: str, sub_model: str | None, task: str, context: Any, o: dict[str, Any], api_key: str | None = None
+    model: str,
+    sub_model: str | None,
+    task: str,
+    context: Any,
+    o: dict[str, Any],
+    api_key: str | None = None,
+    *,
+    tools: dict[str, Any] | None = None,
+    output: Any = None,
 ) -> int:
     """Run once and report; returns the exit code."""
     from rich.console import Console
@@ -102,7 +110,9 @@ def execute(
             "[bold red]warning:[/] --backend local runs model-written code on this machine with NO "
             "sandbox: no container, your user's rights, your network and files"
         )
-    rlm = RLM(model=model, sub_model=sub_model, config=config, api_key=api_key)
+    rlm = RLM(model=model, sub_model=sub_model, config=config, api_key=api_key, tools=tools)
+    if tools:
+        err.print(f"[yellow]note:[/] tools {', '.join(sorted(tools))} run on this machine, with your rights")
     live = None
     if not o["as_json"] and use_live_view(err):
         from rlm_sandbox.live import LiveTree
@@ -116,9 +126,9 @@ def execute(
     try:
         if live is not None:
             with live:
-                result = rlm.run(context=context, task=task)
+                result = rlm.run(context=context, task=task, output=output)
         else:
-            result = rlm.run(context=context, task=task)
+            result = rlm.run(context=context, task=task, output=output)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: the run was stopped and every container removed")
         if o["as_json"]:

@@ -61,6 +61,12 @@ FLAGS: dict[str, SettingFlag] = {
             "docker_url", ("--docker-url",), "Docker engine URL (default: DOCKER_HOST or the socket)"
         ),
         SettingFlag(
+            "recursion",
+            ("--recursion",),
+            "auto: llm_query starts child RLMs while depth remains; explicit: only rlm_query does",
+            click.Choice(["auto", "explicit"]),
+        ),
+        SettingFlag(
             "depth_models",
             ("--depth-model",),
             "model for one level, D=MODEL (repeatable): nodes at depth D, leaf calls from depth D-1",

@@ -19,7 +19,6 @@ in place of the replay's own.
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import math
 import re
@@ -68,9 +67,10 @@ def request_messages(request: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def digest(messages: list[dict[str, str]]) -> str:
-    """Exactly :func:`rlm_sandbox.rlm.request_digest` (kept here so this module stays light)."""
-    blob = json.dumps(messages, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    """The engine's own :func:`rlm_sandbox.rlm.request_digest`, so the two cannot drift."""
+    from rlm_sandbox.rlm import request_digest
+
+    return request_digest(messages)
 
 
 # ---------------------------------------------------------------- the recording
@@ -264,7 +264,12 @@ def budget_line(
         },
         wall_left=lambda: None if wall_left is None else float(wall_left),
     )
-    shim = SimpleNamespace(run=SimpleNamespace(config=config, budget=budget), depth=depth)
+    shim = SimpleNamespace(
+        run=SimpleNamespace(config=config, budget=budget, tools=None),
+        depth=depth,
+        output=None,
+        _prompt_extras=lambda _deeper: "",
+    )
     try:
         text = Node._system_prompt(shim, "", max_steps)  # type: ignore[arg-type]
     except Exception:

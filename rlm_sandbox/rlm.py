@@ -19,10 +19,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rlm_sandbox.answers import AnswerInvalid, AnswerSpec
 from rlm_sandbox.budget import Budget, Limits
 from rlm_sandbox.config import SandboxConfig
 from rlm_sandbox.errors import (
@@ -36,8 +37,10 @@ from rlm_sandbox.errors import (
 from rlm_sandbox.models import ModelRouter
 from rlm_sandbox.parsing import find_code_blocks, find_final, truncate_output
 from rlm_sandbox.prompts import render
+from rlm_sandbox.sandbox.channel import RequestHandler, SubRequest
 from rlm_sandbox.sandbox.engines import EngineSpec
 from rlm_sandbox.tenants import TenantLimits, ledger
+from rlm_sandbox.tools import ToolSet
 from rlm_sandbox.trace import Tracer
 
 STATUS_EXIT = {"ok": 0, "budget_exhausted": 3, "sandbox_error": 4, "lm_error": 5, "error": 1}
@@ -84,6 +87,12 @@ class RLMConfig(BaseModel):
         description="tokens the model accepts; None = what LiteLLM knows of the model (else no compaction)",
     )
     compact_at: float = Field(0.8, gt=0.1, le=1.0, description="compact when history exceeds this share")
+    recursion: Literal["auto", "explicit"] = Field(
+        "auto",
+        description="auto: llm_query starts a child RLM while depth remains; explicit: only rlm_query does",
+    )
+    schema_retries: int = Field(3, ge=0, le=20, description="times a typed answer may be sent back to fix")
+    max_tool_calls: int | None = Field(1000, ge=1, description="host tool calls, whole run")
     fallback_answer: bool = Field(
         True, description="when a budget stops the root, ask once (bounded) for its best answer"
     )
@@ -120,6 +129,7 @@ class RLMConfig(BaseModel):
             timeout_s=self.timeout,
             max_containers=self.max_containers,
             max_nodes=self.max_nodes,
+            max_tool_calls=self.max_tool_calls,
         )
 
 
@@ -205,6 +215,7 @@ class Run:
         self.first_lm_s: float | None = None
         self.pool = None
         self.placement: Any = None
+        self.tools = ToolSet(None)
         self._nodes_cond = threading.Condition()
         self._active_nodes = 0
         size = config.effective_pool_size()
@@ -386,19 +397,44 @@ class Run:
 
 
 def request_digest(messages: list[dict[str, str]]) -> str:
-    """A stable name for one model request: the same messages give the same digest."""
+    """A stable name for one model request: the same messages give the same digest.
+
+    The system prompt's ``Budgets:`` line (calls, tokens, seconds left) depends on timing and
+    on the order parallel children start, so it is left out: a replay of the same run must
+    give the same digests."""
     import hashlib
     import json
+    import re
 
-    blob = json.dumps(messages, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    volatile = re.compile(r"^Budgets: .*$", re.MULTILINE)
+    stable = [
+        {"role": m["role"], "content": volatile.sub("Budgets: -", m["content"])}
+        if m["role"] == "system"
+        else m
+        for m in messages
+    ]
+    blob = json.dumps(stable, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 class Node:
     """One RLM node: its own sandbox, its own loop, a branch of the trace."""
 
-    def __init__(self, run: Run, *, depth: int, parent: str | None, context: Any, task: str) -> None:
+    def __init__(
+        self,
+        run: Run,
+        *,
+        depth: int,
+        parent: str | None,
+        context: Any,
+        task: str,
+        output: AnswerSpec | None = None,
+    ) -> None:
         self.run = run
+        self.output = output
+        self.typed: Any = None  # the validated value, when ``output`` is set
+        self.schema_failures = 0
+        self.handler = RequestHandler(self.handle_request)
         self.depth = depth
         self.parent = parent
         self.context = context
@@ -417,15 +453,44 @@ class Node:
     # ---- llm_query from this node's cells
 
     def handle_llm_query(self, prompt: str) -> str:
+        return self.handle_request(SubRequest("llm", prompt))
+
+    def handle_request(self, req: SubRequest) -> str:
+        """Everything a cell can ask the host: llm_query, rlm_query (typed or not), tools."""
         run = self.run
         run.budget.check()
-        if self.depth + 1 < run.config.depth:
-            run.tracer.emit("sub_call", node=self.id, depth=self.depth, kind="rlm", prompt_chars=len(prompt))
-            child = Node(run, depth=self.depth + 1, parent=self.id, context=prompt, task=render("child_task"))
+        if req.kind == "tool":
+            return run.tools.call(self, req.name or "", req.text)
+        spec = AnswerSpec(req.output) if req.output is not None else None
+        child_allowed = self.depth + 1 < run.config.depth
+        wants_child = req.kind == "rlm" or run.config.recursion == "auto"
+        if child_allowed and wants_child:
+            run.tracer.emit(
+                "sub_call", node=self.id, depth=self.depth, kind="rlm", prompt_chars=len(req.text)
+            )
+            task = render("child_task")
+            child = Node(run, depth=self.depth + 1, parent=self.id, context=req.text, task=task, output=spec)
             return child.solve()
-        run.tracer.emit("sub_call", node=self.id, depth=self.depth, kind="lm", prompt_chars=len(prompt))
+        run.tracer.emit("sub_call", node=self.id, depth=self.depth, kind="lm", prompt_chars=len(req.text))
         leaf = run.models.for_leaf(self.depth)
-        return run.lm_call(leaf, [{"role": "user", "content": prompt}], self.id, self.depth, "sub_call")
+        if spec is not None:
+            return self._typed_leaf(leaf, req.text, spec)
+        return run.lm_call(leaf, [{"role": "user", "content": req.text}], self.id, self.depth, "sub_call")
+
+    def _typed_leaf(self, leaf: Any, prompt: str, spec: AnswerSpec) -> str:
+        """A plain call whose answer must match a schema: checked, sent back to fix, bounded."""
+        run = self.run
+        messages = [{"role": "user", "content": render("typed_leaf", prompt=prompt, schema=spec.describe())}]
+        for _attempt in range(run.config.schema_retries + 1):
+            text = run.lm_call(leaf, messages, self.id, self.depth, "sub_call")
+            value, problem = spec.check(text)
+            if problem is None:
+                return spec.dump(value)
+            messages += [
+                {"role": "assistant", "content": text},
+                {"role": "user", "content": render("schema_retry", problem=problem)},
+            ]
+        raise AnswerInvalid(f"the helper's answer did not match the schema: {problem}")
 
     # ---- the loop
 
@@ -453,11 +518,11 @@ class Node:
                 engine = run.placement.acquire(run.budget.check)
                 pool = engine.pool
             if pool is not None:
-                sandbox, pooled = pool.acquire(self.handle_llm_query)
+                sandbox, pooled = pool.acquire(self.handler)
             else:
                 sandbox = Sandbox(
                     cfg.node_sandbox_config(run.run_id, self.id, engine.url if engine else None),
-                    llm_handler=self.handle_llm_query,
+                    llm_handler=self.handler,
                     progress=run.image_progress,
                 )
                 pooled = False
@@ -476,6 +541,11 @@ class Node:
                 pooled=pooled,
                 task=self.task[:500],
             )
+            if run.tools:
+                # The proxies live in the kernel's engine names: restored after every cell.
+                setup = sandbox.execute(f"_rlm_register_tools({run.tools.names()!r})")
+                if setup.error:
+                    raise SandboxError(f"could not offer the tools to the sandbox: {setup.error}")
             info = host_context_info(self.context)
             progress = run.load_progress(self.id)
             if info is None:
@@ -551,7 +621,10 @@ class Node:
                 if note:
                     outputs.append(note)
             if answer is not None:
-                return answer
+                problem = self._check_answer(answer)
+                if problem is None:
+                    return self._typed_text(answer)
+                outputs.append(render("schema_retry", problem=problem))
             if not outputs:
                 outputs.append(
                     "(your reply had no ```repl code block and no FINAL(...)/FINAL_VAR(...): "
@@ -577,6 +650,10 @@ class Node:
         messages.append({"role": "assistant", "content": text})
         self._loaded()
         answer, _ = self._final_from_text(sandbox, text)
+        if answer is not None and self._check_answer(answer, retry=False) is not None:
+            answer = None  # a last word that breaks the schema is no answer
+        elif answer is not None:
+            answer = self._typed_text(answer)
         exc = BudgetExhausted(
             "max_steps",
             f"node {self.id} (depth {self.depth}) used all {cfg.max_steps} steps without a final answer",
@@ -631,6 +708,27 @@ class Node:
                 return outputs, result.final
         return outputs, None
 
+    def _check_answer(self, answer: str, *, retry: bool = True) -> str | None:
+        """None if ``answer`` is acceptable; otherwise what is wrong (and count the attempt)."""
+        if self.output is None:
+            return None
+        value, problem = self.output.check(answer)
+        if problem is None:
+            self.typed = value
+            return None
+        self.run.tracer.emit("schema_mismatch", node=self.id, depth=self.depth, problem=problem[:1000])
+        if retry:
+            self.schema_failures += 1
+            if self.schema_failures > self.run.config.schema_retries:
+                raise AnswerInvalid(
+                    f"node {self.id}'s answer did not match the schema after "
+                    f"{self.run.config.schema_retries} retries: {problem}"
+                )
+        return problem
+
+    def _typed_text(self, answer: str) -> str:
+        return self.output.dump(self.typed) if self.output is not None and self.typed is not None else answer
+
     def _final_from_text(self, sandbox: Any, text: str) -> tuple[str | None, str | None]:
         final = find_final(text)
         if final is None:
@@ -650,6 +748,25 @@ class Node:
                 "Assign it in a ```repl block first, or answer with FINAL(...)."
             )
         return value, None
+
+    def _prompt_extras(self, deeper: bool) -> str:
+        """The REPL's optional helpers, listed only when they exist for this node."""
+        cfg, lines = self.run.config, []
+        if deeper:
+            lines.append(
+                "\n  - `rlm_query(prompt)` / `rlm_query_batched(prompts)`: always start child RLM nodes"
+                + (" (your `llm_query` calls are plain model calls)." if cfg.recursion == "explicit" else ".")
+            )
+        lines.append(
+            "\n  - `llm_query(prompt, output=schema)`: with `output=` (a JSON Schema dict, or dict/list/"
+            "int/str) the answer comes back as parsed, checked JSON."
+        )
+        tools = self.run.tools
+        if tools:
+            lines.append(
+                "\n  - Tools (they run outside the REPL; JSON arguments and results):\n" + tools.describe()
+            )
+        return "".join(lines)
 
     def _system_prompt(self, desc: str, max_steps: int) -> str:
         cfg, budget = self.run.config, self.run.budget
@@ -681,6 +798,13 @@ class Node:
                 else "Your llm_query calls go to a plain language model."
             ),
             steps_left=max_steps,
+            extras=self._prompt_extras(deeper),
+            answer_note=(
+                "\n- Your final answer must be JSON matching this JSON Schema (FINAL(a dict or list) "
+                f"sends it as JSON):\n{self.output.describe()}"
+                if self.output is not None
+                else ""
+            ),
             budget_note="; ".join(parts) + "." if parts else "no other limits.",
         )
 
@@ -807,9 +931,11 @@ class RLM:
         root_lm: Any = None,
         sub_lm: Any = None,
         api_key: str | None = None,
+        tools: dict[str, Callable[..., Any]] | None = None,
         **overrides: Any,
     ) -> None:
         cfg = config or RLMConfig()
+        self.tools = ToolSet(tools)
         if overrides:
             cfg = RLMConfig.model_validate({**cfg.model_dump(), **overrides})
         self.config = cfg
@@ -850,8 +976,15 @@ class RLM:
             sub = LiteLLMClient(self.sub_model, **kw)
         return root, sub
 
-    def run(self, context: Any = None, task: str = "", *, run_id: str | None = None) -> RLMResult:
-        """Answer ``task`` over ``context`` (str, bytes, Path, file object, list or dict)."""
+    def run(
+        self, context: Any = None, task: str = "", *, run_id: str | None = None, output: Any = None
+    ) -> RLMResult:
+        """Answer ``task`` over ``context`` (str, bytes, Path, file object, list or dict).
+
+        ``output`` (a pydantic model class or a JSON Schema dict) makes the answer typed: it
+        is validated, sent back to the model to fix when it does not match, and returned
+        as ``result.output`` (the model instance, or the parsed JSON)."""
+        spec = AnswerSpec(output) if output is not None else None
         if not task or not task.strip():
             raise ConfigError(
                 "the task is empty", hint="say what to find or compute, e.g. --task 'How many ...?'"
@@ -889,7 +1022,8 @@ class RLM:
         )
         answer, status, error, budget_name, hint = None, "ok", None, None, None
         used_fallback = False
-        root = Node(run, depth=0, parent=None, context=context, task=task)
+        run.tools = self.tools
+        root = Node(run, depth=0, parent=None, context=context, task=task, output=spec)
         if run.pool is not None:
             run.pool.start()
         try:
@@ -953,6 +1087,7 @@ class RLM:
             unsafe_backend=cfg.sandbox.backend if cfg.sandbox.backend != "docker" else None,
             fallback=used_fallback,
             models=run.models.report(),
+            output=root.typed if answer is not None else None,
             timings={
                 k: round(v, 4)
                 for k, v in (("first_lm_call_s", run.first_lm_s), ("first_cell_s", run.first_cell_s))

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator
@@ -61,6 +61,7 @@ RLM_FIELDS = (
     "tenants",
     "trace",
     "depth_models",
+    "recursion",
 )
 
 
@@ -93,6 +94,7 @@ class Settings(BaseSettings):
     cpus: float = _same_as(SandboxConfig, "cpus")
     runtime: str | None = _same_as(SandboxConfig, "runtime")
     docker_url: str | None = _same_as(SandboxConfig, "docker_url")
+    recursion: Literal["auto", "explicit"] = _same_as(RLMConfig, "recursion")
     depth_models: dict[int, str] = Field(
         default_factory=dict,
         description="model per level: D=MODEL (nodes at depth D; leaf calls from depth D-1)",

@@ -53,6 +53,54 @@ class LLMQueryError(RuntimeError):
     """``llm_query`` could not be answered (no handler, a budget, a model error)."""
 
 
+class ToolError(RuntimeError):
+    """A host tool failed with an exception that has no counterpart in the sandbox."""
+
+
+_MAX_TOOL_JSON = 1 << 20
+_SIMPLE_SCHEMAS = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+}
+
+
+def _schema(output: object) -> dict | None:
+    """``output=`` as a JSON Schema: a dict is one already; ``dict``/``list``/... are shorthands."""
+    if output is None:
+        return None
+    if isinstance(output, type) and output in _SIMPLE_SCHEMAS:
+        return {"type": _SIMPLE_SCHEMAS[output]}
+    if isinstance(output, dict):
+        if len(json.dumps(output)) > 32768:
+            raise ValueError("output schema is larger than 32 KB")
+        return output
+    raise TypeError("output= takes a JSON Schema dict, or one of dict, list, str, int, float, bool")
+
+
+def _tool_exception(ename: str, message: str) -> BaseException:
+    """The tool's own exception type when the sandbox has it (ValueError, KeyError, ...)."""
+    import builtins
+
+    cls = getattr(builtins, ename, None) if ename.isidentifier() else None
+    text = message.split(": ", 1)[1] if message.startswith(ename + ": ") else message
+    if ename == "KeyError" and len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1]  # str(KeyError) quotes its key; do not quote it twice
+    if (
+        isinstance(cls, type)
+        and issubclass(cls, Exception)
+        and not issubclass(cls, (SystemExit, KeyboardInterrupt))
+    ):
+        try:
+            return cls(text)
+        except Exception:
+            pass
+    return ToolError(message)
+
+
 # --------------------------------------------------------------------------- channel
 
 
@@ -296,6 +344,9 @@ class Kernel:
             "context": None,
             "llm_query": self.llm_query,
             "llm_query_batched": self.llm_query_batched,
+            "rlm_query": self.rlm_query,
+            "rlm_query_batched": self.rlm_query_batched,
+            "_rlm_register_tools": self.register_tools,
             "FINAL": self.FINAL,
             "FINAL_VAR": self.FINAL_VAR,
             "SHOW_VARS": self.SHOW_VARS,
@@ -304,6 +355,7 @@ class Kernel:
         self.ns.update(self.engine)
         self.ns["LLMQueryError"] = LLMQueryError
         self.ns["CellTimeoutError"] = CellTimeoutError
+        self.ns["ToolError"] = ToolError
         self._ctx_kind = "str"
         self._ctx_buf: bytearray | None = None
         self._ctx_chunks: list[bytes] | None = None
@@ -397,7 +449,10 @@ class Kernel:
             self.next_id += 2
             return ident
 
-    def _llm(self, prompts: list) -> list[str]:
+    def _llm(
+        self, prompts: list, kind: str = "llm", name: str | None = None, output: object = None
+    ) -> list[str]:
+        schema = _schema(output)
         encoded = []
         for i, p in enumerate(prompts):
             if not isinstance(p, str):
@@ -419,6 +474,9 @@ class Kernel:
                     "id": ident,
                     "cell": self.current_cell,
                     "sizes": [len(e) for e in encoded],
+                    **({"kind": kind} if kind != "llm" else {}),
+                    **({"name": name} if name is not None else {}),
+                    **({"output": schema} if schema is not None else {}),
                 },
                 b"".join(encoded),
             )
@@ -430,23 +488,68 @@ class Kernel:
                 self.pending.pop(ident, None)
         header, payload = waiter["reply"]
         if header.get("status") != "ok":
-            raise LLMQueryError(str(header.get("error") or "llm_query failed"))
+            message = str(header.get("error") or f"{kind}_query failed")
+            if kind == "tool":
+                raise _tool_exception(str(header.get("ename") or ""), message)
+            raise LLMQueryError(message)
         parts = P.split_sizes(payload, header.get("sizes") or [])
         if len(parts) != len(prompts):
             raise LLMQueryError(f"host answered {len(parts)} of {len(prompts)} prompts")
         return [p.decode("utf-8", errors="replace") for p in parts]
 
-    def llm_query(self, prompt: str, model: str | None = None) -> str:
-        """Ask the host's model (or a child RLM) one question; returns its answer."""
-        return self._llm([prompt])[0]
+    def llm_query(self, prompt: str, model: str | None = None, output: object = None) -> object:
+        """Ask the host's model (or a child RLM) one question; returns its answer (parsed
+        JSON, checked against the schema, when ``output=`` is given)."""
+        answer = self._llm([prompt], output=output)[0]
+        return json.loads(answer) if output is not None else answer
 
-    def llm_query_batched(self, prompts: list[str], model: str | None = None) -> list[str]:
+    def llm_query_batched(self, prompts: list[str], model: str | None = None, output: object = None) -> list:
         """Ask many questions in one round trip; the host answers them concurrently."""
         prompts = list(prompts)
-        return self._llm(prompts) if prompts else []
+        answers = self._llm(prompts, output=output) if prompts else []
+        return [json.loads(a) for a in answers] if output is not None else answers
+
+    def rlm_query(self, prompt: str, output: object = None) -> object:
+        """Always a child RLM (its own REPL) while depth remains; else a plain model call."""
+        answer = self._llm([prompt], kind="rlm", output=output)[0]
+        return json.loads(answer) if output is not None else answer
+
+    def rlm_query_batched(self, prompts: list[str], output: object = None) -> list:
+        prompts = list(prompts)
+        answers = self._llm(prompts, kind="rlm", output=output) if prompts else []
+        return [json.loads(a) for a in answers] if output is not None else answers
+
+    def _tool(self, name: str, args: tuple, kwargs: dict) -> object:
+        try:
+            blob = json.dumps({"args": list(args), "kwargs": kwargs})
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"arguments of tool {name} must be JSON values: {exc}") from None
+        if len(blob) > _MAX_TOOL_JSON:
+            raise ValueError(f"arguments of tool {name} are larger than {_MAX_TOOL_JSON} bytes")
+        return json.loads(self._llm([blob], kind="tool", name=name)[0])
+
+    def register_tools(self, names: list) -> None:
+        """Called by the host: one proxy per host tool, restored after every cell like the
+        other engine names (a cell cannot lose them by rebinding)."""
+        for name in names:
+            if not (isinstance(name, str) and name.isidentifier() and len(name) <= 64):
+                raise ValueError(f"bad tool name {name!r}")
+
+            def proxy(*args: object, _name: str = name, **kwargs: object) -> object:
+                return self._tool(_name, args, kwargs)
+
+            proxy.__name__ = proxy.__qualname__ = name
+            self.engine[name] = proxy
+            self.ns[name] = proxy
 
     def FINAL(self, value: object) -> None:
         """Mark ``value`` as the final answer of this RLM node."""
+        if isinstance(value, dict | list):
+            try:  # structured answers travel as JSON (typed answers are checked on the host)
+                self.final = json.dumps(value, ensure_ascii=False)
+                return
+            except (TypeError, ValueError):
+                pass
         self.final = value if isinstance(value, str) else str(value)
 
     def FINAL_VAR(self, name: object) -> None:
@@ -465,7 +568,13 @@ class Kernel:
 
     def SHOW_VARS(self) -> dict[str, str]:
         """List the variables a cell has created (name -> type), and print them."""
-        hidden = set(self.engine) | {"__name__", "__builtins__", "LLMQueryError", "CellTimeoutError"}
+        hidden = set(self.engine) | {
+            "__name__",
+            "__builtins__",
+            "LLMQueryError",
+            "CellTimeoutError",
+            "ToolError",
+        }
         found = {
             k: type(v).__name__
             for k, v in self.ns.items()

@@ -304,7 +304,7 @@ class KernelChannel:
             self._reply_llm_error(msg.id, f"prompts are not valid UTF-8 text: {exc}")
             return
         self.clock.begin()
-        batch = _Batch(self, msg.id, len(prompts))
+        batch = _Batch(self, msg.id, len(prompts), msg.kind, msg.name, msg.output)
         try:
             for i, prompt in enumerate(prompts):
                 self._pool.submit(batch.run, i, prompt)
@@ -342,12 +342,54 @@ class KernelChannel:
         self.stream.close()
 
 
+@dataclass(frozen=True, slots=True)
+class SubRequest:
+    """What a cell asked the host for: see :class:`LlmRequest`."""
+
+    kind: str
+    text: str
+    name: str | None = None
+    output: dict[str, object] | None = None
+
+
+class RequestHandler:
+    """Marks a handler that answers every kind of request (``llm``, ``rlm``, ``tool``); a
+    plain ``fn(prompt)`` answers only ``llm_query`` without a schema."""
+
+    def __init__(self, fn: Callable[[SubRequest], str]) -> None:
+        self.fn = fn
+
+    def __call__(self, request: SubRequest) -> str:
+        return self.fn(request)
+
+
+def answer_request(handler: object, request: SubRequest) -> str:
+    if isinstance(handler, RequestHandler):
+        return handler(request)
+    if request.kind == "llm" and request.output is None and callable(handler):
+        return handler(request.text)
+    what = f"tool {request.name!r}" if request.kind == "tool" else f"{request.kind}_query with output="
+    if request.kind == "rlm":
+        what = "rlm_query"
+    raise RuntimeError(f"{what} is not available in this sandbox (its handler answers plain llm_query only)")
+
+
 class _Batch:
     """The answers of one ``llm_request``: the last prompt to finish sends the reply."""
 
-    def __init__(self, channel: KernelChannel, ident: int, n: int) -> None:
+    def __init__(
+        self,
+        channel: KernelChannel,
+        ident: int,
+        n: int,
+        kind: str = "llm",
+        name: str | None = None,
+        output: dict[str, object] | None = None,
+    ) -> None:
         self.channel = channel
         self.ident = ident
+        self.kind, self.name, self.output = kind, name, output
+        self.ename: str | None = None
         self.answers: list[bytes | None] = [None] * n
         self.errors: list[str] = []
         self.left = n
@@ -359,11 +401,13 @@ class _Batch:
         try:
             if ch.error is not None or ch._closed:
                 raise RuntimeError("the sandbox is closing")
-            answer = ch.llm_handler(prompt)  # type: ignore[misc]
+            answer = answer_request(ch.llm_handler, SubRequest(self.kind, prompt, self.name, self.output))
             data = (answer if isinstance(answer, str) else str(answer)).encode("utf-8", errors="replace")
             error = None
         except BaseException as exc:
             data, error = b"", f"{type(exc).__name__}: {exc}"
+            with self.lock:
+                self.ename = self.ename or type(exc).__name__
         with self.lock:
             self.answers[index] = data
             if error is not None:
@@ -401,6 +445,8 @@ class _Batch:
                         "id": self.ident,
                         "status": "error",
                         "error": "; ".join(self.errors)[:4000],
+                        # A tool's exception type, so the cell can catch what the tool raised.
+                        "ename": (self.ename or "")[:64] if self.kind == "tool" else "",
                     }
                 )
             else:

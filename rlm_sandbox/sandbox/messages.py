@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from rlm_sandbox.errors import ProtocolViolation
 
@@ -54,9 +54,24 @@ class ContextReply(_Msg):
 
 
 class LlmRequest(_Msg):
+    """A question for the host: ``llm`` (llm_query), ``rlm`` (rlm_query: always a child RLM
+    while depth remains) or ``tool`` (a host function by ``name``, JSON arguments as the one
+    part). ``output`` is a JSON Schema the answer must satisfy (typed sub-answers)."""
+
     t: Literal["llm_request"]
     cell: NonNeg
     sizes: Annotated[list[NonNeg], Field(min_length=1, max_length=MAX_BATCH)]
+    kind: Literal["llm", "rlm", "tool"] = "llm"
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")] | None = None
+    output: dict[str, object] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LlmRequest:
+        if (self.kind == "tool") != (self.name is not None):
+            raise ValueError("a tool request needs a name, and only a tool request has one")
+        if self.kind == "tool" and len(self.sizes) != 1:
+            raise ValueError("a tool request carries exactly one JSON part")
+        return self
 
 
 KernelMessage = Annotated[Ready | ExecReply | ContextReply | LlmRequest, Field(discriminator="t")]
