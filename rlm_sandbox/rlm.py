@@ -596,10 +596,14 @@ class Node:
             run.node_left()
 
     def _loop(self, sandbox: Any, info: Any) -> str:
-        run, cfg = self.run, self.run.config
+        self.start_history(info)
+        return self.run_steps(sandbox)
+
+    def start_history(self, info: Any) -> None:
+        """The conversation a node starts with: the system prompt and the task."""
         desc = describe_context(self.context, info)
-        self.messages = messages = [
-            {"role": "system", "content": self._system_prompt(desc, cfg.max_steps)},
+        self.messages = [
+            {"role": "system", "content": self._system_prompt(desc, self.run.config.max_steps)},
             {
                 "role": "user",
                 "content": render(
@@ -607,6 +611,12 @@ class Node:
                 ),
             },
         ]
+
+    def run_steps(self, sandbox: Any) -> str:
+        """Steps until an answer, from whatever history the node has (a session's follow-up
+        question continues the same conversation, REPL and all)."""
+        run, cfg = self.run, self.run.config
+        messages = self.messages
         for step in range(1, cfg.max_steps + 1):
             run.budget.check()
             self.steps = step
@@ -949,6 +959,13 @@ class RLM:
         )
         self._api_key = api_key
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+
+    def session(self, context: Any = None, *, run_id: str | None = None) -> Any:
+        """``with rlm.session(context=...) as s: s.ask(...); s.ask(...)``: one container, one
+        REPL and one conversation across questions (see :mod:`rlm_sandbox.session`)."""
+        from rlm_sandbox.session import Session
+
+        return Session(self, context, run_id=run_id)
 
     def _router(self) -> ModelRouter:
         from rlm_sandbox.lm import LiteLLMClient
