@@ -24,7 +24,7 @@ EVIL = '</script><script>window.__pwned=1</script><img src=x onerror="window.__p
 def page() -> Iterator[Page]:
     binary = find_chromium()
     if binary is None:
-        message = "chromium is not installed; run scripts/ensure-browser.sh"
+        message = "chromium is not installed; run scripts/ensure-test-tools.sh"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
