@@ -8,7 +8,6 @@ never shown; a password inside a URL is masked.
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import click
@@ -30,16 +29,10 @@ def show(as_json: bool, **flags: Any) -> None:
     Precedence, highest first: a flag given here, RLM_SANDBOX_<NAME>, the project's
     rlm-sandbox.toml, the user's ($XDG_CONFIG_HOME/rlm-sandbox/rlm-sandbox.toml), the default.
     """
-    from rlm_sandbox.errors import ConfigError
     from rlm_sandbox.settings import config_files, user_config_file
 
-    try:
-        loaded = resolve_settings(click.get_current_context(), flags)
-    except ConfigError as exc:
-        click.echo(f"error: {exc.message}", err=True)
-        if exc.hint:
-            click.echo(f"hint: {exc.hint}", err=True)
-        sys.exit(2)
+    # An invalid setting raises ConfigError: the CLI's group prints it and exits 2.
+    loaded = resolve_settings(click.get_current_context(), flags)
     files = {kind: str(path) for kind, path in config_files()}
     if as_json:
         out = {

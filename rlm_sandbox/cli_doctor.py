@@ -32,15 +32,9 @@ def doctor(as_json: bool, **flags: Any) -> None:
 
     from rlm_sandbox.cli_settings import resolve_settings
     from rlm_sandbox.doctor import MARK, CheckResult, run_checks
-    from rlm_sandbox.errors import ConfigError
 
-    try:
-        loaded = resolve_settings(click.get_current_context(), flags)
-    except ConfigError as exc:
-        click.echo(f"error: {exc.message}", err=True)
-        if exc.hint:
-            click.echo(f"hint: {exc.hint}", err=True)
-        sys.exit(2)
+    # An invalid setting raises ConfigError: the CLI's group prints it and exits 2.
+    loaded = resolve_settings(click.get_current_context(), flags)
     out = Console(highlight=False, soft_wrap=True)
 
     def show(r: CheckResult) -> None:

@@ -45,6 +45,11 @@ class Tracer:
             if self._file is not None:
                 self._file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
                 self._file.flush()
+        self._deliver(record)
+        return record
+
+    def _deliver(self, record: dict[str, Any]) -> None:
+        with self._lock:
             listeners = list(self._listeners)
         for listener in listeners:
             try:
@@ -55,21 +60,13 @@ class Tracer:
                 with self._lock:
                     if listener in self._listeners:
                         self._listeners.remove(listener)
-        return record
 
     def notify(self, event: str, **fields: Any) -> None:
         """Tell listeners only: progress ticks (bytes loaded, image build steps) would
         swamp the trace file and say nothing a reader of it needs."""
-        record = {"event": event, "run": self.run_id, "t": round(time.monotonic() - self._t0, 6), **fields}
-        with self._lock:
-            listeners = list(self._listeners)
-        for listener in listeners:
-            try:
-                listener(record)
-            except (Exception, SystemExit):
-                with self._lock:
-                    if listener in self._listeners:
-                        self._listeners.remove(listener)
+        self._deliver(
+            {"event": event, "run": self.run_id, "t": round(time.monotonic() - self._t0, 6), **fields}
+        )
 
     def close(self) -> None:
         with self._lock:

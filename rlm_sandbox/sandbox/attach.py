@@ -16,6 +16,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from urllib.parse import urlparse
 
 from rlm_sandbox.errors import EngineUnavailable, SandboxError
@@ -41,21 +42,13 @@ class AttachStream:
 
     def send_all(self, data: bytes | memoryview, timeout_s: float) -> None:
         """Write everything or raise :class:`TimeoutError` when the peer stops reading."""
-        view = memoryview(data).cast("B")
-        deadline = time.monotonic() + timeout_s
-        while view:
-            try:
-                n = self._sock.send(view, socket.MSG_DONTWAIT)
-                view = view[n:]
-                continue
-            except BlockingIOError:
-                pass
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the sandbox stopped reading its input")
-            select.select([], [self._sock], [], min(left, 1.0))
-            if self._closed:
-                raise BrokenPipeError("stream closed")
+        send_with_deadline(
+            data,
+            lambda view: self._sock.send(view, socket.MSG_DONTWAIT),
+            self._sock,
+            lambda: self._closed,
+            timeout_s,
+        )
 
     def close(self) -> None:
         if self._closed:
@@ -66,6 +59,31 @@ class AttachStream:
         except OSError:
             pass
         self._sock.close()
+
+
+def send_with_deadline(
+    data: bytes | memoryview,
+    write_some: Callable[[memoryview], int],
+    waitable: object,
+    closed: Callable[[], bool],
+    timeout_s: float,
+) -> None:
+    """Non-blocking writes until all is sent; a reader that stops for ``timeout_s`` is an
+    error, never a host thread blocked forever (shared by the socket and the pipe streams)."""
+    view = memoryview(data).cast("B")
+    deadline = time.monotonic() + timeout_s
+    while view:
+        if closed():
+            raise BrokenPipeError("stream closed")
+        try:
+            view = view[write_some(view) :]
+            continue
+        except BlockingIOError:
+            pass
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the sandbox stopped reading its input")
+        select.select([], [waitable], [], min(left, 1.0))
 
 
 def _connect(base_url: str, timeout_s: float) -> tuple[socket.socket, str]:

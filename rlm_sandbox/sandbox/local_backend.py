@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -26,6 +25,7 @@ from pathlib import Path
 from rlm_sandbox.config import SandboxConfig
 from rlm_sandbox.errors import SandboxStartError
 
+from .attach import send_with_deadline
 from .backend import ExitInfo, SandboxInfo, Started
 
 KERNEL = Path(__file__).resolve().parents[1] / "kernel" / "kernel.py"
@@ -69,20 +69,9 @@ class PipeStream:
             return b""
 
     def send_all(self, data: bytes | memoryview, timeout_s: float) -> None:
-        view = memoryview(data).cast("B")
-        deadline = time.monotonic() + timeout_s
-        while view:
-            if self._closed:
-                raise BrokenPipeError("stream closed")
-            try:
-                view = view[os.write(self._in, view) :]
-                continue
-            except BlockingIOError:
-                pass
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the kernel stopped reading its input")
-            select.select([], [self._in], [], min(left, 1.0))
+        send_with_deadline(
+            data, lambda view: os.write(self._in, view), self._in, lambda: self._closed, timeout_s
+        )
 
     def close(self) -> None:
         if self._closed:

@@ -65,8 +65,30 @@ class SecondEngine:
     def client(self) -> docker.DockerClient:
         return docker.DockerClient(base_url=self.unix_url, timeout=30)
 
+    @staticmethod
+    def _stop_stale() -> None:
+        """A dockerd an interrupted session left on our paths would answer in our place."""
+        pidfile = RUN_ROOT / "docker.pid"
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+
     def start(self) -> SecondEngine:
         RUN_ROOT.mkdir(parents=True, exist_ok=True)
+        self._stop_stale()
         make_certs(self.certs)
         (RUN_ROOT / "daemon.json").write_text("{}")
         self.port = _free_port()
