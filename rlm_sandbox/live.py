@@ -146,6 +146,12 @@ class LiveTree:
                     node.pending = max(0, node.pending - 1)
                 else:
                     node.steps += 1
+            elif kind == "question":
+                node.status = "thinking"
+                node.note = ""
+            elif kind == "answer":
+                node.status = "done" if ev.get("status") == "ok" else "failed"
+                node.note = "" if ev.get("status") == "ok" else str(ev.get("error") or "")[:80]
             elif kind == "cell_start":
                 node.status = "running a cell"
             elif kind == "cell":

@@ -10,6 +10,7 @@ ends (``with``, ``close()``, an exception, the process's exit handlers).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from typing import Any
@@ -57,6 +58,7 @@ class Session:
         self.run = run
         tracer.emit("run_start", model=rlm.model, sub_model=rlm.sub_model, task="(session)", depth=cfg.depth,
                     max_steps=cfg.max_steps, tenant=cfg.tenant, session=True, backend=cfg.sandbox.backend,
+                    limits=dataclasses.asdict(cfg.limits()),
                     unsafe=cfg.sandbox.backend == "local", levels=run.models.levels(cfg.depth))  # fmt: skip
         node = Node(run, depth=0, parent=None, context=self.context, task="")
         self.node = node

@@ -121,3 +121,25 @@ def test_the_model_router_waits_for_calls_in_flight() -> None:
     }
     router.started()
     assert router.drain(0.1) is False  # a call that never comes back does not hang the run
+
+
+def test_a_session_node_shows_each_question_and_answer() -> None:
+    t = make()
+    t.on_event({"event": "node_begin", "node": "root", "parent": None, "depth": 0})
+    t.on_event({"event": "node_start", "node": "root", "depth": 0})
+    t.on_event({"event": "question", "node": "root", "number": 1})
+    assert "thinking" in draw(t)
+    t.on_event({"event": "answer", "node": "root", "number": 1, "status": "ok"})
+    assert " done " in draw(t)
+    t.on_event({"event": "question", "node": "root", "number": 2})
+    t.on_event(
+        {
+            "event": "answer",
+            "node": "root",
+            "number": 2,
+            "status": "budget_exhausted",
+            "error": "out of steps",
+        }
+    )
+    text = draw(t)
+    assert "failed" in text and "out of steps" in text
