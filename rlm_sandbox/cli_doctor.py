@@ -14,7 +14,17 @@ import click
 
 from rlm_sandbox.cli_settings import setting_options
 
-DOCTOR_FLAGS = ("model", "sub_model", "api_base", "runtime", "memory", "cpus", "docker_url", "tenant")
+DOCTOR_FLAGS = (
+    "model",
+    "sub_model",
+    "api_base",
+    "runtime",
+    "memory",
+    "cpus",
+    "docker_url",
+    "engines",
+    "tenant",
+)
 STYLE = {"ok": "green", "fail": "red", "warn": "yellow", "skip": "dim"}
 
 

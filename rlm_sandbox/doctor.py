@@ -82,6 +82,39 @@ def check_engine(url: str) -> tuple[CheckResult, Engine | None]:
     return _ok("docker engine", detail), Engine(url, client, info)
 
 
+def check_engines(urls: list[str]) -> list[CheckResult]:
+    """The engines a run spreads its nodes over (``--engine``/``engines``): each must answer
+    (over TLS where Docker's settings say so); a run skips one that does not, and fails
+    only if none answers."""
+    from rlm_sandbox.errors import RLMSandboxError
+    from rlm_sandbox.placement import probe
+    from rlm_sandbox.sandbox.engines import EngineSpec, register
+
+    results, alive = [], 0
+    for text in urls:
+        try:
+            spec = EngineSpec.parse(text)
+            register(spec)
+            _client, version = probe(spec)
+        except RLMSandboxError as exc:
+            results.append(
+                CheckResult(
+                    f"engine {redact_url(text)}",
+                    "warn",
+                    exc.message,
+                    "start it, or drop it from --engine/engines",
+                )
+            )
+            continue
+        alive += 1
+        results.append(_ok(f"engine {redact_url(spec.url)}", f"Docker {version}"))
+    if urls and not alive:
+        results.append(
+            CheckResult("engines", "fail", f"none of the {len(urls)} configured engines answers", ENGINE_FIX)
+        )
+    return results
+
+
 def check_cgroup(engine: Engine) -> CheckResult:
     info = engine.info
     version, driver = info.get("CgroupVersion") or "?", info.get("CgroupDriver") or "?"
@@ -417,6 +450,8 @@ def run_checks(
             add(CheckResult("hardened start", "skip", "not tried: the configured runtime is missing"))
         else:
             add(check_hardened_start(engine, config, image_ready=image.status == "ok"))
+    for result in check_engines(list(loaded.settings.engines)):
+        add(result)
     for result in check_model(loaded):
         add(result)
     add(check_api_base(loaded))

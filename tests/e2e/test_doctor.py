@@ -142,3 +142,19 @@ def test_invalid_settings_exit_2(isolated: None, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("RLM_SANDBOX_MEMORY", "plenty")
     result = CliRunner().invoke(main, ["doctor"])
     assert result.exit_code == 2 and "env RLM_SANDBOX_MEMORY" in result.stderr
+
+
+def test_doctor_reports_each_configured_engine() -> None:
+    from click.testing import CliRunner
+
+    from rlm_sandbox.cli import main
+
+    r = CliRunner().invoke(
+        main,
+        ["doctor", "--engine", "unix:///var/run/docker.sock", "--engine", "unix:///run/rlm-no-engine.sock"],
+    )
+    text = " ".join(r.output.split())
+    assert "engine unix:///var/run/docker.sock: Docker" in text
+    assert "engine unix:///run/rlm-no-engine.sock" in text and "does not answer" in text
+    r = CliRunner().invoke(main, ["doctor", "--engine", "unix:///run/rlm-no-engine.sock"])
+    assert r.exit_code != 0 and "none of the 1 configured engines answers" in " ".join(r.output.split())
