@@ -960,6 +960,15 @@ class RLM:
         self._api_key = api_key
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
+    def refuse_unsafe(self) -> None:
+        """No tenant's code ever runs outside a sandbox, by any path (runs and sessions)."""
+        cfg = self.config
+        if cfg.sandbox.backend == "local" and cfg.tenant != "default":
+            raise ConfigError(
+                "the local backend runs model-written code with no sandbox: it is refused for tenants",
+                hint="drop --backend local (the default, docker, is the sandbox), or drop --tenant",
+            )
+
     def session(self, context: Any = None, *, run_id: str | None = None) -> Any:
         """``with rlm.session(context=...) as s: s.ask(...); s.ask(...)``: one container, one
         REPL and one conversation across questions (see :mod:`rlm_sandbox.session`)."""
@@ -1011,11 +1020,7 @@ class RLM:
         if isinstance(context, Path) and not context.is_file():
             raise ConfigError(f"input file not found: {context}", hint="check the path given to -i/--input")
         cfg = self.config
-        if cfg.sandbox.backend == "local" and cfg.tenant != "default":
-            raise ConfigError(
-                "the local backend runs model-written code with no sandbox: it is refused for tenants",
-                hint="drop --backend local (the default, docker, is the sandbox), or drop --tenant",
-            )
+        self.refuse_unsafe()
         run_id = run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         tracer = Tracer(run_id, cfg.trace)
         for listener in self.listeners:

@@ -49,6 +49,7 @@ class Session:
         if self.run is not None:
             return self
         rlm, cfg = self.rlm, self.rlm.config
+        rlm.refuse_unsafe()
         tracer = Tracer(self.run_id, cfg.trace)
         for listener in rlm.listeners:
             tracer.subscribe(listener)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,11 @@ def test_the_kernel_runs_as_a_subprocess_with_state_limits_and_no_host_secrets(m
         assert _alive(pid)
         workdir = sb.execute("import os\nprint(os.getcwd())").stdout.strip()
         assert workdir.startswith("/tmp/rlm-local-")
-    # Closing kills the whole process group and removes the private directory.
+    # Closing kills the whole process group (SIGKILL lands at once; the orphan is reaped by
+    # init a moment later) and removes the private directory.
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not _alive(pid)
     assert not Path(workdir).exists()
     assert shared_local_backend().list({}) == []
@@ -108,3 +113,11 @@ def test_the_cli_flag_warns_and_marks_the_json(scripted, tmp_path: Path) -> None
     # Not a setting: the environment cannot switch the sandbox off.
     env_try = cli(*base, "--json", env={"OPENAI_API_KEY": server.api_key, "RLM_SANDBOX_BACKEND": "local"})
     assert env_try.returncode == 2 or "unsafe_backend" not in env_try.stdout.decode()
+
+
+def test_sessions_are_refused_for_tenants_too(scripted) -> None:
+    server = scripted(cells_then_final("print(1)"))
+    cfg = RLMConfig(api_base=server.url, tenant="acme", sandbox=SandboxConfig(backend="local"))
+    rlm = RLM(model=server.model_name, config=cfg, api_key=server.api_key)
+    with pytest.raises(ConfigError, match="refused for tenants"), rlm.session(context="x"):
+        pass
