@@ -35,6 +35,14 @@ KNOWN_EVENTS = frozenset(
         "error",
         "engines",
         "engine_warning",
+        "tool_call",
+        # Known, and shown elsewhere or not needed for the tree: the run's own detail.
+        "lm_cut",
+        "fallback",
+        "compaction",
+        "schema_mismatch",
+        "question",
+        "answer",
     }
 )
 
@@ -417,6 +425,14 @@ class _Builder:
         kind = str(ev.get("kind") or "?")
         node.sub_calls[kind] = node.sub_calls.get(kind, 0) + 1
         node.sub_call_chars += _int(ev.get("prompt_chars"))
+
+    def on_tool_call(self, ev: dict[str, Any], t: float | None) -> None:
+        """A host tool the node's code called: counted with its sub-calls, as ``tool:NAME``."""
+        if ev.get("node") is None:
+            return
+        node = self.node(ev["node"], ev)
+        kind = f"tool:{ev.get('tool') or '?'}"
+        node.sub_calls[kind] = node.sub_calls.get(kind, 0) + 1
 
     def on_cell_start(self, ev: dict[str, Any], t: float | None) -> None:
         if ev.get("node") is None:

@@ -339,3 +339,21 @@ def test_html_escapes_untrusted_text_and_loads_nothing() -> None:
     )
     assert csp is not None and csp.startswith("default-src 'none'; style-src 'sha256-")
     assert "script-src 'sha256-" in csp and "unsafe" not in csp
+
+
+def test_newer_events_are_known_and_tool_calls_are_counted() -> None:
+    from rlm_sandbox.trace_tree import build
+
+    events = [
+        {"event": "run_start", "run": "r", "t": 0.0, "model": "m", "depth": 1},
+        {"event": "node_begin", "run": "r", "t": 0.1, "node": "root", "parent": None, "depth": 0},
+        {"event": "tool_call", "run": "r", "t": 0.2, "node": "root", "depth": 0, "tool": "lookup"},
+        {"event": "tool_call", "run": "r", "t": 0.3, "node": "root", "depth": 0, "tool": "lookup"},
+        {"event": "compaction", "run": "r", "t": 0.4, "node": "root", "depth": 0},
+        {"event": "fallback", "run": "r", "t": 0.5, "node": "root", "budget": "max_steps"},
+        {"event": "node_end", "run": "r", "t": 0.6, "node": "root", "depth": 0, "status": "done"},
+        {"event": "run_end", "run": "r", "t": 0.7, "status": "ok"},
+    ]
+    run = build(events)
+    assert run.unknown_events == {}
+    assert run.nodes["root"].sub_calls == {"tool:lookup": 2}
