@@ -36,5 +36,8 @@ def best_answer(node: Node, sandbox: Any, exc: BudgetExhausted) -> str | None:
         answer, _note = node._final_from_text(sandbox, text)
     except RLMSandboxError:  # the sandbox is gone (a crash, or the wall clock): no FINAL_VAR
         answer = None
+    if answer is not None and node.output is not None:
+        # A typed run promises a typed answer: a last word that breaks the schema is none.
+        answer = node._typed_text(answer) if node._check_answer(answer, retry=False) is None else None
     run.tracer.emit("fallback", node=node.id, budget=exc.budget, answered=answer is not None)
     return answer

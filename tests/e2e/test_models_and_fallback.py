@@ -131,3 +131,25 @@ def test_a_call_cut_by_the_wall_budget_is_a_budget_stop_not_a_model_error(run_id
         )
     assert result.status == "budget_exhausted" and result.budget == "timeout", result
     assert result.lm_calls == 5 and result.wall_s < 10
+
+
+def test_a_typed_run_only_falls_back_to_a_typed_answer(scripted, run_id: str) -> None:
+    answers = iter(["FINAL(not json at all)"])
+
+    def policy(request: dict[str, Any]) -> str:
+        last = (request.get("messages") or [{}])[-1].get("content") or ""
+        if "has to stop now" in last:
+            return next(answers, 'FINAL({"n": 3})')
+        return never_finishes(request)
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    server = scripted(policy)
+    cfg = RLMConfig(api_base=server.url, max_lm_calls=2)
+    bad = RLM(model=server.model_name, config=cfg, api_key=server.api_key).run(
+        context="x", task=COUNT, run_id=run_id, output=schema
+    )
+    assert bad.status == "budget_exhausted" and bad.answer is None and bad.fallback is False
+    good = RLM(model=server.model_name, config=cfg, api_key=server.api_key).run(
+        context="x", task=COUNT, run_id=run_id, output=schema
+    )
+    assert good.fallback is True and good.output == {"n": 3} and json.loads(good.answer) == {"n": 3}
