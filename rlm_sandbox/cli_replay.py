@@ -102,8 +102,8 @@ def _print_report(out: Any, report: Any) -> None:
             f"[bold red]diverged[/]: {len(report.divergences)} difference(s) from {escape(report.recorded_trace)}"
         )
     out.print(
-        f"  requests: {c['requests']} ({c['matched_exact']} exact, {c['matched_budget_line']} matched "
-        f"but for the budget line, {c['unknown_requests']} unknown) of {c['recorded_calls']} recorded"
+        f"  requests: {c['requests']} ({c['matched_exact']} exact, {c['unknown_requests']} unknown) "
+        f"of {c['recorded_calls']} recorded"
     )
     out.print(
         f"  nodes: {c['nodes_replayed']} replayed, {c['nodes_recorded']} recorded; cells: "

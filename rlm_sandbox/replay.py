@@ -8,24 +8,19 @@ input, another image, a nondeterministic cell) changes the next request, so the 
 divergence is found exactly.
 
 One part of a request legitimately differs between two runs of the same thing: the
-``Budgets:`` line of a node's system prompt says how many calls, tokens, dollars and
-seconds were left when the node started, which depends on timing and on the order of
-parallel siblings. The recording holds only digests, so that line cannot be masked after
-the fact; instead the budget lines the recorded node could have seen are rebuilt from the
-trace (the counters at each event between its start and its first model call) and tried
-in place of the replay's own.
+``Budgets:`` line of a node's system prompt (calls, tokens, seconds left when the node
+started) depends on timing and on the order of parallel siblings. The engine's own request
+digest leaves that line out, so the same request matches exactly in both runs.
 """
 
 from __future__ import annotations
 
 import collections
 import json
-import math
 import re
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from rlm_sandbox.errors import ConfigError
@@ -34,7 +29,6 @@ DIVERGED_REPLY = "FINAL(replay diverged)"
 """What an unknown request gets: a final answer, so the replayed node (and run) ends soon."""
 
 EXCERPT = 300
-_BUDGET_LINE = re.compile(r"^Budgets:.*$", re.MULTILINE)
 _DEPTH = re.compile(r"depth (\d+) of at most")
 
 
@@ -97,7 +91,6 @@ class Recording:
     start: dict[str, Any]
     calls: list[RecordedCall]
     by_digest: dict[str, list[int]]
-    budget_lines: dict[int, list[str]] = field(default_factory=dict)
 
     @property
     def task(self) -> str:
@@ -160,122 +153,7 @@ def load_recording(path: str | Path) -> Recording:
     by_digest: dict[str, list[int]] = collections.defaultdict(list)
     for call in calls:
         by_digest[call.digest].append(call.index)
-    rec = Recording(path, events, start, calls, dict(by_digest))
-    rec.budget_lines = recorded_budget_lines(events, start)
-    return rec
-
-
-def recorded_budget_lines(events: list[dict[str, Any]], start: dict[str, Any]) -> dict[int, list[str]]:
-    """Per depth, every ``Budgets:`` line a recorded node may have been shown.
-
-    A node renders its system prompt between its ``node_start`` and its first ``lm_start``;
-    the counters then were those after some event of that window (one event of slack each
-    side, as counters move a moment before their event is written).
-    """
-    limits = start.get("limits") or {}
-    max_steps = int(start.get("max_steps") or 1)
-    timeout = limits.get("timeout_s")
-    calls_at: list[int] = []
-    tokens_at: list[int] = []
-    cost_at: list[float] = []
-    calls = tokens = 0
-    cost = 0.0
-    for e in events:  # counters *before* each event
-        calls_at.append(calls)
-        tokens_at.append(tokens)
-        cost_at.append(cost)
-        if e.get("event") == "lm_start":
-            calls += 1
-        elif e.get("event") == "lm_call":
-            tokens += int(e.get("prompt_tokens") or 0) + int(e.get("completion_tokens") or 0)
-            cost += float(e.get("cost_usd") or 0.0)
-    starts: dict[str, int] = {}
-    first_lm: dict[str, int] = {}
-    depths: dict[str, int] = {}
-    for i, e in enumerate(events):
-        node = e.get("node")
-        if e.get("event") == "node_start":
-            starts.setdefault(node, i)
-            depths[node] = int(e.get("depth") or 0)
-        elif e.get("event") == "lm_start":
-            first_lm.setdefault(node, i)
-    counters: dict[int, set[tuple[int, int, float, int | None]]] = collections.defaultdict(set)
-    for node, i0 in starts.items():
-        i1 = first_lm.get(node)
-        if i1 is None:
-            continue
-        lo, hi = max(0, i0 - 1), min(len(events) - 1, i1 + 1)
-        seconds: list[int | None] = [None]
-        if timeout is not None:
-            t0, t1 = float(events[i0].get("t") or 0), float(events[i1].get("t") or 0)
-            seconds = list(range(math.floor(timeout - t1) - 1, math.ceil(timeout - t0) + 2))
-        for p in range(lo, hi + 1):
-            for c in (calls_at[p] - 1, calls_at[p], calls_at[p] + 1):
-                for s in seconds:
-                    counters[depths[node]].add((max(0, c), tokens_at[p], cost_at[p], s))
-    config = _recorded_config(start, max_steps)
-    out: dict[int, list[str]] = {}
-    for depth, seen in counters.items():
-        lines = (budget_line(config, depth, max_steps, *values) for values in sorted(seen, key=str))
-        out[depth] = list(dict.fromkeys(line for line in lines if line is not None))
-    return out
-
-
-def _recorded_config(start: dict[str, Any], max_steps: int) -> Any:
-    from rlm_sandbox.rlm import RLMConfig
-
-    limits = start.get("limits") or {}
-    try:
-        return RLMConfig(
-            max_steps=max_steps,
-            depth=int(start.get("depth") or limits.get("depth") or 1),
-            max_lm_calls=limits.get("max_lm_calls"),
-            max_tokens=limits.get("max_tokens"),
-            max_cost=limits.get("max_cost"),
-            timeout=limits.get("timeout_s"),
-        )
-    except ValueError:  # limits this version would refuse: the budget lines cannot be rebuilt
-        return None
-
-
-def budget_line(
-    config: Any,
-    depth: int,
-    max_steps: int,
-    calls: int,
-    tokens: int,
-    cost: float,
-    wall_left: int | None,
-) -> str | None:
-    """The ``Budgets:`` line the engine renders for these counters under ``config``.
-
-    It is drawn by the engine's own prompt code (not a copy of its format), so the two
-    cannot drift apart; None if that code no longer fits this way of calling it.
-    """
-    from rlm_sandbox.rlm import Node
-
-    if config is None:
-        return None
-    budget = SimpleNamespace(
-        snapshot=lambda: {
-            "lm_calls": calls,
-            "tokens": {"prompt": tokens, "completion": 0},
-            "cost_usd": round(cost, 6),
-        },
-        wall_left=lambda: None if wall_left is None else float(wall_left),
-    )
-    shim = SimpleNamespace(
-        run=SimpleNamespace(config=config, budget=budget, tools=None),
-        depth=depth,
-        output=None,
-        _prompt_extras=lambda _deeper: "",
-    )
-    try:
-        text = Node._system_prompt(shim, "", max_steps)  # type: ignore[arg-type]
-    except Exception:
-        return None
-    lines = _BUDGET_LINE.findall(text)
-    return lines[-1] if lines else None
+    return Recording(path, events, start, calls, dict(by_digest))
 
 
 # ---------------------------------------------------------------- the policy
@@ -288,7 +166,7 @@ class Served:
     number: int  # 1-based, in arrival order
     digest: str  # of the request as the replay sent it
     call: int | None  # the recorded lm_call that answered it; None: unknown request
-    how: str  # "exact", "budget-line" or "unknown"
+    how: str  # "exact" or "unknown"
     depth: int | None
     step: int
     last_user: str
@@ -306,7 +184,6 @@ class ReplayPolicy:
         self.recording = recording
         self.served: list[Served] = []
         self._used: collections.Counter[str] = collections.Counter()
-        self._line_hits: dict[str, list[str]] = {}
         self._lock = threading.Lock()
 
     def __call__(self, request: dict[str, Any]) -> Any:
@@ -342,39 +219,10 @@ class ReplayPolicy:
         return self.recording.calls[indexes[min(n, len(indexes) - 1)]]
 
     def _match(self, messages: list[dict[str, str]], own: str) -> tuple[RecordedCall | None, str]:
+        # The engine's digest leaves out the prompt's volatile budget line, so the same
+        # request in a replay has the same digest as in the recording: exact or unknown.
         if own in self.recording.by_digest:
             return self._take(own), "exact"
-        if not messages or messages[0]["role"] != "system":
-            return None, "unknown"
-        system = messages[0]["content"]
-        spans = list(_BUDGET_LINE.finditer(system))
-        if not spans:
-            return None, "unknown"
-        span = spans[-1]
-        mine = span.group(0)
-        depth = _request_depth(messages)
-        lines = self.recording.budget_lines
-        pool = lines.get(depth, []) if depth is not None else [x for v in lines.values() for x in v]
-        ordered = list(dict.fromkeys([*self._line_hits.get(mine, []), *pool]))
-        fallback = None
-        for line in ordered:
-            if line == mine:
-                continue
-            swapped = [
-                {"role": "system", "content": system[: span.start()] + line + system[span.end() :]},
-                *messages[1:],
-            ]
-            key = digest(swapped)
-            if key not in self.recording.by_digest:
-                continue
-            hits = self._line_hits.setdefault(mine, [])
-            if line not in hits:
-                hits.insert(0, line)
-            if self._used[key] < len(self.recording.by_digest[key]):
-                return self._take(key), "budget-line"
-            fallback = fallback or key
-        if fallback is not None:
-            return self._take(fallback), "budget-line"
         return None, "unknown"
 
 
@@ -643,7 +491,6 @@ def compare(
     counts = {
         "requests": len(served),
         "matched_exact": how["exact"],
-        "matched_budget_line": how["budget-line"],
         "unknown_requests": how["unknown"],
         "recorded_calls": len(recording.calls),
         "nodes_recorded": sum(1 for n in old.values() if n.container is not None),
