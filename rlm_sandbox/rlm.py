@@ -541,11 +541,7 @@ class Node:
                 pooled=pooled,
                 task=self.task[:500],
             )
-            if run.tools:
-                # The proxies live in the kernel's engine names: restored after every cell.
-                setup = sandbox.execute(f"_rlm_register_tools({run.tools.names()!r})")
-                if setup.error:
-                    raise SandboxError(f"could not offer the tools to the sandbox: {setup.error}")
+            self.offer_tools(sandbox)
             info = host_context_info(self.context)
             progress = run.load_progress(self.id)
             if info is None:
@@ -674,6 +670,15 @@ class Node:
         if answer is not None and cfg.fallback_answer:
             exc.fallback_answer = answer  # type: ignore[attr-defined]
         raise exc
+
+    def offer_tools(self, sandbox: Any) -> None:
+        """Give the kernel a proxy per host tool; they live in its engine names, so they are
+        restored after every cell."""
+        tools = self.run.tools
+        if tools:
+            setup = sandbox.execute(f"_rlm_register_tools({tools.names()!r})")
+            if setup.error:
+                raise SandboxError(f"could not offer the tools to the sandbox: {setup.error}")
 
     def _compact(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
         """Keep the history inside the model's context window (the namespace is untouched)."""

@@ -83,10 +83,7 @@ class Session:
             sandbox.start()
             tracer.emit("node_start", node=node.id, parent=None, depth=0, container=sandbox.id,
                         engine=engine_url, start_s=sandbox.start_s, pooled=False, task="(session)")  # fmt: skip
-            if run.tools:
-                setup = sandbox.execute(f"_rlm_register_tools({run.tools.names()!r})")
-                if setup.error:
-                    raise RLMSandboxError(f"could not offer the tools to the sandbox: {setup.error}")
+            node.offer_tools(sandbox)
             self._info = sandbox.load_context(self.context, progress=run.load_progress(node.id))
             if run.pool is not None:
                 run.pool.start()

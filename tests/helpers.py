@@ -12,6 +12,21 @@ from typing import Any
 from rlm_sandbox.scripted_model import Policy, rlm_policy
 
 ROOT = Path(__file__).resolve().parents[1]
+# Exactly the keys of `--json` and RLMResult.to_json(), in their order.
+JSON_KEYS = [
+    "answer",
+    "status",
+    "error",
+    "steps",
+    "lm_calls",
+    "tokens",
+    "cost_usd",
+    "wall_s",
+    "nodes",
+    "containers",
+    "max_depth_reached",
+    "trace",
+]
 
 
 def _is_node(request: dict[str, Any]) -> bool:

@@ -16,24 +16,10 @@ from rlm_sandbox.rlm import RLM, RLMConfig
 from rlm_sandbox.scripted_model import ScriptedModelServer
 
 from ..conftest import ROOT, containers_of
-from ..helpers import cli, json_out, never_finishes
+from ..helpers import JSON_KEYS, cli, json_out, never_finishes
 
 pytestmark = pytest.mark.docker
 COUNT = 'How many lines contain "ERROR disk"?'
-JSON_KEYS = [
-    "answer",
-    "status",
-    "error",
-    "steps",
-    "lm_calls",
-    "tokens",
-    "cost_usd",
-    "wall_s",
-    "nodes",
-    "containers",
-    "max_depth_reached",
-    "trace",
-]
 KEY_ENV = {"OPENAI_API_KEY": ScriptedModelServer.api_key}
 
 

@@ -17,20 +17,6 @@ from ..helpers import cells_then_final, never_finishes
 pytestmark = pytest.mark.docker
 SEARCH = "What is the secret code?"
 COUNT = 'How many lines contain "ERROR disk"?'
-JSON_KEYS = {
-    "answer",
-    "status",
-    "error",
-    "steps",
-    "lm_calls",
-    "tokens",
-    "cost_usd",
-    "wall_s",
-    "nodes",
-    "containers",
-    "max_depth_reached",
-    "trace",
-}
 
 
 def make_rlm(server, run_cfg: dict | None = None, **kw) -> RLM:
