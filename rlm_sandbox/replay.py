@@ -62,7 +62,7 @@ def request_messages(request: dict[str, Any]) -> list[dict[str, str]]:
 
 def digest(messages: list[dict[str, str]]) -> str:
     """The engine's own :func:`rlm_sandbox.rlm.request_digest`, so the two cannot drift."""
-    from rlm_sandbox.rlm import request_digest
+    from rlm_sandbox.rlm.digest import request_digest
 
     return request_digest(messages)
 
@@ -187,7 +187,7 @@ class ReplayPolicy:
         self._lock = threading.Lock()
 
     def __call__(self, request: dict[str, Any]) -> Any:
-        from rlm_sandbox.scripted_model import HTTPReply
+        from rlm_sandbox.testing import HTTPReply
 
         messages = request_messages(request)
         own = digest(messages)
@@ -623,9 +623,10 @@ def run_replay(
     listeners: tuple[Any, ...] = (),
 ) -> ReplayReport:
     """Play the recording again in fresh containers and compare; needs no model and no key."""
-    from rlm_sandbox.rlm import RLM, RLMConfig
-    from rlm_sandbox.scripted_model import ScriptedModelServer
-    from rlm_sandbox.trace import read_trace
+    from rlm_sandbox.rlm.api import RLM
+    from rlm_sandbox.rlm.config import RLMConfig
+    from rlm_sandbox.testing import ScriptedModelServer
+    from rlm_sandbox.trace.writer import read_trace
 
     policy = ReplayPolicy(recording)
     with ScriptedModelServer(policy, served_name="replay") as server:

@@ -37,10 +37,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from rlm_sandbox.config import SandboxConfig
 from rlm_sandbox.errors import ConfigError
-from rlm_sandbox.rlm import RLMConfig
-from rlm_sandbox.tenants import TenantLimits
+from rlm_sandbox.rlm.config import RLMConfig
+from rlm_sandbox.rlm.tenants import TenantLimits
+from rlm_sandbox.sandbox.config import SandboxConfig
 
 FILE_NAME = "rlm-sandbox.toml"
 ENV_PREFIX = "RLM_SANDBOX_"

@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rlm_sandbox.scripted_model import (  # noqa: E402
+from rlm_sandbox.testing import (  # noqa: E402
     ScriptedModelServer,
     answer_leaf,
     generate_log,

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rlm_sandbox.scripted_model import Policy, rlm_policy
+from rlm_sandbox.testing import Policy, rlm_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 # Exactly the keys of `--json` and RLMResult.to_json(), in their order.

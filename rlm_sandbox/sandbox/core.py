@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
-from rlm_sandbox.config import SandboxConfig
 from rlm_sandbox.errors import (
     CellTimeout,
     EngineUnavailable,
@@ -30,6 +29,7 @@ from rlm_sandbox.errors import (
     SandboxStartError,
 )
 from rlm_sandbox.kernel import protocol as P
+from rlm_sandbox.sandbox.config import SandboxConfig
 
 from .backend import LABEL, LABEL_NODE, LABEL_OWNER, LABEL_RUN, LABEL_TENANT, Backend
 from .channel import KernelChannel, LLMHandler

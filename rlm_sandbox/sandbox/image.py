@@ -17,8 +17,8 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from rlm_sandbox.config import OFFLINE_BASE, SandboxConfig
 from rlm_sandbox.errors import ImageBuildError
+from rlm_sandbox.sandbox.config import OFFLINE_BASE, SandboxConfig
 
 Progress = Callable[[str], None]
 REPO = "rlm-sandbox"

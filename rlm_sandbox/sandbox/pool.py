@@ -17,8 +17,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from rlm_sandbox.config import SandboxConfig
 from rlm_sandbox.errors import SandboxError
+from rlm_sandbox.sandbox.config import SandboxConfig
 
 from .channel import LLMHandler
 from .core import Sandbox

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from rlm_sandbox.cli import main
-from rlm_sandbox.scripted_model import ScriptedModelServer
+from rlm_sandbox.cli.main import main
+from rlm_sandbox.testing import ScriptedModelServer
 
 from ..helpers import json_out
 

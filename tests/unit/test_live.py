@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from rlm_sandbox.live import LiveTree
+from rlm_sandbox.trace.live import LiveTree
 
 
 def draw(tree: LiveTree) -> str:
@@ -105,7 +105,7 @@ def test_the_model_router_waits_for_calls_in_flight() -> None:
     import time
     from types import SimpleNamespace
 
-    from rlm_sandbox.models import ModelRouter
+    from rlm_sandbox.rlm.models import ModelRouter
 
     root, sub = SimpleNamespace(model="a"), SimpleNamespace(model="b")
     router = ModelRouter(root, sub, {1: "c"}, make_client=lambda m: SimpleNamespace(model=m))

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rlm_sandbox.parsing import FinalAnswer, find_code_blocks, find_final, truncate_output
+from rlm_sandbox.rlm.parsing import FinalAnswer, find_code_blocks, find_final, truncate_output
 
 # --------------------------------------------------------------------------- code blocks
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from rlm_sandbox.parsing import find_code_blocks, find_final
-from rlm_sandbox.scripted_model import (
+from rlm_sandbox.rlm.parsing import find_code_blocks, find_final
+from rlm_sandbox.testing import (
     DEFAULT_NEEDLE,
     HTTPReply,
     LogStats,

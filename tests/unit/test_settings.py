@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rlm_sandbox.cli_run import build_config
+from rlm_sandbox.cli.execute import build_config
 from rlm_sandbox.errors import ConfigError
 from rlm_sandbox.settings import (
     FILE_NAME,
@@ -229,7 +229,7 @@ def test_a_password_in_a_url_is_never_shown(files: Files) -> None:
 
 
 def test_settings_bounds_are_the_run_configs(files: Files) -> None:
-    from rlm_sandbox.rlm import RLMConfig
+    from rlm_sandbox.rlm.config import RLMConfig
 
     for name in ("depth", "max_steps", "max_containers", "max_cost"):
         assert Settings.model_fields[name].metadata == RLMConfig.model_fields[name].metadata

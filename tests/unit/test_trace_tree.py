@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from rlm_sandbox.cli import main
-from rlm_sandbox.trace_html import render_html
-from rlm_sandbox.trace_render import show, summary
-from rlm_sandbox.trace_tree import TraceFileError, build, load
+from rlm_sandbox.cli.main import main
+from rlm_sandbox.trace.html import render_html
+from rlm_sandbox.trace.render import show, summary
+from rlm_sandbox.trace.tree import TraceFileError, build, load
 
 
 def ev(event: str, t: float, **fields: Any) -> dict[str, Any]:
@@ -342,7 +342,7 @@ def test_html_escapes_untrusted_text_and_loads_nothing() -> None:
 
 
 def test_newer_events_are_known_and_tool_calls_are_counted() -> None:
-    from rlm_sandbox.trace_tree import build
+    from rlm_sandbox.trace.tree import build
 
     events = [
         {"event": "run_start", "run": "r", "t": 0.0, "model": "m", "depth": 1},

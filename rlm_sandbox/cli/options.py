@@ -9,12 +9,16 @@ defaults to ``None`` and :func:`resolve_settings` passes on only the flags that
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
+
+from rlm_sandbox.cli.output import fail
+from rlm_sandbox.errors import ConfigError
 
 if TYPE_CHECKING:
     from rlm_sandbox.settings import LoadedSettings
@@ -162,3 +166,38 @@ def _typed_flag(param: click.Parameter) -> str:
     """The spelling of the flag as the user most likely typed it (the long form)."""
     longs = [o for o in param.opts if o.startswith("--")]
     return (longs or param.opts)[0]
+
+
+def budget_options(f: Callable) -> Callable:
+    """The setting flags of a run plus its output flags. Settings are resolved before the
+    command body runs (flag > env > project file > user file > default), so the body sees
+    effective values under the usual keys and ``o["settings"]`` says where each came from."""
+
+    @functools.wraps(f)
+    def with_settings(**o: Any) -> Any:
+        try:
+            o["settings"] = resolve_settings(click.get_current_context(), o)
+        except ConfigError as exc:
+            fail(exc, o.get("debug", False))
+        return f(**o)
+
+    opts = [
+        setting_options(*RUN_FLAGS),
+        click.option(
+            "--backend",
+            type=click.Choice(["docker", "local"]),
+            default="docker",
+            show_default=True,
+            help="'local' runs the code as a plain subprocess with NO SANDBOX (trusted code only; "
+            "refused with --tenant). Deliberately not a setting: only a flag can turn it on.",
+        ),
+        click.option("-v", "--verbose", is_flag=True, help="show the trace as it happens"),
+        click.option(
+            "--json", "as_json", is_flag=True, help="print one JSON object on stdout and nothing else"
+        ),
+        click.option("--debug", is_flag=True, help="show tracebacks"),
+    ]
+    decorated: Callable = with_settings
+    for opt in reversed(opts):
+        decorated = opt(decorated)
+    return decorated

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from rlm_sandbox.errors import BudgetExhausted, ConfigError
-from rlm_sandbox.tenants import TenantAccount
+from rlm_sandbox.rlm.tenants import TenantAccount
 
 FLAGS = {
     "max_steps": "--max-steps",

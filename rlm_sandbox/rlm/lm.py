@@ -410,9 +410,4 @@ class LiteLLMClient:
         else:
             msg = f"model call to {model!r} failed: {type(exc).__name__}: {detail}"
             hint = "rerun with --debug to see where it failed"
-        error = LMError(msg, hint=hint)
-        error.kind = kind  # type: ignore[attr-defined]
-        error.attempts = attempts  # type: ignore[attr-defined]
-        error.status_code = status  # type: ignore[attr-defined]
-        error.model = model  # type: ignore[attr-defined]
-        return error
+        return LMError(msg, hint=hint, kind=kind, attempts=attempts, status_code=status, model=model)

@@ -9,13 +9,11 @@ The window comes from LiteLLM's knowledge of the model, or the ``context_window`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
-from typing import TYPE_CHECKING
 
-from rlm_sandbox.prompts import render
-
-if TYPE_CHECKING:
-    from rlm_sandbox.rlm import Node
+from rlm_sandbox.rlm.lm import preload_litellm
+from rlm_sandbox.rlm.prompts import render
 
 CHARS_PER_TOKEN = 4
 
@@ -27,8 +25,6 @@ def estimate_tokens(messages: list[dict[str, str]]) -> int:
 
 @cache
 def known_window(model: str) -> int | None:
-    from rlm_sandbox.lm import preload_litellm
-
     try:
         info = preload_litellm().get_model_info(model)
     except Exception:  # LiteLLM raises for models it does not know
@@ -37,37 +33,38 @@ def known_window(model: str) -> int | None:
     return int(window) if window else None
 
 
-def compact_if_needed(node: Node, messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The history to send: ``messages`` itself, or a compacted copy when it is too long."""
-    cfg = node.run.config
-    window = cfg.context_window or known_window(node.lm.model)
+def compact_if_needed(
+    messages: list[dict[str, str]],
+    *,
+    window: int | None,
+    compact_at: float,
+    summarize: Callable[[list[dict[str, str]]], str],
+) -> tuple[list[dict[str, str]], dict[str, int] | None]:
+    """The history to send: ``messages`` itself, or a compacted copy when it is too long,
+    with what was folded (for the trace). ``summarize`` asks the node's own model."""
     if not window:
-        return messages
+        return messages, None
     before = estimate_tokens(messages)
-    if before < cfg.compact_at * window:
-        return messages
+    if before < compact_at * window:
+        return messages, None
     head, middle, last = messages[:2], messages[2:-1], messages[-1:]
     if len(middle) < 2:  # nothing older than the latest step: nothing to fold
-        return messages
+        return messages, None
     steps = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in middle)
     room = int(window * 0.5) * CHARS_PER_TOKEN
     if len(steps) > room:  # the summary call must fit too: keep the most recent part
         steps = "[... the oldest part is cut ...]\n" + steps[-room:]
-    request = [head[0], {"role": "user", "content": render("compact", steps=steps)}]
-    summary = node.run.lm_call(node.lm, request, node.id, node.depth, "compaction")
+    summary = summarize([head[0], {"role": "user", "content": render("compact", steps=steps)}])
     folded = {
         "role": "assistant",
         "content": "(Summary of my earlier steps, compacted to fit the context window; every REPL "
         f"variable is still defined.)\n{summary}",
     }
     compacted = [*head, folded, *last]
-    node.run.tracer.emit(
-        "compaction",
-        node=node.id,
-        depth=node.depth,
-        window=window,
-        tokens_before=before,
-        tokens_after=estimate_tokens(compacted),
-        messages_folded=len(middle),
-    )
-    return compacted
+    stats = {
+        "window": window,
+        "tokens_before": before,
+        "tokens_after": estimate_tokens(compacted),
+        "messages_folded": len(middle),
+    }
+    return compacted, stats

@@ -20,7 +20,7 @@ from rich.progress_bar import ProgressBar
 from rich.text import Text
 from rich.tree import Tree
 
-from rlm_sandbox.view import TraceView
+from rlm_sandbox.trace.view import TraceView
 
 STATUS_STYLE = {
     "starting": "cyan",

@@ -23,8 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlm_sandbox.config import SandboxConfig
 from rlm_sandbox.errors import EngineUnavailable, ImageBuildError
+from rlm_sandbox.sandbox.config import SandboxConfig
 from rlm_sandbox.sandbox.engines import EngineSpec, docker_tls_config, register
 
 PROBE_TIMEOUT_S = 5.0

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from rlm_sandbox.cli_settings import FLAGS, resolve_settings, setting_options
+from rlm_sandbox.cli.options import FLAGS, resolve_settings, setting_options
 
 
 @click.group()

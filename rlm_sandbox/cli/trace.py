@@ -12,7 +12,7 @@ from typing import NoReturn
 
 import click
 
-from rlm_sandbox.trace_tree import RunTrace, TraceFileError, load
+from rlm_sandbox.trace.tree import RunTrace, TraceFileError, load
 
 FILE = click.argument("file", type=click.Path(dir_okay=True, path_type=Path))
 
@@ -46,7 +46,7 @@ def trace_group() -> None:
 @click.option("--node", "node_id", default=None, help="show only this node and what it spawned")
 def show_command(file: Path, node_id: str | None) -> None:
     """The run as a tree: each node's status, steps, tokens, cost, time, cells and answer."""
-    from rlm_sandbox.trace_render import show
+    from rlm_sandbox.trace.render import show
 
     run = _load(file)
     if node_id is not None and run.find(node_id) is None:
@@ -59,7 +59,7 @@ def show_command(file: Path, node_id: str | None) -> None:
 @FILE
 def summary_command(file: Path) -> None:
     """Totals per depth and per model, the slowest cells, budget stops and errors."""
-    from rlm_sandbox.trace_render import summary
+    from rlm_sandbox.trace.render import summary
 
     _console().print(summary(_load(file)))
 
@@ -76,7 +76,7 @@ def summary_command(file: Path) -> None:
 )
 def html_command(file: Path, output: Path | None) -> None:
     """One self-contained HTML page: collapsible node tree and a timeline (no network needed)."""
-    from rlm_sandbox.trace_html import render_html
+    from rlm_sandbox.trace.html import render_html
 
     run = _load(file)
     target = output or file.with_suffix(".html")

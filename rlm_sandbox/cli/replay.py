@@ -49,11 +49,11 @@ def replay(
     """
     from rich.console import Console
 
-    from rlm_sandbox.cli_run import fail, fast_exit
+    from rlm_sandbox.cli.output import fail, fast_exit
     from rlm_sandbox.inputs import open_input
     from rlm_sandbox.replay import load_recording, run_replay
     from rlm_sandbox.settings import build_rlm_config, load_settings
-    from rlm_sandbox.view import TraceView
+    from rlm_sandbox.trace.view import TraceView
 
     err = Console(stderr=True)
     try:

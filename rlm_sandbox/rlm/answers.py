@@ -12,13 +12,9 @@ import json
 import re
 from typing import Any
 
-from rlm_sandbox.errors import ConfigError, RLMSandboxError
+from rlm_sandbox.errors import AnswerInvalid, ConfigError
 
-
-class AnswerInvalid(RLMSandboxError):
-    """The model's answer still did not match the schema after the allowed retries."""
-
-    hint = "loosen the schema, raise schema_retries, or use a stronger model"
+__all__ = ["AnswerInvalid", "AnswerSpec", "parse_json"]
 
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*\n(.*?)\n\s*```\s*$", re.DOTALL)

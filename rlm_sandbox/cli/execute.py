@@ -1,58 +1,19 @@
-"""``rlm-sandbox run`` and ``rlm-sandbox demo``: options -> RLMConfig -> a run -> output.
+"""What ``run`` and ``demo`` share: options -> RLMConfig -> a run -> output.
 
 Only the answer (or, with ``--json``, one JSON object) goes to stdout; everything a person
-reads while waiting goes to stderr. Exit codes: 0 answered, 2 usage, 3 budget, 4 sandbox,
-5 model.
+reads while waiting goes to stderr. The exit code is the outcome's, from
+:data:`rlm_sandbox.errors.EXIT_CODES`.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import os
-import sys
-from collections.abc import Callable
 from typing import Any
 
 import click
 
-from rlm_sandbox.errors import ConfigError, RLMSandboxError
-
-
-def budget_options(f: Callable) -> Callable:
-    """The setting flags of a run plus its output flags. Settings are resolved before the
-    command body runs (flag > env > project file > user file > default), so the body sees
-    effective values under the usual keys and ``o["settings"]`` says where each came from."""
-    from rlm_sandbox.cli_settings import RUN_FLAGS, resolve_settings, setting_options
-
-    @functools.wraps(f)
-    def with_settings(**o: Any) -> Any:
-        try:
-            o["settings"] = resolve_settings(click.get_current_context(), o)
-        except ConfigError as exc:
-            fail(exc, o.get("debug", False))
-        return f(**o)
-
-    opts = [
-        setting_options(*RUN_FLAGS),
-        click.option(
-            "--backend",
-            type=click.Choice(["docker", "local"]),
-            default="docker",
-            show_default=True,
-            help="'local' runs the code as a plain subprocess with NO SANDBOX (trusted code only; "
-            "refused with --tenant). Deliberately not a setting: only a flag can turn it on.",
-        ),
-        click.option("-v", "--verbose", is_flag=True, help="show the trace as it happens"),
-        click.option(
-            "--json", "as_json", is_flag=True, help="print one JSON object on stdout and nothing else"
-        ),
-        click.option("--debug", is_flag=True, help="show tracebacks"),
-    ]
-    decorated: Callable = with_settings
-    for opt in reversed(opts):
-        decorated = opt(decorated)
-    return decorated
+from rlm_sandbox.cli.output import fast_exit, use_live_view
+from rlm_sandbox.errors import EXIT_CODES
 
 
 def build_config(o: dict[str, Any]) -> Any:
@@ -60,7 +21,7 @@ def build_config(o: dict[str, Any]) -> Any:
     some, as ``demo`` does) and the tenant tables of the settings."""
     from pydantic import ValidationError
 
-    from rlm_sandbox.cli_settings import PARAM_TO_FIELD
+    from rlm_sandbox.cli.options import PARAM_TO_FIELD
     from rlm_sandbox.settings import Settings, build_rlm_config, describe_error
 
     loaded = o.get("settings")
@@ -90,8 +51,8 @@ def execute(
     """Run once and report; returns the exit code."""
     from rich.console import Console
 
-    from rlm_sandbox.rlm import RLM
-    from rlm_sandbox.view import TraceView
+    from rlm_sandbox.rlm.api import RLM
+    from rlm_sandbox.trace.view import TraceView
 
     err = Console(stderr=True)
     config = build_config(o)
@@ -115,7 +76,7 @@ def execute(
         err.print(f"[yellow]note:[/] tools {', '.join(sorted(tools))} run on this machine, with your rights")
     live = None
     if not o["as_json"] and use_live_view(err):
-        from rlm_sandbox.live import LiveTree
+        from rlm_sandbox.trace.live import LiveTree
 
         live = LiveTree(err, verbose=o["verbose"])
         rlm.listeners.append(live.on_event)
@@ -133,7 +94,7 @@ def execute(
         err.print("[yellow]interrupted[/]: the run was stopped and every container removed")
         if o["as_json"]:
             click.echo(json.dumps({"answer": None, "status": "error", "error": "interrupted"}))
-        return 130
+        return EXIT_CODES["interrupted"]
     if o["as_json"]:
         click.echo(json.dumps(result.to_json(), ensure_ascii=False))
     elif result.ok:
@@ -153,58 +114,3 @@ def execute(
         )
     fast_exit(result.exit_code)
     return result.exit_code
-
-
-def use_live_view(err: Any) -> bool:
-    """The live tree redraws in place: only for a person at a terminal, never into a pipe or
-    a log file (``RLM_SANDBOX_NO_LIVE=1`` turns it off, e.g. for screen readers)."""
-    if os.environ.get("RLM_SANDBOX_NO_LIVE", "") not in ("", "0"):
-        return False
-    try:
-        return sys.stdout.isatty() and err.is_terminal
-    except (AttributeError, ValueError):
-        return False
-
-
-def fast_exit(code: int) -> None:
-    """End a finished CLI run at once: everything is written and every container removed.
-
-    Python's normal shutdown with LiteLLM loaded takes most of a second here (thousands of
-    modules to finalise); a user waiting on ``rlm-sandbox run`` gains nothing from it. Only
-    used on a real process's stdout, never inside click's test runner.
-    """
-    try:
-        sys.stdout.fileno()
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (AttributeError, OSError, ValueError):
-        return
-    from rlm_sandbox.sandbox.registry import live
-
-    live.remove_all()
-    os._exit(code)
-
-
-def fail(exc: RLMSandboxError, debug: bool) -> None:
-    """Print a typed error as a person can act on it and exit with its code."""
-    from rlm_sandbox.errors import BudgetExhausted, LMError, SandboxError
-
-    if debug:
-        import traceback
-
-        traceback.print_exc()
-    click.echo(f"error: {exc.message}", err=True)
-    if exc.hint:
-        click.echo(f"hint: {exc.hint}", err=True)
-    code = (
-        2
-        if isinstance(exc, ConfigError)
-        else 3
-        if isinstance(exc, BudgetExhausted)
-        else 4
-        if isinstance(exc, SandboxError)
-        else 5
-        if isinstance(exc, LMError)
-        else 1
-    )
-    sys.exit(code)

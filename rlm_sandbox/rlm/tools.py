@@ -14,12 +14,9 @@ import inspect
 import json
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rlm_sandbox.errors import ConfigError
-
-if TYPE_CHECKING:
-    from rlm_sandbox.rlm import Node
 
 MAX_JSON = 1 << 20
 MAX_DOC = 600
@@ -61,9 +58,18 @@ class ToolSet:
             lines.append(f"  - `{name}{sig}`" + (f": {doc}" if doc else ""))
         return "\n".join(lines)
 
-    def call(self, node: Node, name: str, blob: str) -> str:
-        """Run one tool call from a cell; returns the JSON result, raises what the tool raised."""
-        run = node.run
+    def call(
+        self,
+        name: str,
+        blob: str,
+        *,
+        reserve: Callable[[], None],
+        trace: Callable[[dict[str, Any]], None],
+    ) -> str:
+        """Run one tool call from a cell; returns the JSON result, raises what the tool raised.
+
+        ``reserve`` takes the call from the run's budget (and raises when it is spent);
+        ``trace`` records the call, whatever its outcome."""
         fn = self.tools.get(name)
         if fn is None:
             raise NameError(f"no tool named {name!r} (tools: {', '.join(self.names()) or 'none'})")
@@ -74,7 +80,7 @@ class ToolSet:
             args, kwargs = list(request["args"]), dict(request["kwargs"])
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"tool arguments are not valid JSON: {exc}") from None
-        run.budget.reserve_tool_call()
+        reserve()
         t0 = time.perf_counter()
         error = None
         try:
@@ -92,14 +98,13 @@ class ToolSet:
             error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            run.tracer.emit(
-                "tool_call",
-                node=node.id,
-                depth=node.depth,
-                tool=name,
-                args=blob[:500],
-                error=error,
-                duration_s=round(time.perf_counter() - t0, 6),
+            trace(
+                {
+                    "tool": name,
+                    "args": blob[:500],
+                    "error": error,
+                    "duration_s": round(time.perf_counter() - t0, 6),
+                }
             )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from rlm_sandbox.cli_settings import setting_options
+from rlm_sandbox.cli.options import setting_options
 
 DOCTOR_FLAGS = (
     "model",
@@ -40,7 +40,7 @@ def doctor(as_json: bool, **flags: Any) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    from rlm_sandbox.cli_settings import resolve_settings
+    from rlm_sandbox.cli.options import resolve_settings
     from rlm_sandbox.doctor import MARK, CheckResult, run_checks
 
     # An invalid setting raises ConfigError: the CLI's group prints it and exits 2.
