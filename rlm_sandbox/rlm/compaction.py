@@ -4,15 +4,14 @@ A node that explores a big input for many steps accumulates code and outputs unt
 call no longer fits. Before that happens, the older steps are summarised by the node's own
 model and replaced by the summary; the system prompt, the task and the latest outputs stay
 verbatim, and the REPL's namespace is untouched (variables survive, only the prose shrinks).
-The window comes from LiteLLM's knowledge of the model, or the ``context_window`` setting.
+The window comes from LiteLLM's price map (read as data), or the ``context_window`` setting.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
 
-from rlm_sandbox.rlm.lm import preload_litellm
+from rlm_sandbox.rlm.prices import context_window
 from rlm_sandbox.rlm.prompts import render
 
 CHARS_PER_TOKEN = 4
@@ -23,14 +22,9 @@ def estimate_tokens(messages: list[dict[str, str]]) -> int:
     return sum(len(m.get("content") or "") for m in messages) // CHARS_PER_TOKEN + 4 * len(messages)
 
 
-@cache
 def known_window(model: str) -> int | None:
-    try:
-        info = preload_litellm().get_model_info(model)
-    except Exception:  # LiteLLM raises for models it does not know
-        return None
-    window = info.get("max_input_tokens") or info.get("max_tokens")
-    return int(window) if window else None
+    """The model's context window as LiteLLM's price map knows it (read as data, no import)."""
+    return context_window(model)
 
 
 def compact_if_needed(
