@@ -34,9 +34,9 @@ from collections.abc import Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import protocol as P
+from loop import CellRun, KernelLoop
 from repl import CellTimeoutError, HostLink, Repl, format_tb
-from streams import DEFAULT_OUTPUT_CAP, Channel, OutputCapture, Watchdog
+from streams import Channel, OutputCapture, Watchdog
 
 PRIVATE_FD_MIN = 100
 
@@ -65,17 +65,11 @@ class Kernel:
         signal.signal(signal.SIGUSR1, self._on_timeout_signal)
         self.in_cell = False
 
-        self.jobs: list = []
-        self.jobs_cond = threading.Condition()
         self.link = HostLink(
             self.chan.send, wait_begin=self.watchdog.host_wait_begin, wait_end=self.watchdog.host_wait_end
         )
         self.repl = Repl(self.link)
-        self._ctx_kind = "str"
-        self._ctx_buf: bytearray | None = None
-        self._ctx_chunks: list[bytes] | None = None
-        self._ctx_pos = 0
-        self._ctx_error: str | None = None
+        self.loop = KernelLoop(self.chan, self.link, self.repl, self.run_cell)
 
     # ---- fds and std streams
 
@@ -168,127 +162,13 @@ class Kernel:
             self.in_cell = False
             self.watchdog.disarm()
 
-    # ---- reader thread
-
-    def reader(self) -> None:
-        try:
-            while True:
-                header = self.chan.read_frame_header()
-                t, n = header["t"], header["len"]
-                if t == P.CONTEXT_CHUNK:
-                    self._read_context_chunk(n)
-                    continue
-                if t == P.CONTEXT_BEGIN:
-                    self._context_begin(header)
-                    if n:
-                        self.chan.read_exact(n)
-                    continue
-                payload = self.chan.read_exact(n) if n else b""
-                if t == P.LLM_REPLY:
-                    self.link.deliver(header, payload)
-                    continue
-                self._post((header, payload))
-                if t == P.SHUTDOWN:
-                    return
-        except (EOFError, OSError, P.FrameError) as exc:
-            self._post(({"t": "_eof", "id": 0, "len": 0, "why": str(exc)}, b""))
-        finally:
-            self.link.close()
-
-    def _read_context_chunk(self, n: int) -> None:
-        if self._ctx_buf is not None:
-            if self._ctx_pos + n > len(self._ctx_buf):
-                self._ctx_error = "context chunks exceed the announced size"
-                self.chan.read_exact(n)
-                return
-            self.chan.read_into(memoryview(self._ctx_buf)[self._ctx_pos : self._ctx_pos + n])
-            self._ctx_pos += n
-        elif self._ctx_chunks is not None:
-            self._ctx_chunks.append(self.chan.read_exact(n))
-        else:
-            self.chan.read_exact(n)
-            self._ctx_error = "context chunk without context_begin"
-
-    def _post(self, job: tuple) -> None:
-        with self.jobs_cond:
-            self.jobs.append(job)
-            self.jobs_cond.notify()
-
-    def _next_job(self) -> tuple:
-        with self.jobs_cond:
-            while not self.jobs:
-                self.jobs_cond.wait()
-            return self.jobs.pop(0)
-
-    # ---- main loop
-
-    def serve(self) -> int:
-        threading.Thread(target=self.reader, name="rlm-reader", daemon=True).start()
-        self.chan.send(
-            {
-                "t": P.READY,
-                "id": 1,
-                "version": P.PROTOCOL_VERSION,
-                "pid": os.getpid(),
-                "uid": os.getuid(),
-                "python": sys.version.split()[0],
-            }
-        )
-        self.link.next_id = 3
-        while True:
-            header, payload = self._next_job()
-            t = header["t"]
-            if t in ("_eof", P.SHUTDOWN):
-                return 0
-            try:
-                if t == P.EXEC_REQUEST:
-                    self.run_cell(header, payload)
-                elif t == P.CONTEXT_END:
-                    self._context_end(header)
-            except CellTimeoutError:
-                pass  # a late interrupt between cells: nothing to stop
-
-    def _context_begin(self, header: dict) -> None:
-        kind, size = header.get("kind"), header.get("size", -1)
-        self._ctx_kind = kind if kind in P.CONTEXT_KINDS else "str"
-        self._ctx_error = None
-        self._ctx_pos = 0
-        if type(size) is int and size >= 0:
-            self._ctx_buf, self._ctx_chunks = bytearray(size), None
-        else:
-            self._ctx_buf, self._ctx_chunks = None, []
-
-    def _context_end(self, header: dict) -> None:
-        reply = {"t": P.CONTEXT_REPLY, "id": header["id"], "status": "ok"}
-        try:
-            if self._ctx_error:
-                raise ValueError(self._ctx_error)
-            if self._ctx_buf is not None:
-                if self._ctx_pos != len(self._ctx_buf):
-                    raise ValueError(f"context ended after {self._ctx_pos} of {len(self._ctx_buf)} bytes")
-                raw: bytes | bytearray = self._ctx_buf
-            else:
-                raw = b"".join(self._ctx_chunks or [])
-            self._ctx_buf = self._ctx_chunks = None
-            kind_name, length = self.repl.set_context(self._ctx_kind, raw)
-            del raw
-            reply.update(type=kind_name, length=length)
-        except (ValueError, TypeError, MemoryError, RecursionError) as exc:
-            self._ctx_buf = self._ctx_chunks = None
-            reply.update(status="error", error=f"{type(exc).__name__}: {exc}"[:2000])
-        self.chan.send(reply)
-
-    def run_cell(self, header: dict, payload: bytes) -> None:
-        code = payload.decode("utf-8", errors="replace")
-        timeout = header.get("timeout")
-        timeout = float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else 60.0
-        cap = header.get("output_cap")
-        cap = cap if type(cap) is int and cap >= 0 else DEFAULT_OUTPUT_CAP
+    def run_cell(self, code: str, cell_id: int, timeout: float, cap: int) -> CellRun:
+        """One cell in this process: output captured at the descriptors, under the watchdog."""
         self.capture.begin(cap)
         self._restore_std_fds()
         outcome = self.repl.run(
             code,
-            header["id"],
+            cell_id,
             limit_s=timeout,
             guard=lambda: self._timed(timeout),
             on_escape=self._exit_forked_child,
@@ -296,24 +176,7 @@ class Kernel:
         self._flush_std()
         self._restore_std_fds()
         out, out_total, err, err_total = self.capture.take()
-        final = outcome.final.encode("utf-8", errors="replace") if outcome.final is not None else b""
-        self.chan.send(
-            {
-                "t": P.EXEC_REPLY,
-                "id": header["id"],
-                "status": outcome.status,
-                "ename": outcome.ename,
-                "evalue": (outcome.evalue or "")[:4000] if outcome.ename else None,
-                "traceback": (outcome.traceback or "")[-8000:] if outcome.ename else None,
-                "duration_s": outcome.duration_s,
-                "sizes": [len(out), len(err), len(final)],
-                "totals": [out_total, err_total],
-                "has_final": outcome.final is not None,
-            },
-            out,
-            err,
-            final,
-        )
+        return outcome, out, out_total, err, err_total
 
 
 def main() -> int:
@@ -324,7 +187,7 @@ def main() -> int:
         faulthandler.enable(file=kernel.diag_fd)
     except Exception:
         pass
-    return kernel.serve()
+    return kernel.loop.serve()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,10 @@ import signal
 import threading
 import time
 
-import protocol as P
+if __package__:  # imported by the host (the in-memory test backend)
+    from . import protocol as P
+else:  # the container's script: the kernel's directory is sys.path[0]
+    import protocol as P  # type: ignore[no-redef]
 
 MAX_HOST_HEADER = 1 << 20
 DEFAULT_OUTPUT_CAP = 64 * 1024

@@ -23,6 +23,7 @@ from rlm_sandbox.rlm.result import RLMResult
 from rlm_sandbox.rlm.run import Outcome, Run, RunSetup
 from rlm_sandbox.rlm.session import Session
 from rlm_sandbox.rlm.tools import ToolSet
+from rlm_sandbox.sandbox.backend import Backend
 from rlm_sandbox.trace.writer import Listener
 
 
@@ -39,9 +40,11 @@ class RLM:
         sub_lm: Any = None,
         api_key: str | None = None,
         tools: dict[str, Callable[..., Any]] | None = None,
+        backend: Backend | None = None,
         **overrides: Any,
     ) -> None:
         cfg = config or RLMConfig()
+        self.backend = backend  # a test seam (rlm_sandbox.sandbox.fake.FakeBackend); None: Docker
         self.tools = ToolSet(tools)
         if overrides:
             cfg = RLMConfig.model_validate({**cfg.model_dump(), **overrides})
@@ -66,6 +69,7 @@ class RLM:
             listeners=tuple(self.listeners),
             model=self.model,
             sub_model=self.sub_model,
+            backend=self.backend,
         )
 
     def session(self, context: Any = None, *, run_id: str | None = None) -> Session:

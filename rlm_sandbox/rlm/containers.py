@@ -18,6 +18,7 @@ from typing import Any
 from rlm_sandbox.errors import ConfigError, EngineUnavailable
 from rlm_sandbox.rlm.budget import Budget
 from rlm_sandbox.rlm.config import RLMConfig
+from rlm_sandbox.sandbox.backend import Backend
 from rlm_sandbox.sandbox.channel import LLMHandler
 from rlm_sandbox.sandbox.core import Sandbox
 from rlm_sandbox.sandbox.placement import Engine, Placement
@@ -44,9 +45,17 @@ class Lease:
 
 class RunContainers:
     def __init__(
-        self, config: RLMConfig, run_id: str, budget: Budget, *, warn: Warn, progress: Progress
+        self,
+        config: RLMConfig,
+        run_id: str,
+        budget: Budget,
+        *,
+        warn: Warn,
+        progress: Progress,
+        backend: Backend | None = None,
     ) -> None:
         self.config = config
+        self.backend = backend  # None: the one the sandbox config names (Docker)
         self.run_id = run_id
         self.budget = budget
         self._warn = warn
@@ -62,6 +71,7 @@ class RunContainers:
                 size,
                 idle_timeout=config.pool_idle_timeout,
                 progress=progress,
+                backend=backend,
                 can_grow=lambda total: (
                     budget.containers_alive + total < config.max_containers and not budget.cancelled.is_set()
                 ),
@@ -126,6 +136,7 @@ class RunContainers:
                     self.config.node_sandbox_config(self.run_id, node_id, engine.url if engine else None),
                     llm_handler=handler,
                     progress=self._progress,
+                    backend=self.backend,
                 )
                 pooled = False
                 self._track(node_id, sandbox)  # before start: a stop must be able to close it

@@ -29,6 +29,7 @@ from rlm_sandbox.rlm.models import ModelRouter
 from rlm_sandbox.rlm.result import RLMResult
 from rlm_sandbox.rlm.tenants import ledger
 from rlm_sandbox.rlm.tools import ToolSet
+from rlm_sandbox.sandbox.backend import Backend
 from rlm_sandbox.sandbox.channel import LLMHandler
 from rlm_sandbox.sandbox.core import Sandbox
 from rlm_sandbox.trace.writer import Listener, Tracer
@@ -58,6 +59,7 @@ class RunSetup:
     listeners: Sequence[Listener] = ()
     model: str | None = None
     sub_model: str | None = None
+    backend: Backend | None = None  # None: the engine the sandbox config names (Docker)
 
 
 @dataclass
@@ -81,6 +83,7 @@ class Run:
         tracer: Tracer,
         run_id: str,
         tools: ToolSet | None = None,
+        backend: Backend | None = None,
     ) -> None:
         self.config = config
         self.models = models
@@ -101,6 +104,7 @@ class Run:
             self.budget,
             warn=lambda message, fields: tracer.emit("engine_warning", message=message, **fields),
             progress=self.image_progress,
+            backend=backend,
         )
         self._ids = 0
         self._lock = threading.Lock()
@@ -122,7 +126,7 @@ class Run:
         start_preload()
         tracer = Tracer(run_id, cfg.trace)
         try:
-            run = cls(cfg, models, tracer, run_id, setup.tools)
+            run = cls(cfg, models, tracer, run_id, setup.tools, setup.backend)
         except BaseException:
             tracer.close()
             raise

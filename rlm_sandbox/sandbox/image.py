@@ -47,7 +47,10 @@ def base_build_script() -> Path:
 
 def kernel_files() -> dict[str, bytes]:
     pkg = resources.files("rlm_sandbox.kernel")
-    return {name: (pkg / name).read_bytes() for name in ("kernel.py", "protocol.py", "repl.py", "streams.py")}
+    return {
+        name: (pkg / name).read_bytes()
+        for name in ("kernel.py", "loop.py", "protocol.py", "repl.py", "streams.py")
+    }
 
 
 def image_tag(base: str) -> str:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from rlm_sandbox.errors import SandboxError
 from rlm_sandbox.sandbox.config import SandboxConfig
 
+from .backend import Backend
 from .channel import LLMHandler
 from .core import Sandbox
 
@@ -35,8 +36,10 @@ class SandboxPool:
         can_grow: Callable[[int], bool] = lambda _total: True,
         on_start: Callable[[Sandbox], None] | None = None,
         progress: Callable[[str], None] | None = None,
+        backend: Backend | None = None,
     ) -> None:
         self.config = config
+        self._backend = backend
         self.size = max(0, size)
         self.idle_timeout = idle_timeout
         self.parallel_starts = max(1, parallel_starts)
@@ -116,7 +119,7 @@ class SandboxPool:
                 threading.Thread(target=sb.close, daemon=True).start()
             self.misses += 1
             self._cond.notify_all()
-        sb = Sandbox(self.config, llm_handler=llm_handler, progress=self._progress)
+        sb = Sandbox(self.config, llm_handler=llm_handler, progress=self._progress, backend=self._backend)
         if self._on_start:
             self._on_start(sb)
         return sb.start(), False
@@ -137,7 +140,7 @@ class SandboxPool:
                     self._expire_idle()
                     self._cond.wait(1.0)
                 self._starting += 1
-            sb = Sandbox(self.config, progress=self._progress)
+            sb = Sandbox(self.config, progress=self._progress, backend=self._backend)
             try:
                 if self._on_start:
                     self._on_start(sb)

@@ -2,10 +2,11 @@
 
 ``server`` is an OpenAI-compatible chat-completions server on 127.0.0.1 that answers with a
 *policy* (a plain callable); ``replies`` scripts failures; ``policies`` holds the scripted RLM
-model; ``step_code`` the code its nodes write; ``logs`` generates logs with known answers.
+model; ``step_code`` the code its nodes write; ``logs`` generates logs with known answers; ``client`` plays a policy in-process (no HTTP).
 Stdlib only, and no LiteLLM import: importing this package must stay cheap.
 """
 
+from rlm_sandbox.testing.client import ScriptedClient
 from rlm_sandbox.testing.logs import DEFAULT_NEEDLE, DISK_PHRASE, LogStats, generate_log
 from rlm_sandbox.testing.policies import answer_leaf, grep_first_policy, messages_of, rlm_policy
 from rlm_sandbox.testing.replies import (
@@ -31,6 +32,7 @@ __all__ = [
     "Policy",
     "Reply",
     "RequestLog",
+    "ScriptedClient",
     "ScriptedModelServer",
     "always_status",
     "answer_leaf",
