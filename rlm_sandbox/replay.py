@@ -16,7 +16,6 @@ digest leaves that line out, so the same request matches exactly in both runs.
 from __future__ import annotations
 
 import collections
-import json
 import re
 import threading
 from dataclasses import asdict, dataclass, field
@@ -24,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from rlm_sandbox.errors import ConfigError
+from rlm_sandbox.untrusted import TRACE_DEPTH, TRACE_LINE_CHARS, loads
 
 DIVERGED_REPLY = "FINAL(replay diverged)"
 """What an unknown request gets: a final answer, so the replayed node (and run) ends soon."""
 
 EXCERPT = 300
-_DEPTH = re.compile(r"depth (\d+) of at most")
+_DEPTH = re.compile(r"depth (\d{1,4}) of at most")  # bounded: int() of a long run is quadratic
 
 
 class TraceNotReplayable(ConfigError):
@@ -113,7 +113,7 @@ def load_recording(path: str | Path) -> Recording:
             for line in f:
                 lineno += 1
                 if line.strip():
-                    event = json.loads(line)
+                    event = loads(line, max_chars=TRACE_LINE_CHARS, max_depth=TRACE_DEPTH, constants=True)
                     if not isinstance(event, dict):
                         raise ValueError("a line is not a JSON object")
                     events.append(event)

@@ -331,6 +331,14 @@ class Run:
 
         return tick
 
+    def check_seconds(self) -> float:
+        """How long checking one answer against a schema may take: a bound of its own, and
+        never past the run's wall time."""
+        from rlm_sandbox.untrusted import CHECK_SECONDS
+
+        left = self.budget.wall_left()
+        return CHECK_SECONDS if left is None else max(0.5, min(CHECK_SECONDS, left))
+
     def new_node_id(self, parent: str | None) -> str:
         with self._lock:
             self._ids += 1
@@ -461,7 +469,7 @@ class Node:
         run.budget.check()
         if req.kind == "tool":
             return run.tools.call(self, req.name or "", req.text)
-        spec = AnswerSpec(req.output) if req.output is not None else None
+        spec = AnswerSpec.from_cell(req.output) if req.output is not None else None
         child_allowed = self.depth + 1 < run.config.depth
         wants_child = req.kind == "rlm" or run.config.recursion == "auto"
         if child_allowed and wants_child:
@@ -483,7 +491,7 @@ class Node:
         messages = [{"role": "user", "content": render("typed_leaf", prompt=prompt, schema=spec.describe())}]
         for _attempt in range(run.config.schema_retries + 1):
             text = run.lm_call(leaf, messages, self.id, self.depth, "sub_call")
-            value, problem = spec.check(text)
+            value, problem = spec.check(text, seconds=run.check_seconds())
             if problem is None:
                 return spec.dump(value)
             messages += [
@@ -727,7 +735,7 @@ class Node:
         """None if ``answer`` is acceptable; otherwise what is wrong (and count the attempt)."""
         if self.output is None:
             return None
-        value, problem = self.output.check(answer)
+        value, problem = self.output.check(answer, seconds=self.run.check_seconds())
         if problem is None:
             self.typed = value
             return None

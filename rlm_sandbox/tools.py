@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rlm_sandbox.errors import ConfigError
+from rlm_sandbox.untrusted import loads
 
 if TYPE_CHECKING:
     from rlm_sandbox.rlm import Node
@@ -70,7 +71,7 @@ class ToolSet:
         if len(blob) > MAX_JSON:
             raise ValueError(f"tool arguments are larger than {MAX_JSON} bytes")
         try:
-            request = json.loads(blob)
+            request = loads(blob, max_chars=MAX_JSON)  # bounded: digits, depth, size
             args, kwargs = list(request["args"]), dict(request["kwargs"])
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"tool arguments are not valid JSON: {exc}") from None

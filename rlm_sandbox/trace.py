@@ -76,10 +76,12 @@ class Tracer:
 
 
 def read_trace(path: str | Path) -> list[dict[str, Any]]:
+    from rlm_sandbox.untrusted import TRACE_DEPTH, TRACE_LINE_CHARS, loads
+
     events = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             line = line.strip()
             if line:
-                events.append(json.loads(line))
+                events.append(loads(line, max_chars=TRACE_LINE_CHARS, max_depth=TRACE_DEPTH, constants=True))
     return events

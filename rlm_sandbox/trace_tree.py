@@ -9,7 +9,6 @@ ended is reported as ``running`` with its time measured to the last event seen.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rlm_sandbox.errors import RLMSandboxError
+from rlm_sandbox.untrusted import TRACE_DEPTH, TRACE_LINE_CHARS, loads
 
 KNOWN_EVENTS = frozenset(
     {
@@ -214,7 +214,7 @@ class Node:
 
 
 def _node_order(node_id: str) -> tuple[int, str]:
-    m = re.fullmatch(r"n(\d+)", node_id)
+    m = re.fullmatch(r"n(\d{1,18})", node_id)  # a trace is untrusted: no unbounded int()
     return (-1 if node_id == "root" else int(m.group(1)) if m else 1 << 30, node_id)
 
 
@@ -550,7 +550,7 @@ def load(path: str | Path) -> RunTrace:
         if not line:
             continue
         try:
-            events.append(json.loads(line))
+            events.append(loads(line, max_chars=TRACE_LINE_CHARS, max_depth=TRACE_DEPTH, constants=True))
         except ValueError:
             skipped += 1
     good = [e for e in events if isinstance(e, dict) and "event" in e]

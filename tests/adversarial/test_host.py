@@ -1,0 +1,225 @@
+"""Attacks on the host around the container (issue 13): what a cell, a model or a trace
+makes the *controller* evaluate, through the whole engine (real containers, the scripted
+model over HTTP, the real CLI where the CLI is the target).
+
+Bounds in seconds are generous on purpose (the machine is shared): each separates
+"contained" from the minutes or the hang that the attack caused before the fix.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rlm_sandbox.scripted_model import ScriptedModelServer
+
+from ..conftest import ROOT
+from ..helpers import cells_then_final
+from .conftest import ROWS, RUNTIME
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
+
+LEAF = "\x00leaf\x00"
+EVIL_SCHEMA = {"type": "string", "pattern": "^(a+)+$"}
+EVIL_PROMPT = 'Reply with exactly "' + "a" * 30 + '!"'
+
+
+def echo_leaf(*cells: str) -> Any:
+    """Nodes run ``cells``; a plain model call answers, as JSON, the text it was asked to
+    reply with exactly (so a typed leaf answers ``"aaa...a!"``)."""
+    node = cells_then_final(*cells, leaf=LEAF)
+
+    def policy(request: dict[str, Any]) -> Any:
+        reply = node(request)
+        if reply != LEAF:
+            return reply
+        text = " ".join(str(m.get("content")) for m in request.get("messages") or [])
+        m = re.search(r'Reply with exactly "([^"]*)"', text)
+        return json.dumps(m.group(1) if m else "?")
+
+    return policy
+
+
+class Ticker:
+    """A host thread that must keep running while the engine evaluates hostile input."""
+
+    def __init__(self) -> None:
+        self.ticks: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.ticks.append(time.monotonic())
+            time.sleep(0.02)
+
+    def __enter__(self) -> Ticker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def max_gap(self) -> float:
+        return max((b - a for a, b in zip(self.ticks, self.ticks[1:], strict=False)), default=0.0)
+
+
+class CountingServer:
+    """An HTTP server on loopback that counts requests: nothing should ever reach it."""
+
+    def __init__(self) -> None:
+        hits = self.hits = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hits.append(self.path)
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b'{"type": "integer"}')
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/schema.json"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+# ---------------------------------------------------------------- finding 1: the GIL
+
+
+def test_hostile_output_schemas_give_the_cell_a_catchable_error(attack) -> None:
+    """The issue's reproduction and its variants: a catastrophic pattern, a pattern RE2
+    refuses, a remote $ref, and an exponential anyOf/$ref schema. Each must end in an
+    answer or an error the cell catches, quickly, while the host's other threads run."""
+    remote = CountingServer()
+    defs = {f"a{i}": {"anyOf": [{"$ref": f"#/$defs/a{i + 1}"}] * 2} for i in range(40)}
+    defs["a40"] = {"type": "integer"}
+    exponential = {"$defs": defs, "$ref": "#/$defs/a0"}
+    code = f"""
+results = {{}}
+def attempt(label, prompt, schema):
+    try:
+        results[label] = ('answer', llm_query(prompt, output=schema))
+    except LLMQueryError as e:
+        results[label] = ('caught', str(e)[:300])
+attempt('redos', {EVIL_PROMPT!r}, {EVIL_SCHEMA!r})
+attempt('lookahead', 'Reply with exactly "ab"', {{'type': 'string', 'pattern': 'a(?=b)'}})
+attempt('remote', 'Reply with exactly "ab"', {{'$ref': {remote.url!r}}})
+attempt('exponential', 'Reply with exactly "ab"', {exponential!r})
+attempt('fine', 'Reply with exactly "ab"', {{'type': 'string', 'pattern': '^ab$'}})
+for k, v in results.items():
+    print(k, v)
+"""
+    try:
+        with Ticker() as ticker:
+            out = attack(code, policy=echo_leaf(code), rlm={"timeout": 40}, sandbox={"cell_timeout": 60})
+    finally:
+        remote.close()
+    assert out.result.status == "ok", out.result
+    shown = out.first_output
+    lines = {line.split(" ", 1)[0]: line for line in shown.splitlines()}
+    assert "caught" in lines["redos"] and "did not match the schema" in lines["redos"], shown
+    assert "caught" in lines["lookahead"] and "RE2" in lines["lookahead"], shown
+    assert "caught" in lines["remote"] and "fetches nothing" in lines["remote"], shown
+    assert "caught" in lines["exponential"] and "stopped" in lines["exponential"], shown
+    assert lines["fine"].endswith("('answer', 'ab')"), shown
+    assert remote.hits == [], "the host fetched a $ref a cell named"
+    # Python's re needs ~74 s per attempt here (4 attempts): a freeze shows up as a gap.
+    assert ticker.max_gap() < 5.0, f"the host's other threads stopped for {ticker.max_gap():.1f} s"
+
+
+def test_hostile_output_schema_for_a_child_rlm(attack) -> None:
+    """At depth 2 the schema travels with a child node and checks its final answer."""
+    code = (
+        "try:\n"
+        f"    print('answer', rlm_query({EVIL_PROMPT!r}, output={EVIL_SCHEMA!r}))\n"
+        "except LLMQueryError as e:\n"
+        "    print('caught', e)\n"
+    )
+    child_final = "FINAL('" + "a" * 30 + "!')"
+
+    def policy(request: dict[str, Any]) -> Any:
+        system = str((request.get("messages") or [{}])[0].get("content"))
+        if "depth 1 of" in system:
+            return child_final
+        return cells_then_final(code)(request)
+
+    with Ticker() as ticker:
+        out = attack(code, policy=policy, rlm={"depth": 2, "timeout": 40, "schema_retries": 1})
+    assert out.result.status == "ok", out.result
+    assert "caught" in out.first_output and "did not match the schema" in out.first_output
+    assert ticker.max_gap() < 5.0
+
+
+def test_sigint_is_honoured_while_the_host_checks_hostile_schemas(run_id: str, tmp_path: Path) -> None:
+    """The CLI, a cell that keeps asking for the catastrophic check: Ctrl-C must stop the
+    run and remove its containers (before, the main thread never got the GIL back)."""
+    code = (
+        "import time\nt0 = time.time()\nwhile time.time() - t0 < 120:\n"
+        f"    try:\n        llm_query({EVIL_PROMPT!r}, output={EVIL_SCHEMA!r})\n"
+        "    except LLMQueryError:\n        pass\n"
+    )
+    server = ScriptedModelServer(echo_leaf(code)).start()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlm_sandbox.cli", "run", "--model", server.model_name,
+         "--api-base", server.url, "--tenant", run_id, "--task", "t", "--timeout", "200",
+         "--cell-timeout", "150", "-i", "-"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+        env={**os.environ, "OPENAI_API_KEY": server.api_key, "RLM_SANDBOX_NO_LIVE": "1"},
+    )  # fmt: skip
+    try:
+        proc.stdin.write(b"input")  # type: ignore[union-attr]
+        proc.stdin.close()  # type: ignore[union-attr]
+        deadline = time.monotonic() + 120
+        while server.requests.count < 3 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)  # the root's step and at least two typed leaf answers
+        assert server.requests.count >= 3, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        code_ = proc.wait(timeout=30)
+        seconds = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server.close()
+        left = _tenant_containers(run_id)
+        if left:
+            subprocess.run(["docker", "rm", "-f", *left], capture_output=True)
+    ROWS.append(
+        {
+            "attack": "sigint_during_hostile_schema_checks",
+            "runtime": RUNTIME,
+            "status": f"exit {code_}",
+            "outcome": "SIGINT honoured, containers removed",
+            "seconds": round(seconds, 2),
+            "breached": False,
+        }
+    )
+    assert code_ != 0
+    assert left == []
+
+
+def _tenant_containers(label: str) -> list[str]:
+    return subprocess.run(
+        ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label=rlm-sandbox.tenant={label}"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
