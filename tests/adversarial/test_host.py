@@ -223,3 +223,143 @@ def _tenant_containers(label: str) -> list[str]:
         capture_output=True,
         text=True,
     ).stdout.split()
+
+
+# ---------------------------------------------------------------- finding 6: replay
+
+
+def fan_out(request: dict[str, Any]) -> str:
+    """Depth 3, four children per node: 21 nodes; the deepest sleep so they overlap."""
+    msgs = request.get("messages") or []
+    system = str(msgs[0].get("content")) if msgs else ""
+    if "```repl" not in system:
+        return "leaf"
+    if any(m.get("role") == "assistant" for m in msgs):
+        return "FINAL(done)"
+    if "depth 2 of" in system:
+        return "```repl\nimport time\ntime.sleep(1)\n```"
+    return "```repl\nprint(llm_query_batched(['a', 'b', 'c', 'd']))\n```"
+
+
+class AlivePoller:
+    """Counts the containers of a tenant alive at once, from the engine itself."""
+
+    def __init__(self, *tenants: str) -> None:
+        self.tenants = tenants
+        self.peak = dict.fromkeys(tenants, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for tenant in self.tenants:
+                alive = subprocess.run(
+                    ["docker", "ps", "-q", "--filter", f"label=rlm-sandbox.tenant={tenant}"],
+                    capture_output=True, text=True,
+                ).stdout.split()  # fmt: skip
+                self.peak[tenant] = max(self.peak[tenant], len(alive))
+            time.sleep(0.1)
+
+    def __enter__(self) -> AlivePoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def record_fan_out(tmp_path: Path, tenant: str) -> tuple[Path, Path]:
+    from rlm_sandbox.rlm import RLM, RLMConfig
+
+    source = tmp_path / "input.txt"
+    source.write_text("some input\n")
+    trace = tmp_path / "recorded.jsonl"
+    with ScriptedModelServer(fan_out) as server:
+        config = RLMConfig(
+            api_base=server.url, trace=str(trace), depth=3, max_containers=32, pool_size=0,
+            tenant=tenant, timeout=180,
+        )  # fmt: skip
+        result = RLM(model=server.model_name, config=config, api_key=server.api_key).run(
+            context=source, task="Fan out."
+        )
+    assert result.status == "ok" and result.nodes == 21, result
+    return trace, source
+
+
+def craft(trace: Path, **start: Any) -> Path:
+    """The trace with a hostile run_start: no limits, a huge container cap, another tenant."""
+    lines = trace.read_text().splitlines()
+    out = []
+    for line in lines:
+        event = json.loads(line)
+        if event["event"] == "run_start":
+            event["limits"] = {
+                "depth": start.get("depth", event["depth"]), "max_lm_calls": None, "max_tokens": None,
+                "max_cost": None, "timeout_s": None, "max_containers": 4096, "max_nodes": None,
+                "max_tool_calls": None,
+            }  # fmt: skip
+            event.update({"tenant": "victim-tenant", **start})
+        out.append(json.dumps(event))
+    crafted = trace.with_name("crafted.jsonl")
+    crafted.write_text("\n".join(out) + "\n")
+    return crafted
+
+
+def replay_cli(crafted: Path, source: Path, tmp_path: Path, tenant: str, *extra: str) -> Any:
+    config_home = tmp_path / "config"  # no user settings file: the defaults of `run`
+    config_home.mkdir(exist_ok=True)
+    return subprocess.run(
+        [sys.executable, "-m", "rlm_sandbox.cli", "replay", str(crafted), "-i", str(source),
+         "--trace", str(tmp_path / "replayed.jsonl"), "--json", *extra],
+        capture_output=True, cwd=tmp_path, timeout=200,
+        env={**os.environ, "XDG_CONFIG_HOME": str(config_home), "RLM_SANDBOX_MAX_CONTAINERS": "4",
+             "RLM_SANDBOX_TENANT": tenant},
+    )  # fmt: skip
+
+
+def test_a_crafted_trace_cannot_set_the_replays_limits_or_tenant(run_id: str, tmp_path: Path) -> None:
+    trace, source = record_fan_out(tmp_path, f"{run_id}-rec")
+    crafted = craft(trace)
+    t0 = time.monotonic()
+    with AlivePoller(run_id, "victim-tenant") as poller:
+        proc = replay_cli(crafted, source, tmp_path, run_id)
+    seconds = time.monotonic() - t0
+    stderr = proc.stderr.decode()[-3000:]
+    assert proc.returncode in (0, 1), stderr
+    report = json.loads(proc.stdout)
+    start = json.loads((tmp_path / "replayed.jsonl").read_text().splitlines()[0])
+    assert start["event"] == "run_start" and start["tenant"] == run_id, start
+    limits = start["limits"]
+    assert limits["max_containers"] == 4 and limits["timeout_s"] == 1800.0, limits
+    assert limits["max_lm_calls"] == 500 and limits["max_nodes"] == 1000, limits
+    assert start["depth"] == 3  # the recorded depth: it fits the user's 4 containers
+    ROWS.append(
+        {
+            "attack": "crafted_trace_replay_limits",
+            "runtime": RUNTIME,
+            "status": "identical" if report["identical"] else "diverged",
+            "outcome": f"peak {poller.peak[run_id]} containers at once (user's max_containers 4; "
+            f"the trace asked for 4096)",
+            "seconds": round(seconds, 2),
+            "breached": poller.peak["victim-tenant"] > 0 or poller.peak[run_id] > 4,
+        }
+    )
+    assert poller.peak["victim-tenant"] == 0
+    assert 1 <= poller.peak[run_id] <= 4, poller.peak
+    assert report["counts"]["nodes_replayed"] == 21, report["counts"]
+
+
+def test_a_crafted_trace_deeper_than_the_users_containers_is_refused(run_id: str, tmp_path: Path) -> None:
+    source = tmp_path / "input.txt"
+    source.write_text("some input\n")
+    start = {"event": "run_start", "run": "x", "t": 0, "task": "Fan out.", "depth": 16, "max_steps": 12}
+    call = {"event": "lm_call", "run": "x", "t": 1, "node": "root", "depth": 0, "purpose": "step",
+            "request_sha256": "0" * 64, "response": "FINAL(x)"}  # fmt: skip
+    trace = tmp_path / "recorded.jsonl"
+    trace.write_text(json.dumps(start) + "\n" + json.dumps(call) + "\n")
+    proc = replay_cli(craft(trace, depth=16), source, tmp_path, run_id)
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 2, stderr
+    assert "depth 16" in stderr and "max_containers is 4" in stderr, stderr
+    assert _tenant_containers(run_id) == [] and _tenant_containers("victim-tenant") == []
