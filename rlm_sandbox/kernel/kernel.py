@@ -337,6 +337,8 @@ class Kernel:
         self.next_id = 1  # odd ids: requests started by the kernel
         self.id_lock = threading.Lock()
         self.current_cell = 0
+        self.host_max_header = P.DEFAULT_MAX_HEADER
+        self.host_max_payload = P.DEFAULT_MAX_PAYLOAD
         self.closed = False
         self.final: str | None = None
 
@@ -460,7 +462,34 @@ class Kernel:
             encoded.append(p.encode("utf-8", errors="surrogatepass"))
         if os.getpid() != self.pid:
             raise LLMQueryError("llm_query is not available in a process forked by the cell")
+        if len(encoded) > P.MAX_BATCH:
+            raise LLMQueryError(
+                f"{kind}_query_batched takes at most {P.MAX_BATCH} prompts per call "
+                f"(got {len(encoded)}); split the list"
+            )
+        total = sum(len(e) for e in encoded)
+        if total > self.host_max_payload:
+            raise LLMQueryError(
+                f"the prompts add up to {total} bytes; the host takes at most {self.host_max_payload} "
+                "per call; send less per call"
+            )
         ident = self._new_id()
+        request = {
+            "t": P.LLM_REQUEST,
+            "id": ident,
+            "cell": self.current_cell,
+            "sizes": [len(e) for e in encoded],
+            **({"kind": kind} if kind != "llm" else {}),
+            **({"name": name} if name is not None else {}),
+            **({"output": schema} if schema is not None else {}),
+        }
+        head = len(P.encode_header(request, total)) - P.PREFIX_SIZE
+        if head > self.host_max_header:
+            raise LLMQueryError(
+                f"this request's header would be {head} bytes; the host reads at most "
+                f"{self.host_max_header} (the output= schema and one size per prompt make it up); "
+                "send fewer prompts per call or a smaller schema"
+            )
         waiter = {"event": threading.Event(), "reply": None}
         with self.pending_lock:
             if self.closed:
@@ -468,18 +497,7 @@ class Kernel:
             self.pending[ident] = waiter
         self.watchdog.host_wait_begin()
         try:
-            self.chan.send(
-                {
-                    "t": P.LLM_REQUEST,
-                    "id": ident,
-                    "cell": self.current_cell,
-                    "sizes": [len(e) for e in encoded],
-                    **({"kind": kind} if kind != "llm" else {}),
-                    **({"name": name} if name is not None else {}),
-                    **({"output": schema} if schema is not None else {}),
-                },
-                b"".join(encoded),
-            )
+            self.chan.send(request, b"".join(encoded))
             while not waiter["event"].wait(0.5):
                 pass
         finally:
@@ -722,6 +740,10 @@ class Kernel:
         cap = header.get("output_cap")
         cap = cap if type(cap) is int and cap >= 0 else DEFAULT_OUTPUT_CAP
         self.current_cell = header["id"]
+        for key, attr in (("max_header", "host_max_header"), ("max_payload", "host_max_payload")):
+            value = header.get(key)
+            if type(value) is int and value > 0:
+                setattr(self, attr, value)
         self.final = None
         status, ename, evalue, tb = "ok", None, None, None
         self.capture.begin(cap)

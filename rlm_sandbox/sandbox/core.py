@@ -394,6 +394,10 @@ class Sandbox:
                         "id": ident,
                         "timeout": limit,
                         "output_cap": self.config.output_cap,
+                        # What this host reads of a frame: the kernel refuses a request past it
+                        # up front, with an error the cell can catch.
+                        "max_header": self.config.max_frame_header,
+                        "max_payload": self.config.max_frame_payload,
                     },
                     code.encode("utf-8", errors="surrogatepass"),
                 )

@@ -363,3 +363,41 @@ def test_a_crafted_trace_deeper_than_the_users_containers_is_refused(run_id: str
     assert proc.returncode == 2, stderr
     assert "depth 16" in stderr and "max_containers is 4" in stderr, stderr
     assert _tenant_containers(run_id) == [] and _tenant_containers("victim-tenant") == []
+
+
+# ---------------------------------------------------------------- finding 7: smaller ones
+
+
+def test_oversized_batches_are_refused_in_the_cell_not_killed(attack) -> None:
+    """Past the host's limits a request is refused by the kernel with an error the cell
+    catches (and that names the limit); the sandbox lives on."""
+    code = """
+def attempt(label, fn):
+    try:
+        fn()
+        print(label, 'sent')
+    except LLMQueryError as e:
+        print(label, 'caught', e)
+attempt('count', lambda: llm_query_batched(['x'] * 5000))
+big = {'type': 'object', 'properties': {f'p{i:04d}': {'type': 'integer'} for i in range(120)}}
+attempt('header', lambda: llm_query_batched(['y'] * 400, output=big))
+print('alive', len(llm_query_batched(['z'] * 3)))
+"""
+    out = attack(code, sandbox={"max_frame_header": 4096})
+    assert out.result.status == "ok", out.result
+    shown = out.first_output
+    assert "count caught" in shown and "at most 4096 prompts" in shown, shown
+    assert "header caught" in shown and "at most 4096" in shown, shown
+    assert "alive 3" in shown, shown
+
+
+def test_a_forged_batch_past_the_limit_is_still_a_violation(attack) -> None:
+    code = (
+        "k = llm_query.__self__\n"
+        "k.chan.send({'t': 'llm_request', 'id': k._new_id(), 'cell': k.current_cell, "
+        "'sizes': [1] * 5000}, b'x' * 5000)\n"
+        "import time\ntime.sleep(3)"
+    )
+    out = attack(code)
+    assert out.result.status == "sandbox_error", out.result
+    assert "sizes" in (out.result.error or ""), out.result.error
