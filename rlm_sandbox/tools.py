@@ -9,7 +9,6 @@ same built-in type where there is one, ``ToolError`` otherwise), never as a cras
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import time
@@ -118,13 +117,21 @@ RESERVED = frozenset(
 )
 
 
-def load_tools(spec: str) -> dict[str, Callable[..., Any]]:
-    """``module:attr`` (the CLI's ``--tools``): a dict of callables, a list of functions, or one."""
+def load_tools(spec: str, *, directory: str | None = None) -> dict[str, Callable[..., Any]]:
+    """``module:attr`` (the CLI's ``--tools``): a dict of callables, a list of functions, or one.
+
+    With ``directory`` (the CLI passes the current one), the named module is looked for
+    there first, and only that module: the directory is never put on ``sys.path``, so
+    neither the tools module's own imports nor anything the process imports later can be
+    shadowed by a file that happens to lie there (a ``rich.py`` in a cloned repository).
+    A package there keeps its submodules; anything else comes from the environment.
+    """
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"--tools {spec!r} is not module:attr", hint="e.g. --tools mytools:TOOLS")
     try:
-        obj = getattr(importlib.import_module(module_name), attr)
+        module = _import_from(module_name, directory)
+        obj = getattr(module, attr)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"cannot load tools from {spec!r}: {exc}") from None
     if isinstance(obj, dict):
@@ -134,3 +141,24 @@ def load_tools(spec: str) -> dict[str, Callable[..., Any]]:
     if isinstance(obj, list | tuple):
         return {fn.__name__: fn for fn in obj}
     raise ConfigError(f"{spec!r} is not a dict of callables, a list of functions or a function")
+
+
+def _import_from(name: str, directory: str | None) -> Any:
+    """Import ``name``, its top-level module from ``directory`` if it is there (and not
+    imported already), without changing ``sys.path``."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+
+    top = name.partition(".")[0]
+    if directory is not None and top not in sys.modules:
+        found = importlib.machinery.PathFinder.find_spec(top, [directory])
+        if found is not None and found.loader is not None:
+            module = importlib.util.module_from_spec(found)
+            sys.modules[top] = module
+            try:
+                found.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(top, None)
+                raise
+    return importlib.import_module(name)

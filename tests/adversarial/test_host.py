@@ -401,3 +401,30 @@ def test_a_forged_batch_past_the_limit_is_still_a_violation(attack) -> None:
     out = attack(code)
     assert out.result.status == "sandbox_error", out.result
     assert "sizes" in (out.result.error or ""), out.result.error
+
+
+def test_tools_from_the_cwd_do_not_let_its_other_files_shadow_imports(run_id: str, tmp_path: Path) -> None:
+    """A cloned repository with a ``rich.py`` next to the tools module: ``--tools`` must
+    import the tools module and nothing else from there (before, the directory stayed
+    first on sys.path and ``rich.py`` ran with the user's environment)."""
+    marker = tmp_path / "rich-ran"
+    (tmp_path / "rich.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    (tmp_path / "mytools.py").write_text(
+        "def double(n: int) -> int:\n    '''Twice n.'''\n    return 2 * n\n\nTOOLS = {'double': double}\n"
+    )
+    (tmp_path / "input.txt").write_text("21\n")
+    server = ScriptedModelServer(cells_then_final("print(double(21))", final="FINAL(42)")).start()
+    console_script = Path(sys.executable).parent / "rlm-sandbox"  # no `python -m`: it adds the cwd itself
+    try:
+        proc = subprocess.run(
+            [str(console_script), "run", "--model", server.model_name, "--api-base", server.url,
+             "--tenant", run_id, "--task", "Double it.", "-i", "input.txt", "--tools", "mytools:TOOLS"],
+            capture_output=True, cwd=tmp_path, timeout=200,
+            env={**os.environ, "OPENAI_API_KEY": server.api_key, "RLM_SANDBOX_NO_LIVE": "1",
+                 "XDG_CONFIG_HOME": str(tmp_path / "config")},
+        )  # fmt: skip
+    finally:
+        server.close()
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert proc.stdout.decode().strip() == "42"
+    assert not marker.exists(), "rich.py from the current directory ran"
