@@ -91,6 +91,8 @@ def execute(
     from rich.console import Console
 
     from rlm_sandbox.rlm import RLM
+    from rlm_sandbox.trace import json_line
+    from rlm_sandbox.untrusted import valid_text
     from rlm_sandbox.view import TraceView
 
     err = Console(stderr=True)
@@ -135,12 +137,15 @@ def execute(
             click.echo(json.dumps({"answer": None, "status": "error", "error": "interrupted"}))
         return 130
     if o["as_json"]:
-        click.echo(json.dumps(result.to_json(), ensure_ascii=False))
+        # Exact, and writable whatever the answer holds (a lone surrogate is \\u-escaped).
+        sys.stdout.flush()
+        sys.stdout.buffer.write(json_line(result.to_json()))
+        sys.stdout.flush()
     elif result.ok:
-        click.echo(result.answer)
+        click.echo(valid_text(result.answer or ""))
     if not result.ok:
         label = result.status + (f" ({result.budget})" if result.budget else "")
-        err.print(f"[red]{label}[/]: {result.error}")
+        err.print(f"[red]{label}[/]: {valid_text(result.error or '')}")
         if result.hint:
             err.print(f"hint: {result.hint}")
     if not o["as_json"]:

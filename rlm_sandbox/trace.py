@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 Listener = Callable[[dict[str, Any]], None]
 
@@ -22,13 +22,13 @@ class Tracer:
     def __init__(self, run_id: str, path: str | Path | None = None) -> None:
         self.run_id = run_id
         self.path = Path(path) if path else None
-        self._file: TextIO | None = None
+        self._file: BinaryIO | None = None
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._t0 = time.monotonic()
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("w", encoding="utf-8")
+            self._file = self.path.open("wb")
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -43,7 +43,7 @@ class Tracer:
         record.update(fields)
         with self._lock:
             if self._file is not None:
-                self._file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+                self._file.write(json_line(record))
                 self._file.flush()
         self._deliver(record)
         return record
@@ -73,6 +73,20 @@ class Tracer:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+
+def json_line(record: Any) -> bytes:
+    """One JSON line as UTF-8 bytes, whatever strings ``record`` holds.
+
+    A model's reply or a container's output can carry a lone surrogate (``"\\ud800"`` in
+    the model's JSON decodes to one), which UTF-8 cannot encode: such a line is written
+    with JSON's own ``\\uXXXX`` escapes instead, so it reads back as exactly the same str.
+    """
+    text = json.dumps(record, ensure_ascii=False, default=str)
+    try:
+        return (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(record, ensure_ascii=True, default=str) + "\n").encode("ascii")
 
 
 def read_trace(path: str | Path) -> list[dict[str, Any]]:

@@ -35,6 +35,7 @@ import contextvars
 import functools
 import json
 import math
+import re
 import reprlib
 import time
 from dataclasses import dataclass
@@ -463,6 +464,18 @@ class BoundedSchema:
             _METER.reset(token)
         found.sort(key=lambda e: [str(p) for p in e.path])
         return [f"{'/'.join(map(str, e.path)) or '(root)'}: {e.message}" for e in found[:limit]]
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD, so it encodes as UTF-8.
+
+    A model's JSON may carry ``"\\ud800"``, which decodes to a str no UTF-8 writer (the
+    HTTP client of the next request, a file, a terminal) accepts. Linear; a no-op for
+    ordinary text."""
+    return _SURROGATE.sub("\ufffd", text) if not text.isascii() else text
 
 
 def finite(value: Any) -> bool:

@@ -428,3 +428,56 @@ def test_tools_from_the_cwd_do_not_let_its_other_files_shadow_imports(run_id: st
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert proc.stdout.decode().strip() == "42"
     assert not marker.exists(), "rich.py from the current directory ran"
+
+
+LONE = "\ud800"
+
+
+def surrogate_policy(request: dict[str, Any]) -> str:
+    msgs = request.get("messages") or []
+    if any(m.get("role") == "assistant" for m in msgs):
+        return f"Done {LONE}. FINAL(ok {LONE} done)"
+    return f"Looking {LONE}.\n```repl\nprint('seen', len(context))\n```"
+
+
+def test_a_lone_surrogate_from_the_model_is_written_not_fatal(attack) -> None:
+    """The reply reaches the engine as valid text (U+FFFD for the surrogate): the trace,
+    the next request to the model and every writer can take it."""
+    out = attack("unused", policy=surrogate_policy)
+    assert out.result.status == "ok", out.result
+    assert out.result.answer == "ok \ufffd done"
+    end = out.events[-1]
+    assert end["event"] == "run_end" and end["answer"] == "ok \ufffd done"
+
+
+def test_the_trace_writer_writes_any_str(tmp_path: Path) -> None:
+    from rlm_sandbox.trace import Tracer, read_trace
+
+    tracer = Tracer("r", tmp_path / "t.jsonl")
+    tracer.emit("cell", node="root", output=f"a {LONE} b \udfff", code="é")
+    tracer.close()
+    event = read_trace(tmp_path / "t.jsonl")[0]
+    assert event["output"] == f"a {LONE} b \udfff" and event["code"] == "é"  # read back exactly
+
+
+def test_a_lone_surrogate_reaches_json_and_the_terminal_safely(run_id: str, tmp_path: Path) -> None:
+    server = ScriptedModelServer(surrogate_policy).start()
+    try:
+        outputs = []
+        for extra in (["--json"], []):
+            proc = subprocess.run(
+                [sys.executable, "-m", "rlm_sandbox.cli", "run", "--model", server.model_name,
+                 "--api-base", server.url, "--tenant", run_id, "--task", "t", "-i", "-",
+                 "--trace", str(tmp_path / "t.jsonl"), *extra],
+                input=b"input", capture_output=True, cwd=ROOT, timeout=200,
+                env={**os.environ, "OPENAI_API_KEY": server.api_key, "RLM_SANDBOX_NO_LIVE": "1"},
+            )  # fmt: skip
+            assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+            outputs.append(proc.stdout)
+    finally:
+        server.close()
+    assert json.loads(outputs[0])["answer"] == "ok \ufffd done"
+    assert outputs[1].decode("utf-8").strip() == "ok \ufffd done"  # the terminal gets valid UTF-8
+    from rlm_sandbox.trace_tree import load
+
+    assert load(tmp_path / "t.jsonl").answer == "ok \ufffd done"
