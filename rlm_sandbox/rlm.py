@@ -331,6 +331,14 @@ class Run:
 
         return tick
 
+    def kernel_limit(self) -> float:
+        """How long the host may wait on a kernel (a cell, FINAL_VAR's str(), the tools'
+        set-up): the cell timeout, and never past the run's wall time (1 s at least, so a
+        last word can still be read)."""
+        limit = self.config.sandbox.cell_timeout
+        left = self.budget.wall_left()
+        return limit if left is None else max(1.0, min(limit, left))
+
     def check_seconds(self) -> float:
         """How long checking one answer against a schema may take: a bound of its own, and
         never past the run's wall time."""
@@ -685,7 +693,9 @@ class Node:
         restored after every cell."""
         tools = self.run.tools
         if tools:
-            setup = sandbox.execute(f"_rlm_register_tools({tools.names()!r})")
+            setup = sandbox.execute(
+                f"_rlm_register_tools({tools.names()!r})", timeout=self.run.kernel_limit()
+            )
             if setup.error:
                 raise SandboxError(f"could not offer the tools to the sandbox: {setup.error}")
 
@@ -703,10 +713,7 @@ class Node:
         outputs: list[str] = []
         for index, code in enumerate(find_code_blocks(text)):
             run.budget.check()
-            limit = cfg.sandbox.cell_timeout
-            left = run.budget.wall_left()
-            if left is not None:
-                limit = max(1.0, min(limit, left))  # a cell may not outlive the run's wall budget
+            limit = run.kernel_limit()
             run.tracer.emit(
                 "cell_start", node=self.id, depth=self.depth, step=step, index=index, code=code[:4000]
             )
@@ -765,7 +772,14 @@ class Node:
                 None,
                 f"FINAL_VAR needs a variable name, got {name!r}; use FINAL(...) for a literal answer.",
             )
-        value = sandbox.get_variable(name)
+        limit = self.run.kernel_limit()
+        result = sandbox.execute(f"FINAL_VAR({name!r})", timeout=limit)
+        if result.timed_out:
+            return None, (
+                f"FINAL_VAR({name}): turning {name!r} into text took longer than {limit:g} s and was "
+                "stopped. Make its str() cheap, or answer with FINAL(...)."
+            )
+        value = result.final if result.ok else None
         if value is None:
             return None, (
                 f"FINAL_VAR({name}): there is no variable named {name!r} in the REPL. "

@@ -481,3 +481,14 @@ def test_a_lone_surrogate_reaches_json_and_the_terminal_safely(run_id: str, tmp_
     from rlm_sandbox.trace_tree import load
 
     assert load(tmp_path / "t.jsonl").answer == "ok \ufffd done"
+
+
+def test_final_var_of_a_hanging_str_stays_within_the_runs_timeout(attack) -> None:
+    """FINAL_VAR(x) makes the host wait on the kernel for str(x): that wait is bounded by
+    the run's remaining wall time, not by the cell timeout (60 s here, the run 15 s)."""
+    code = "class Hang:\n    def __str__(self):\n        while True:\n            pass\nx = Hang()\nprint('set')"
+    out = attack(
+        code, final="FINAL_VAR(x)", rlm={"timeout": 15}, sandbox={"cell_timeout": 60, "kill_grace": 1}
+    )
+    assert out.result.status == "budget_exhausted" and out.result.budget == "timeout", out.result
+    assert out.seconds < 35, f"the run took {out.seconds:.1f} s against --timeout 15"  # 61+ s before
