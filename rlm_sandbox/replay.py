@@ -477,7 +477,7 @@ def compare(
                 position=end + 1,
             )
         )
-    if old_end.get("answer") != new_end.get("answer"):
+    if _answer_key(old_end) != _answer_key(new_end):
         divergences.append(
             Divergence(
                 "run_answer",
@@ -514,6 +514,19 @@ def compare(
         containers_recorded=[n.container for n in old.values() if n.container],
         containers_replayed=[n.container for n in new.values() if n.container],
     )
+
+
+def _answer_key(end: dict[str, Any]) -> Any:
+    """What identifies a run's answer in its run_end: the digest when the answer was cut."""
+    digest = end.get("answer_sha256")
+    if end.get("answer_truncated") and isinstance(digest, str):
+        return ("sha256", digest)
+    answer = end.get("answer")
+    if isinstance(answer, str) and len(answer) >= 64 * 1024:
+        import hashlib
+
+        return ("sha256", hashlib.sha256(answer.encode("utf-8", "surrogatepass")).hexdigest())
+    return answer
 
 
 def _compare_cells(a: _Node, b: _Node, out: list[Divergence]) -> int:

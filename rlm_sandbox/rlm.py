@@ -41,7 +41,7 @@ from rlm_sandbox.sandbox.channel import RequestHandler, SubRequest
 from rlm_sandbox.sandbox.engines import EngineSpec
 from rlm_sandbox.tenants import TenantLimits, ledger
 from rlm_sandbox.tools import ToolSet
-from rlm_sandbox.trace import Tracer
+from rlm_sandbox.trace import Tracer, answer_fields
 
 STATUS_EXIT = {"ok": 0, "budget_exhausted": 3, "sandbox_error": 4, "lm_error": 5, "error": 1}
 
@@ -1155,7 +1155,7 @@ class RLM:
         )
         tracer.emit(
             "run_end",
-            **result.to_json(),
+            **(result.to_json() | answer_fields(result.answer)),
             budget=budget_name,
             timings=result.timings,
             pool=pool_stats,

@@ -19,7 +19,7 @@ from rlm_sandbox.answers import AnswerSpec
 from rlm_sandbox.errors import BudgetExhausted, RLMSandboxError, SandboxClosed
 from rlm_sandbox.prompts import render
 from rlm_sandbox.rlm import RLM, Node, RLMResult, Run, _classify, _stop_all
-from rlm_sandbox.trace import Tracer
+from rlm_sandbox.trace import Tracer, answer_fields
 
 
 class Session:
@@ -172,7 +172,8 @@ class Session:
             models=run.models.report(),
             output=node.typed if answer is not None else None,
         )
-        run.tracer.emit("answer", node=node.id, number=self.questions, **result.to_json())
+        fields = result.to_json() | answer_fields(result.answer)
+        run.tracer.emit("answer", node=node.id, number=self.questions, **fields)
         return result
 
     def totals(self) -> dict[str, Any]:

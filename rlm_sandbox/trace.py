@@ -75,6 +75,27 @@ class Tracer:
                 self._file = None
 
 
+TRACE_ANSWER_CHARS = 64 * 1024
+"""An answer is kept whole in RLMResult and --json; a trace event carries this much of it
+(as lm_call carries 64 KB of a response), plus its length and digest when cut."""
+
+
+def answer_fields(answer: str | None, limit: int = TRACE_ANSWER_CHARS) -> dict[str, Any]:
+    """The ``answer`` of a trace event, bounded: a 200 MB answer must not make a 200 MB
+    trace. When cut, ``answer_truncated``, ``answer_chars`` and ``answer_sha256`` say so
+    and still identify the whole answer (replay compares them)."""
+    if answer is None or len(answer) <= limit:
+        return {"answer": answer}
+    import hashlib
+
+    return {
+        "answer": answer[:limit],
+        "answer_truncated": True,
+        "answer_chars": len(answer),
+        "answer_sha256": hashlib.sha256(answer.encode("utf-8", "surrogatepass")).hexdigest(),
+    }
+
+
 def json_line(record: Any) -> bytes:
     """One JSON line as UTF-8 bytes, whatever strings ``record`` holds.
 

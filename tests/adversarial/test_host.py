@@ -486,9 +486,26 @@ def test_a_lone_surrogate_reaches_json_and_the_terminal_safely(run_id: str, tmp_
 def test_final_var_of_a_hanging_str_stays_within_the_runs_timeout(attack) -> None:
     """FINAL_VAR(x) makes the host wait on the kernel for str(x): that wait is bounded by
     the run's remaining wall time, not by the cell timeout (60 s here, the run 15 s)."""
-    code = "class Hang:\n    def __str__(self):\n        while True:\n            pass\nx = Hang()\nprint('set')"
+    code = (
+        "class Hang:\n    def __str__(self):\n        while True:\n            pass\nx = Hang()\nprint('set')"
+    )
     out = attack(
         code, final="FINAL_VAR(x)", rlm={"timeout": 15}, sandbox={"cell_timeout": 60, "kill_grace": 1}
     )
     assert out.result.status == "budget_exhausted" and out.result.budget == "timeout", out.result
     assert out.seconds < 35, f"the run took {out.seconds:.1f} s against --timeout 15"  # 61+ s before
+
+
+def test_a_huge_answer_keeps_the_trace_small(attack, tmp_path: Path) -> None:
+    """RLMResult keeps the whole answer; the trace keeps 64 KB of it, its length and digest."""
+    import hashlib
+
+    size = 50 << 20
+    out = attack(f"big = 'x' * {size}\nFINAL_VAR('big')", sandbox={"memory": "1g", "cell_timeout": 30})
+    assert out.result.status == "ok", out.result
+    assert out.result.answer is not None and len(out.result.answer) == size
+    trace = tmp_path / "trace.jsonl"
+    assert trace.stat().st_size < 1 << 20, trace.stat().st_size
+    end = out.events[-1]
+    assert end["event"] == "run_end" and end["answer_truncated"] is True and end["answer_chars"] == size
+    assert end["answer_sha256"] == hashlib.sha256(b"x" * size).hexdigest()
