@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rlm_sandbox.errors import ConfigError
+from rlm_sandbox.trace import check_event
 from rlm_sandbox.untrusted import TRACE_DEPTH, TRACE_LINE_CHARS, loads
 
 DIVERGED_REPLY = "FINAL(replay diverged)"
@@ -115,8 +116,9 @@ def load_recording(path: str | Path) -> Recording:
                 lineno += 1
                 if line.strip():
                     event = loads(line, max_chars=TRACE_LINE_CHARS, max_depth=TRACE_DEPTH, constants=True)
-                    if not isinstance(event, dict):
-                        raise ValueError("a line is not a JSON object")
+                    problem = check_event(event)
+                    if problem is not None:
+                        raise ValueError(f"an event that is not one: {problem}")
                     events.append(event)
     except (ValueError, UnicodeDecodeError) as exc:
         raise TraceNotReplayable(

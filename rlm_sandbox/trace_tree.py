@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rlm_sandbox.errors import RLMSandboxError
+from rlm_sandbox.trace import check_event
 from rlm_sandbox.untrusted import TRACE_DEPTH, TRACE_LINE_CHARS, loads
 
 KNOWN_EVENTS = frozenset(
@@ -524,10 +525,14 @@ def build(events: Iterable[dict[str, Any]]) -> RunTrace:
     """The tree from already-parsed events (in file order, which need not be time order)."""
     builder = _Builder()
     for ev in events:
-        if isinstance(ev, dict) and ev.get("event") is not None:
-            builder.feed(ev)
-        else:
+        if not isinstance(ev, dict) or not isinstance(ev.get("event"), str):
             builder.run.skipped_lines += 1
+        elif check_event(ev) is not None:
+            # Known fields of the wrong type: shown as an event this reader cannot use.
+            name = f"{ev['event'][:40]} (malformed)"
+            builder.run.unknown_events[name] = builder.run.unknown_events.get(name, 0) + 1
+        else:
+            builder.feed(ev)
     return builder.finish()
 
 

@@ -509,3 +509,34 @@ def test_a_huge_answer_keeps_the_trace_small(attack, tmp_path: Path) -> None:
     end = out.events[-1]
     assert end["event"] == "run_end" and end["answer_truncated"] is True and end["answer_chars"] == size
     assert end["answer_sha256"] == hashlib.sha256(b"x" * size).hexdigest()
+
+
+def test_type_confused_traces_never_crash_the_trace_commands(tmp_path: Path) -> None:
+    events = [
+        {"event": "run_start", "run": "r", "t": "x", "model": ["m"], "depth": "deep"},
+        {"event": "node_begin", "node": [], "parent": {"a": 1}, "depth": 1e308},
+        {"event": "node_start", "node": "root", "container": 7, "start_s": "slow"},
+        {"event": "lm_call", "node": "root", "prompt_tokens": "lots", "cost_usd": [1]},
+        {"event": "cell", "node": "root", "step": "1", "index": None, "output": {"o": 1}},
+        {"event": "node_end", "node": "n" + "9" * 4000, "status": 3, "wall_s": "x"},
+        [1, 2],
+        "text",
+        42,
+        None,
+        {"event": 5},
+        {"event": "run_end", "status": "ok", "answer": {"not": "text"}, "tokens": "many"},
+    ]
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("\n".join(json.dumps(e) for e in events) + "\n" + "1" * 10_000 + "\n")
+    for args in (["show"], ["summary"], ["html", "-o", str(tmp_path / "t.html")]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "rlm_sandbox.cli", "trace", args[0], str(trace), *args[1:]],
+            capture_output=True, cwd=ROOT, timeout=120,
+        )  # fmt: skip
+        stderr = proc.stderr.decode()
+        assert proc.returncode in (0, 2), stderr
+        assert "unexpected" not in stderr and "Traceback" not in stderr, stderr
+    shown = subprocess.run(
+        [sys.executable, "-m", "rlm_sandbox.cli", "trace", "show", str(trace)], capture_output=True, cwd=ROOT
+    ).stdout.decode()
+    assert "malformed" in shown
