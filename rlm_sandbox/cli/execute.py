@@ -8,6 +8,7 @@ reads while waiting goes to stderr. The exit code is the outcome's, from
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import click
@@ -53,6 +54,8 @@ def execute(
 
     from rlm_sandbox.rlm.api import RLM
     from rlm_sandbox.trace.view import TraceView
+    from rlm_sandbox.trace.writer import json_line
+    from rlm_sandbox.untrusted import valid_text
 
     err = Console(stderr=True)
     config = build_config(o)
@@ -96,12 +99,15 @@ def execute(
             click.echo(json.dumps({"answer": None, "status": "error", "error": "interrupted"}))
         return EXIT_CODES["interrupted"]
     if o["as_json"]:
-        click.echo(json.dumps(result.to_json(), ensure_ascii=False))
+        # Exact, and writable whatever the answer holds (a lone surrogate is \\u-escaped).
+        sys.stdout.flush()
+        sys.stdout.buffer.write(json_line(result.to_json()))
+        sys.stdout.flush()
     elif result.ok:
-        click.echo(result.answer)
+        click.echo(valid_text(result.answer or ""))
     if not result.ok:
         label = result.status + (f" ({result.budget})" if result.budget else "")
-        err.print(f"[red]{label}[/]: {result.error}")
+        err.print(f"[red]{label}[/]: {valid_text(result.error or '')}")
         if result.hint:
             err.print(f"hint: {result.hint}")
     if not o["as_json"]:

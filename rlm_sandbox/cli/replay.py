@@ -19,7 +19,12 @@ from typing import Any
 
 import click
 
+from rlm_sandbox.cli.options import RUN_FLAGS, setting_options
 from rlm_sandbox.errors import RLMSandboxError
+
+REPLAY_FLAGS = tuple(n for n in RUN_FLAGS if n not in ("api_base", "trace", "depth_models"))
+"""Every setting of ``run`` except where the model calls and the trace go (the replay's
+own server, and its own --trace) and the models per level (the server answers them all)."""
 
 
 @click.command("replay")
@@ -37,29 +42,40 @@ from rlm_sandbox.errors import RLMSandboxError
 )
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout and nothing else")
 @click.option("--debug", is_flag=True, help="show tracebacks")
+@setting_options(*REPLAY_FLAGS)
 def replay(
-    trace_file: Path, input_path: str, task: str | None, new_trace: str | None, as_json: bool, debug: bool
+    trace_file: Path,
+    input_path: str,
+    task: str | None,
+    new_trace: str | None,
+    as_json: bool,
+    debug: bool,
+    **o: Any,
 ) -> None:
     """Replay the run recorded in TRACE with fresh containers and report where it diverges.
 
     Needs the same input the run had, given the same way (a file, or '-' if it came on
-    standard input: the model is told the size of a file only). The recorded depth, steps and limits are used; the
-    sandbox settings (engines, cell timeout, memory) come from the usual settings.
+    standard input: the model is told the size of a file only). The trace supplies the
+    recorded model answers and nothing else: every limit, the tenant and the sandbox
+    settings are yours (flags, RLM_SANDBOX_* variables, rlm-sandbox.toml, the defaults of
+    `run`). The recorded depth and steps are used when your settings allow them.
     Exit 0: identical; 1: diverged; 2: usage error; 4: the replay could not run.
     """
     from rich.console import Console
 
+    from rlm_sandbox.cli.options import resolve_settings
     from rlm_sandbox.cli.output import fail, fast_exit
     from rlm_sandbox.inputs import open_input
     from rlm_sandbox.replay import load_recording, run_replay
-    from rlm_sandbox.settings import build_rlm_config, load_settings
+    from rlm_sandbox.settings import build_rlm_config
     from rlm_sandbox.trace.view import TraceView
 
     err = Console(stderr=True)
     try:
+        loaded = resolve_settings(click.get_current_context(), o)
         recording = load_recording(trace_file)
         context = open_input(input_path)
-        base = build_rlm_config(load_settings().settings.model_dump())
+        base = build_rlm_config(loaded.settings.model_dump())
         if task is None and len(recording.task) >= 2000:
             err.print("[yellow]note:[/] the recorded task may be cut at 2000 characters; give --task if so")
         target = new_trace or _temp_trace()
@@ -70,7 +86,13 @@ def replay(
                 "(no model, no key) in fresh containers"
             )
         report = run_replay(
-            recording, context, trace=target, base_config=base, task=task, listeners=listeners
+            recording,
+            context,
+            trace=target,
+            base_config=base,
+            origin=loaded.origin,
+            task=task,
+            listeners=listeners,
         )
     except RLMSandboxError as exc:
         fail(exc, debug)

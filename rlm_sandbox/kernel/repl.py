@@ -112,6 +112,9 @@ class HostLink:
         self.id_lock = threading.Lock()
         self.current_cell = 0
         self.closed = False
+        # What the host reads of one frame; it sends its own limits with every cell.
+        self.max_header = P.DEFAULT_MAX_HEADER
+        self.max_payload = P.DEFAULT_MAX_PAYLOAD
 
     def _new_id(self) -> int:
         with self.id_lock:
@@ -131,7 +134,34 @@ class HostLink:
             encoded.append(p.encode("utf-8", errors="surrogatepass"))
         if os.getpid() != self.pid:
             raise LLMQueryError("llm_query is not available in a process forked by the cell")
+        if len(encoded) > P.MAX_BATCH:
+            raise LLMQueryError(
+                f"{kind}_query_batched takes at most {P.MAX_BATCH} prompts per call "
+                f"(got {len(encoded)}); split the list"
+            )
+        total = sum(len(e) for e in encoded)
+        if total > self.max_payload:
+            raise LLMQueryError(
+                f"the prompts add up to {total} bytes; the host takes at most {self.max_payload} "
+                "per call; send less per call"
+            )
         ident = self._new_id()
+        request = {
+            "t": P.LLM_REQUEST,
+            "id": ident,
+            "cell": self.current_cell,
+            "sizes": [len(e) for e in encoded],
+            **({"kind": kind} if kind != "llm" else {}),
+            **({"name": name} if name is not None else {}),
+            **({"output": schema} if schema is not None else {}),
+        }
+        head = len(P.encode_header(request, total)) - P.PREFIX_SIZE
+        if head > self.max_header:
+            raise LLMQueryError(
+                f"this request's header would be {head} bytes; the host reads at most "
+                f"{self.max_header} (the output= schema and one size per prompt make it up); "
+                "send fewer prompts per call or a smaller schema"
+            )
         waiter: dict = {"event": threading.Event(), "reply": None}
         with self.pending_lock:
             if self.closed:
@@ -139,18 +169,7 @@ class HostLink:
             self.pending[ident] = waiter
         self._wait_begin()
         try:
-            self.send(
-                {
-                    "t": P.LLM_REQUEST,
-                    "id": ident,
-                    "cell": self.current_cell,
-                    "sizes": [len(e) for e in encoded],
-                    **({"kind": kind} if kind != "llm" else {}),
-                    **({"name": name} if name is not None else {}),
-                    **({"output": schema} if schema is not None else {}),
-                },
-                b"".join(encoded),
-            )
+            self.send(request, b"".join(encoded))
             while not waiter["event"].wait(0.5):
                 pass
         finally:

@@ -32,7 +32,8 @@ from rlm_sandbox.rlm.tools import ToolSet
 from rlm_sandbox.sandbox.backend import Backend
 from rlm_sandbox.sandbox.channel import LLMHandler
 from rlm_sandbox.sandbox.core import Sandbox
-from rlm_sandbox.trace.writer import Listener, Tracer
+from rlm_sandbox.trace.writer import Listener, Tracer, answer_fields
+from rlm_sandbox.untrusted import CHECK_SECONDS
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -222,7 +223,9 @@ class Run:
         """Give the kernel a proxy per host tool; they live in its engine names, so they are
         restored after every cell."""
         if self.tools:
-            setup = sandbox.execute(f"_rlm_register_tools({self.tools.names()!r})")
+            setup = sandbox.execute(
+                f"_rlm_register_tools({self.tools.names()!r})", timeout=self.kernel_limit()
+            )
             if setup.error:
                 raise SandboxError(f"could not offer the tools to the sandbox: {setup.error}")
 
@@ -246,6 +249,20 @@ class Run:
                     return False
                 self._nodes_cond.wait(left)
         return True
+
+    def kernel_limit(self) -> float:
+        """How long the host may wait on a kernel (a cell, FINAL_VAR's str(), the tools'
+        set-up): the cell timeout, and never past the run's wall time (1 s at least, so a
+        last word can still be read)."""
+        limit = self.config.sandbox.cell_timeout
+        left = self.budget.wall_left()
+        return limit if left is None else max(1.0, min(limit, left))
+
+    def check_seconds(self) -> float:
+        """How long checking one answer against a schema may take: a bound of its own, and
+        never past the run's wall time."""
+        left = self.budget.wall_left()
+        return CHECK_SECONDS if left is None else max(0.5, min(CHECK_SECONDS, left))
 
     # ---- progress for the live view
 
@@ -369,7 +386,7 @@ class Run:
     def end_with(self, result: RLMResult) -> None:
         """``run_end`` for a run that produced a result, then close the trace."""
         self.end(
-            **result.to_json(),
+            **(result.to_json() | answer_fields(result.answer)),
             budget=result.budget,
             timings=result.timings,
             pool=self.containers.pool_stats(),

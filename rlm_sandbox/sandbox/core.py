@@ -394,6 +394,10 @@ class Sandbox:
                         "id": ident,
                         "timeout": limit,
                         "output_cap": self.config.output_cap,
+                        # What this host reads of a frame: the kernel refuses a request past it
+                        # up front, with an error the cell can catch.
+                        "max_header": self.config.max_frame_header,
+                        "max_payload": self.config.max_frame_payload,
                     },
                     code.encode("utf-8", errors="surrogatepass"),
                 )
@@ -429,11 +433,12 @@ class Sandbox:
             msg: ExecReply = reply[0]
             return _result(msg, reply[1], self.config.output_cap, time.perf_counter() - t0)
 
-    def get_variable(self, name: str) -> str | None:
-        """``str()`` of a variable of the namespace, or None when it does not exist."""
+    def get_variable(self, name: str, timeout: float | None = None) -> str | None:
+        """``str()`` of a variable of the namespace, or None when it does not exist (or its
+        ``str()`` did not finish within ``timeout``, default the cell timeout)."""
         if not name.isidentifier():
             raise ValueError(f"{name!r} is not a variable name")
-        result = self.execute(f"FINAL_VAR({name!r})")
+        result = self.execute(f"FINAL_VAR({name!r})", timeout=timeout)
         return result.final if result.ok else None
 
 

@@ -9,7 +9,6 @@ ended is reported as ``running`` with its time measured to the last event seen.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from rlm_sandbox.errors import RLMSandboxError
+from rlm_sandbox.trace.writer import check_event
+from rlm_sandbox.untrusted import TRACE_DEPTH, TRACE_LINE_CHARS, loads
 
 KNOWN_EVENTS = frozenset(
     {
@@ -214,7 +215,7 @@ class Node:
 
 
 def _node_order(node_id: str) -> tuple[int, str]:
-    m = re.fullmatch(r"n(\d+)", node_id)
+    m = re.fullmatch(r"n(\d{1,18})", node_id)  # a trace is untrusted: no unbounded int()
     return (-1 if node_id == "root" else int(m.group(1)) if m else 1 << 30, node_id)
 
 
@@ -524,10 +525,14 @@ def build(events: Iterable[dict[str, Any]]) -> RunTrace:
     """The tree from already-parsed events (in file order, which need not be time order)."""
     builder = _Builder()
     for ev in events:
-        if isinstance(ev, dict) and ev.get("event") is not None:
-            builder.feed(ev)
-        else:
+        if not isinstance(ev, dict) or not isinstance(ev.get("event"), str):
             builder.run.skipped_lines += 1
+        elif check_event(ev) is not None:
+            # Known fields of the wrong type: shown as an event this reader cannot use.
+            name = f"{ev['event'][:40]} (malformed)"
+            builder.run.unknown_events[name] = builder.run.unknown_events.get(name, 0) + 1
+        else:
+            builder.feed(ev)
     return builder.finish()
 
 
@@ -550,7 +555,7 @@ def load(path: str | Path) -> RunTrace:
         if not line:
             continue
         try:
-            events.append(json.loads(line))
+            events.append(loads(line, max_chars=TRACE_LINE_CHARS, max_depth=TRACE_DEPTH, constants=True))
         except ValueError:
             skipped += 1
     good = [e for e in events if isinstance(e, dict) and "event" in e]

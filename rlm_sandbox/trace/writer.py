@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 Listener = Callable[[dict[str, Any]], None]
 
@@ -22,13 +22,13 @@ class Tracer:
     def __init__(self, run_id: str, path: str | Path | None = None) -> None:
         self.run_id = run_id
         self.path = Path(path) if path else None
-        self._file: TextIO | None = None
+        self._file: BinaryIO | None = None
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._t0 = time.monotonic()
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("w", encoding="utf-8")
+            self._file = self.path.open("wb")
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -43,7 +43,7 @@ class Tracer:
         record.update(fields)
         with self._lock:
             if self._file is not None:
-                self._file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+                self._file.write(json_line(record))
                 self._file.flush()
         self._deliver(record)
         return record
@@ -75,11 +75,131 @@ class Tracer:
                 self._file = None
 
 
+TRACE_ANSWER_CHARS = 64 * 1024
+"""An answer is kept whole in RLMResult and --json; a trace event carries this much of it
+(as lm_call carries 64 KB of a response), plus its length and digest when cut."""
+
+
+def answer_fields(answer: str | None, limit: int = TRACE_ANSWER_CHARS) -> dict[str, Any]:
+    """The ``answer`` of a trace event, bounded: a 200 MB answer must not make a 200 MB
+    trace. When cut, ``answer_truncated``, ``answer_chars`` and ``answer_sha256`` say so
+    and still identify the whole answer (replay compares them)."""
+    if answer is None or len(answer) <= limit:
+        return {"answer": answer}
+    import hashlib
+
+    return {
+        "answer": answer[:limit],
+        "answer_truncated": True,
+        "answer_chars": len(answer),
+        "answer_sha256": hashlib.sha256(answer.encode("utf-8", "surrogatepass")).hexdigest(),
+    }
+
+
+# The types of the fields events carry, declared once for every reader. A trace is
+# untrusted input (a file anyone can hand over): a reader checks an event with
+# :func:`check_event` before it uses a field. ``None`` always means "absent".
+_STR = (
+    "event",
+    "run",
+    "node",
+    "parent",
+    "purpose",
+    "model",
+    "sub_model",
+    "served_model",
+    "request_sha256",
+    "kind",
+    "tool",
+    "status",
+    "task",
+    "code",
+    "response",
+    "output",
+    "error",
+    "answer",
+    "budget",
+    "container",
+    "engine",
+    "reason",
+    "answer_sha256",
+)
+_INT = (
+    "depth",
+    "step",
+    "index",
+    "steps",
+    "prompt_tokens",
+    "completion_tokens",
+    "prompt_chars",
+    "lm_calls",
+    "nodes",
+    "containers",
+    "max_steps",
+    "max_depth_reached",
+    "number",
+    "questions",
+    "answer_chars",
+    "containers_alive",
+)
+_NUM = ("t", "ts", "wall_s", "duration_s", "start_s", "cost_usd", "latency_s")
+_BOOL = ("pooled", "timed_out", "unsafe", "session", "answer_truncated", "fallback", "answered")
+_DICT = ("tokens", "limits", "models", "timings", "pool")
+_MAX_INT = 1 << 53  # fmt: skip
+
+
+def check_event(event: Any) -> str | None:
+    """None if ``event`` is an event whose known fields have their types; else what is wrong."""
+    if not isinstance(event, dict):
+        return "not a JSON object"
+    if not isinstance(event.get("event"), str):
+        return "its 'event' is not a string"
+    for name, value in event.items():
+        if value is None:
+            continue
+        if name in _STR:
+            ok = isinstance(value, str)
+        elif name in _INT:
+            ok = type(value) is int and abs(value) <= _MAX_INT
+        elif name in _NUM:
+            ok = (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and abs(value) <= _MAX_INT
+                and value == value
+            )
+        elif name in _BOOL:
+            ok = isinstance(value, bool)
+        elif name in _DICT:
+            ok = isinstance(value, dict)
+        else:
+            continue
+        if not ok:
+            return f"its {name!r} is a {type(value).__name__}"
+    return None
+
+
+def json_line(record: Any) -> bytes:
+    """One JSON line as UTF-8 bytes, whatever strings ``record`` holds.
+
+    A model's reply or a container's output can carry a lone surrogate (``"\\ud800"`` in
+    the model's JSON decodes to one), which UTF-8 cannot encode: such a line is written
+    with JSON's own ``\\uXXXX`` escapes instead, so it reads back as exactly the same str.
+    """
+    text = json.dumps(record, ensure_ascii=False, default=str)
+    try:
+        return (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(record, ensure_ascii=True, default=str) + "\n").encode("ascii")
+
+
 def read_trace(path: str | Path) -> list[dict[str, Any]]:
+    from rlm_sandbox.untrusted import TRACE_DEPTH, TRACE_LINE_CHARS, loads
+
     events = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             line = line.strip()
             if line:
-                events.append(json.loads(line))
+                events.append(loads(line, max_chars=TRACE_LINE_CHARS, max_depth=TRACE_DEPTH, constants=True))
     return events
