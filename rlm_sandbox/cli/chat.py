@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
-from rlm_sandbox.cli.execute import build_config
+from rlm_sandbox.cli.execute import build_config, note_project_api_base, private_trace_path
 from rlm_sandbox.cli.options import MODEL_FLAGS, budget_options, setting_options
 from rlm_sandbox.cli.output import fail, use_live_view
 from rlm_sandbox.errors import RLMSandboxError
@@ -25,7 +23,6 @@ def chat(model: str | None, sub_model: str | None, input_path: str, **o: Any) ->
     Commands: /cost (what the session has used), /trace (where the trace is), /quit.
     """
     import json
-    import tempfile
 
     from rich.console import Console
 
@@ -38,8 +35,9 @@ def chat(model: str | None, sub_model: str | None, input_path: str, **o: Any) ->
         )
     err = Console(stderr=True)
     if not o["trace_path"]:
-        o["trace_path"] = str(Path(tempfile.gettempdir()) / f"rlm-sandbox-chat-{os.getpid()}.jsonl")
+        o["trace_path"] = private_trace_path("chat")
     config = build_config(o)
+    note_project_api_base(config, o.get("settings"))
     rlm = RLM(model=model, sub_model=sub_model, config=config)
     live = None
     if use_live_view(err) and not o["as_json"]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from rlm_sandbox.cli.options import setting_options
+from rlm_sandbox.cli.options import setting_options, trust_option
 
 DOCTOR_FLAGS = (
     "model",
@@ -30,6 +30,7 @@ STYLE = {"ok": "green", "fail": "red", "warn": "yellow", "skip": "dim"}
 
 @click.command()
 @setting_options(*DOCTOR_FLAGS)
+@trust_option
 @click.option("--json", "as_json", is_flag=True, help="one JSON object on stdout")
 def doctor(as_json: bool, **flags: Any) -> None:
     """Check the engine, a hardened sandbox start, gVisor, the image, leftovers, the model's

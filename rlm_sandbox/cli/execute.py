@@ -56,16 +56,7 @@ def execute(
 
     err = Console(stderr=True)
     config = build_config(o)
-    loaded = o.get("settings")
-    origin = loaded.origin("api_base") if loaded is not None else "default"
-    if config.api_base and origin.startswith("project file"):
-        # A cloned repository's rlm-sandbox.toml could point the model calls, and so the
-        # API key they carry, at a server of its author's choosing: say so every time.
-        err.print(
-            f"[yellow]note:[/] the model server {config.api_base} comes from {origin[len('project file ') :]}; "
-            "your provider's API key is sent there. Check that file if you did not write it.",
-            soft_wrap=True,
-        )
+    note_project_api_base(config, o.get("settings"))
     if config.sandbox.backend == "local":
         err.print(
             "[bold red]warning:[/] --backend local runs model-written code on this machine with NO "
@@ -114,3 +105,26 @@ def execute(
         )
     fast_exit(result.exit_code)
     return result.exit_code
+
+
+def note_project_api_base(config: Any, loaded: Any) -> None:
+    """A project file's ``api_base`` applies only when the user trusts that file; even then,
+    say every time that the key goes to a server that file chose."""
+    from rlm_sandbox.settings import redact_url
+
+    origin = loaded.origin("api_base") if loaded is not None else "default"
+    if config.api_base and origin.startswith("project file"):
+        click.echo(
+            f"note: the model server {redact_url(config.api_base)!r} comes from the trusted "
+            f"{origin}; your provider's API key is sent there",
+            err=True,
+        )
+
+
+def private_trace_path(command: str) -> str:
+    """Where a command writes its trace when none is given: a new directory only this user
+    can enter, so no other user of a shared /tmp can put a file or a link there first."""
+    import tempfile
+    from pathlib import Path
+
+    return str(Path(tempfile.mkdtemp(prefix=f"rlm-sandbox-{command}-")) / "trace.jsonl")

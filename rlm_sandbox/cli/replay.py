@@ -11,7 +11,6 @@ without request digests, bad input), 4 the replay itself could not run (sandbox)
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -86,9 +85,8 @@ def replay(
 
 
 def _temp_trace() -> str:
-    fd, path = tempfile.mkstemp(prefix="rlm-sandbox-replay-", suffix=".jsonl")
-    os.close(fd)
-    return path
+    # A trace is never written over an existing file: a fresh private directory, not mkstemp.
+    return str(Path(tempfile.mkdtemp(prefix="rlm-sandbox-replay-")) / "trace.jsonl")
 
 
 def _print_report(out: Any, report: Any) -> None:

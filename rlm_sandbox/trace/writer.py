@@ -4,16 +4,24 @@ Events carry the run id, the node id and a monotonic timestamp, so the tree and 
 timeline can be rebuilt from the file alone. Listeners (the live view, ``-v``) receive the
 same events in-process. Writing is serialised by a lock; each line is flushed at once, so a
 crashed run still leaves a readable trace.
+
+A trace holds the input's slices, prompts and outputs, and its lines carry text a model or
+a cell chose: it is created new (``O_EXCL``: never written over an existing file, never
+through a symlink) and readable by the user only (0600).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
+
+from rlm_sandbox.errors import ConfigError
 
 Listener = Callable[[dict[str, Any]], None]
 
@@ -27,8 +35,7 @@ class Tracer:
         self._listeners: list[Listener] = []
         self._t0 = time.monotonic()
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("w", encoding="utf-8")
+            self._file = create_trace_file(self.path)
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -73,6 +80,23 @@ class Tracer:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+
+def create_trace_file(path: Path) -> TextIO:
+    """Open a new trace file for writing; an existing file (or link) is an error, never replaced."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        raise ConfigError(
+            f"the trace file {path} already exists: a trace is never written over a file",
+            hint=f"give a new path to --trace, or remove that file first (rm {shlex.quote(str(path))})",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the trace file {path}: {exc.strerror or exc}", hint="give --trace a writable path"
+        ) from None
+    return os.fdopen(fd, "w", encoding="utf-8")
 
 
 def read_trace(path: str | Path) -> list[dict[str, Any]]:
