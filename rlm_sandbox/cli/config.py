@@ -52,7 +52,8 @@ def show(as_json: bool, **flags: Any) -> None:
         return
     from rich.console import Console
     from rich.table import Table
-    from rich.text import Text
+
+    from rlm_sandbox.safe_text import text
 
     table = Table(title="rlm-sandbox settings", title_justify="left")
     table.add_column("setting")
@@ -61,16 +62,16 @@ def show(as_json: bool, **flags: Any) -> None:
     for name, value, src in loaded.rows():
         style = "dim" if src == "default" else None
         # Values come from files a stranger may have written: plain text, never markup.
-        table.add_row(name, Text("-" if value is None else str(value)), Text(src), style=style)
+        table.add_row(name, text("-" if value is None else str(value)), text(src), style=style)
     console = Console(highlight=False)
     console.print(table)
     if trust is None:
         console.print(f"project file: none ({Path('rlm-sandbox.toml')} here or up to the project root)")
     else:
-        console.print(Text(f"project file: {trust.path}, {trust.describe()}"))
+        console.print(text(f"project file: {trust.path}, {trust.describe()}"))
     for item in loaded.ignored:
-        console.print(Text(f"  {item.line()}", style="yellow"))
-    console.print(Text(f"user file: {files.get('user', f'none ({user_config_file()})')}"))
+        console.print(text(f"  {item.line()}", "yellow"))
+    console.print(text(f"user file: {files.get('user', f'none ({user_config_file()})')}"))
 
 
 def _project_path(directory: str | None, *, must_exist: bool = True) -> Path:

@@ -14,6 +14,7 @@ import click
 
 from rlm_sandbox.cli.output import fast_exit, use_live_view
 from rlm_sandbox.errors import EXIT_CODES
+from rlm_sandbox.safe_text import json_text, line, text, write_answer
 
 
 def build_config(o: dict[str, Any]) -> Any:
@@ -64,7 +65,12 @@ def execute(
         )
     rlm = RLM(model=model, sub_model=sub_model, config=config, api_key=api_key, tools=tools)
     if tools:
-        err.print(f"[yellow]note:[/] tools {', '.join(sorted(tools))} run on this machine, with your rights")
+        err.print(
+            line(
+                ("note:", "yellow"),
+                f" tools {', '.join(sorted(tools))} run on this machine, with your rights",
+            )
+        )
     live = None
     if not o["as_json"] and use_live_view(err):
         from rlm_sandbox.trace.live import LiveTree
@@ -87,24 +93,33 @@ def execute(
             click.echo(json.dumps({"answer": None, "status": "error", "error": "interrupted"}))
         return EXIT_CODES["interrupted"]
     if o["as_json"]:
-        click.echo(json.dumps(result.to_json(), ensure_ascii=False))
+        click.echo(json_text(result.to_json()))
     elif result.ok:
-        click.echo(result.answer)
-    if not result.ok:
-        label = result.status + (f" ({result.budget})" if result.budget else "")
-        err.print(f"[red]{label}[/]: {result.error}")
-        if result.hint:
-            err.print(f"hint: {result.hint}")
+        write_answer(result.answer)
+    report_failure(err, result)
     if not o["as_json"]:
         toks = result.tokens["prompt"] + result.tokens["completion"]
         err.print(
-            f"[dim]{result.status} in {result.wall_s:.2f} s: {result.steps} steps, {result.lm_calls} LM calls, "
-            f"{toks} tokens, ${result.cost_usd:.4f}, {result.nodes} nodes, {result.containers} containers"
-            + (f"; trace: {result.trace}" if result.trace else "")
-            + "[/]"
+            text(
+                f"{result.status} in {result.wall_s:.2f} s: {result.steps} steps, {result.lm_calls} LM calls, "
+                f"{toks} tokens, ${result.cost_usd:.4f}, {result.nodes} nodes, {result.containers} containers"
+                + (f"; trace: {result.trace}" if result.trace else ""),
+                "dim",
+            )
         )
     fast_exit(result.exit_code)
     return result.exit_code
+
+
+def report_failure(err: Any, result: Any) -> None:
+    """The status, error and hint of a run that did not answer. The error may carry what a
+    kernel wrote to its diagnostic stream: shown as text, never as markup or escapes."""
+    if result.ok:
+        return
+    label = result.status + (f" ({result.budget})" if result.budget else "")
+    err.print(line((label, "red"), f": {result.error}"), soft_wrap=True)
+    if result.hint:
+        err.print(line(f"hint: {result.hint}"), soft_wrap=True)
 
 
 def note_project_api_base(config: Any, loaded: Any) -> None:

@@ -182,9 +182,10 @@ def resolve_settings(ctx: click.Context, kwargs: dict[str, Any], *, announce: bo
 def announce_ignored(loaded: LoadedSettings) -> None:
     """One line per value of the project file that was left out, and how to apply them."""
     from rlm_sandbox.project_trust import IGNORED_HINT
+    from rlm_sandbox.safe_text import visible
 
     for item in loaded.ignored:
-        click.echo(f"note: {item.line()}", err=True)
+        click.echo(f"note: {visible(item.line())}", err=True)
     if loaded.ignored:
         click.echo(f"hint: {IGNORED_HINT}", err=True)
 

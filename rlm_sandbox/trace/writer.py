@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rlm_sandbox.errors import ConfigError
+from rlm_sandbox.safe_text import json_text
 
 Listener = Callable[[dict[str, Any]], None]
 
@@ -50,7 +51,9 @@ class Tracer:
         record.update(fields)
         with self._lock:
             if self._file is not None:
-                self._file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+                # Escaped controls, separators and lone surrogates: one line per event for any
+                # reader, and a file that `cat` cannot turn into terminal commands.
+                self._file.write(json_text(record, default=str) + "\n")
                 self._file.flush()
         self._deliver(record)
         return record
