@@ -8,13 +8,13 @@ reads while waiting goes to stderr. The exit code is the outcome's, from
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import click
 
 from rlm_sandbox.cli.output import fast_exit, use_live_view
 from rlm_sandbox.errors import EXIT_CODES
+from rlm_sandbox.safe_text import json_text, line, text, write_answer
 
 
 def build_config(o: dict[str, Any]) -> Any:
@@ -54,21 +54,10 @@ def execute(
 
     from rlm_sandbox.rlm.api import RLM
     from rlm_sandbox.trace.view import TraceView
-    from rlm_sandbox.trace.writer import json_line
-    from rlm_sandbox.untrusted import valid_text
 
     err = Console(stderr=True)
     config = build_config(o)
-    loaded = o.get("settings")
-    origin = loaded.origin("api_base") if loaded is not None else "default"
-    if config.api_base and origin.startswith("project file"):
-        # A cloned repository's rlm-sandbox.toml could point the model calls, and so the
-        # API key they carry, at a server of its author's choosing: say so every time.
-        err.print(
-            f"[yellow]note:[/] the model server {config.api_base} comes from {origin[len('project file ') :]}; "
-            "your provider's API key is sent there. Check that file if you did not write it.",
-            soft_wrap=True,
-        )
+    note_project_api_base(config, o.get("settings"))
     if config.sandbox.backend == "local":
         err.print(
             "[bold red]warning:[/] --backend local runs model-written code on this machine with NO "
@@ -76,7 +65,12 @@ def execute(
         )
     rlm = RLM(model=model, sub_model=sub_model, config=config, api_key=api_key, tools=tools)
     if tools:
-        err.print(f"[yellow]note:[/] tools {', '.join(sorted(tools))} run on this machine, with your rights")
+        err.print(
+            line(
+                ("note:", "yellow"),
+                f" tools {', '.join(sorted(tools))} run on this machine, with your rights",
+            )
+        )
     live = None
     if not o["as_json"] and use_live_view(err):
         from rlm_sandbox.trace.live import LiveTree
@@ -99,24 +93,53 @@ def execute(
             click.echo(json.dumps({"answer": None, "status": "error", "error": "interrupted"}))
         return EXIT_CODES["interrupted"]
     if o["as_json"]:
-        # Exact, and writable whatever the answer holds (a lone surrogate is \\u-escaped).
-        sys.stdout.flush()
-        sys.stdout.buffer.write(json_line(result.to_json()))
-        sys.stdout.flush()
+        click.echo(json_text(result.to_json()))
     elif result.ok:
-        click.echo(valid_text(result.answer or ""))
-    if not result.ok:
-        label = result.status + (f" ({result.budget})" if result.budget else "")
-        err.print(f"[red]{label}[/]: {valid_text(result.error or '')}")
-        if result.hint:
-            err.print(f"hint: {result.hint}")
+        write_answer(result.answer)
+    report_failure(err, result)
     if not o["as_json"]:
         toks = result.tokens["prompt"] + result.tokens["completion"]
         err.print(
-            f"[dim]{result.status} in {result.wall_s:.2f} s: {result.steps} steps, {result.lm_calls} LM calls, "
-            f"{toks} tokens, ${result.cost_usd:.4f}, {result.nodes} nodes, {result.containers} containers"
-            + (f"; trace: {result.trace}" if result.trace else "")
-            + "[/]"
+            text(
+                f"{result.status} in {result.wall_s:.2f} s: {result.steps} steps, {result.lm_calls} LM calls, "
+                f"{toks} tokens, ${result.cost_usd:.4f}, {result.nodes} nodes, {result.containers} containers"
+                + (f"; trace: {result.trace}" if result.trace else ""),
+                "dim",
+            )
         )
     fast_exit(result.exit_code)
     return result.exit_code
+
+
+def report_failure(err: Any, result: Any) -> None:
+    """The status, error and hint of a run that did not answer. The error may carry what a
+    kernel wrote to its diagnostic stream: shown as text, never as markup or escapes."""
+    if result.ok:
+        return
+    label = result.status + (f" ({result.budget})" if result.budget else "")
+    err.print(line((label, "red"), f": {result.error}"), soft_wrap=True)
+    if result.hint:
+        err.print(line(f"hint: {result.hint}"), soft_wrap=True)
+
+
+def note_project_api_base(config: Any, loaded: Any) -> None:
+    """A project file's ``api_base`` applies only when the user trusts that file; even then,
+    say every time that the key goes to a server that file chose."""
+    from rlm_sandbox.settings import redact_url
+
+    origin = loaded.origin("api_base") if loaded is not None else "default"
+    if config.api_base and origin.startswith("project file"):
+        click.echo(
+            f"note: the model server {redact_url(config.api_base)!r} comes from the trusted "
+            f"{origin}; your provider's API key is sent there",
+            err=True,
+        )
+
+
+def private_trace_path(command: str) -> str:
+    """Where a command writes its trace when none is given: a new directory only this user
+    can enter, so no other user of a shared /tmp can put a file or a link there first."""
+    import tempfile
+    from pathlib import Path
+
+    return str(Path(tempfile.mkdtemp(prefix=f"rlm-sandbox-{command}-")) / "trace.jsonl")

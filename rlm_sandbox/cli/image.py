@@ -20,6 +20,7 @@ def image_build(base: str | None, force: bool) -> None:
     from rich.console import Console
 
     from rlm_sandbox.errors import RLMSandboxError
+    from rlm_sandbox.safe_text import line, text
     from rlm_sandbox.sandbox.config import SandboxConfig
     from rlm_sandbox.sandbox.docker_backend import docker_client
     from rlm_sandbox.sandbox.image import ensure_image
@@ -29,9 +30,12 @@ def image_build(base: str | None, force: bool) -> None:
     try:
         with err.status("checking the sandbox image") as status:
             tag = ensure_image(
-                docker_client(cfg.docker_url), cfg, progress=lambda m: status.update(m[:100]), force=force
+                docker_client(cfg.docker_url),
+                cfg,
+                progress=lambda m: status.update(text(m[:100])),
+                force=force,
             )
     except RLMSandboxError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(line(("error:", "red"), f" {exc}"))
         sys.exit(4)
     click.echo(tag)

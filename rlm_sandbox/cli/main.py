@@ -76,7 +76,9 @@ class CommandRegistry(click.Group):
         except Exception as exc:
             if debug:
                 raise
-            click.echo(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
+            from rlm_sandbox.safe_text import visible
+
+            click.echo(f"error: unexpected {type(exc).__name__}: {visible(exc)}", err=True)
             click.echo("hint: rerun with --debug for the traceback, and please report it", err=True)
             sys.exit(1)
 

@@ -10,8 +10,6 @@ without request digests, bad input), 4 the replay itself could not run (sandbox)
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -100,7 +98,9 @@ def replay(
     if report.status_replayed == "sandbox_error" and report.status_recorded != "sandbox_error":
         code = 4
     if as_json:
-        click.echo(json.dumps(report.to_json(), ensure_ascii=False))
+        from rlm_sandbox.safe_text import json_text
+
+        click.echo(json_text(report.to_json()))
     else:
         _print_report(Console(highlight=False, soft_wrap=True), report)
     fast_exit(code)
@@ -108,32 +108,44 @@ def replay(
 
 
 def _temp_trace() -> str:
-    fd, path = tempfile.mkstemp(prefix="rlm-sandbox-replay-", suffix=".jsonl")
-    os.close(fd)
-    return path
+    # A trace is never written over an existing file: a fresh private directory, not mkstemp.
+    return str(Path(tempfile.mkdtemp(prefix="rlm-sandbox-replay-")) / "trace.jsonl")
 
 
 def _print_report(out: Any, report: Any) -> None:
-    from rich.markup import escape
+    """The report for a person. Recorded and replayed text came from cells and models (and
+    the trace from anywhere): every piece of it is shown through safe_text, never as markup."""
+    from rlm_sandbox.safe_text import line
 
     c = report.counts
     if report.identical:
-        out.print(f"[bold green]identical[/]: the replay did what {escape(report.recorded_trace)} recorded")
+        out.print(
+            line(("identical", "bold green"), f": the replay did what {report.recorded_trace} recorded")
+        )
     else:
         out.print(
-            f"[bold red]diverged[/]: {len(report.divergences)} difference(s) from {escape(report.recorded_trace)}"
+            line(
+                ("diverged", "bold red"),
+                f": {len(report.divergences)} difference(s) from {report.recorded_trace}",
+            )
         )
     out.print(
-        f"  requests: {c['requests']} ({c['matched_exact']} exact, {c['unknown_requests']} unknown) "
-        f"of {c['recorded_calls']} recorded"
+        line(
+            f"  requests: {c['requests']} ({c['matched_exact']} exact, {c['unknown_requests']} unknown) "
+            f"of {c['recorded_calls']} recorded"
+        )
     )
     out.print(
-        f"  nodes: {c['nodes_replayed']} replayed, {c['nodes_recorded']} recorded; cells: "
-        f"{c['cells_replayed']} replayed, {c['cells_recorded']} recorded, {c['cells_differing']} differ"
+        line(
+            f"  nodes: {c['nodes_replayed']} replayed, {c['nodes_recorded']} recorded; cells: "
+            f"{c['cells_replayed']} replayed, {c['cells_recorded']} recorded, {c['cells_differing']} differ"
+        )
     )
     out.print(
-        f"  answer: {escape(repr(report.answer_replayed))} ({report.status_replayed}); recorded "
-        f"{escape(repr(report.answer_recorded))} ({report.status_recorded})"
+        line(
+            f"  answer: {report.answer_replayed!r} ({report.status_replayed}); recorded "
+            f"{report.answer_recorded!r} ({report.status_recorded})"
+        )
     )
     first = report.first
     if first is not None:
@@ -148,15 +160,15 @@ def _print_report(out: Any, report: Any) -> None:
             )
             if v is not None
         )
-        out.print(f"[bold]first divergence[/]: {first.kind}" + (f" at {where}" if where else ""))
-        out.print(f"  {escape(first.detail)}")
+        out.print(line(("first divergence", "bold"), f": {first.kind}" + (f" at {where}" if where else "")))
+        out.print(line(f"  {first.detail}"))
         for label, text in (("recorded", first.recorded), ("replayed", first.replayed)):
             if text is not None:
-                body = escape(text).replace("\n", "\n    ")
-                out.print(f"  {label}:\n    {body}")
+                body = str(text).replace("\n", "\n    ")
+                out.print(line(f"  {label}:\n    {body}"))
         rest = report.divergences[1:]
         for d in rest[:10]:
-            out.print(f"  then {d.kind}: {escape(d.detail)}")
+            out.print(line(f"  then {d.kind}: {d.detail}"))
         if len(rest) > 10:
-            out.print(f"  ... and {len(rest) - 10} more (see --json)")
-    out.print(f"  replay trace: {escape(str(report.trace))}")
+            out.print(line(f"  ... and {len(rest) - 10} more (see --json)"))
+    out.print(line(f"  replay trace: {report.trace}"))

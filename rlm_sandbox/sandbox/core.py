@@ -29,6 +29,7 @@ from rlm_sandbox.errors import (
     SandboxStartError,
 )
 from rlm_sandbox.kernel import protocol as P
+from rlm_sandbox.safe_text import visible
 from rlm_sandbox.sandbox.config import SandboxConfig
 
 from .backend import LABEL, LABEL_NODE, LABEL_OWNER, LABEL_RUN, LABEL_TENANT, Backend
@@ -241,7 +242,9 @@ class Sandbox:
 
     def _crash_error(self, cause: BaseException) -> SandboxError:
         info = self.backend.exit_info(self.id or "", wait_s=2.0)
-        diag = self._channel.diagnostics().strip()[-1500:] if self._channel else ""
+        # What the kernel wrote to its diagnostic stream is the cell's to choose: it enters the
+        # error (and so terminals, traces and --json) with every control character made visible.
+        diag = visible(self._channel.diagnostics().strip()[-1500:]) if self._channel else ""
         tail = f"; kernel said: {diag}" if diag else ""
         if not info.exists and info.error:
             return EngineUnavailable(

@@ -4,7 +4,8 @@ It is fed by the same events as the trace (plus listener-only progress ticks), k
 model of every node, and redraws a few times a second from that model, so a burst of events
 from a 256-way fan-out costs a dictionary update each, not a redraw each. Big fan-outs are
 folded: running nodes are always shown, finished siblings are summarised, and the tree never
-grows past the terminal's height.
+grows past the terminal's height. Every event is made visible (:mod:`rlm_sandbox.safe_text`)
+as it arrives, so node ids, model names and errors a model or a cell chose can only show.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rich.progress_bar import ProgressBar
 from rich.text import Text
 from rich.tree import Tree
 
+from rlm_sandbox.safe_text import visible_data
 from rlm_sandbox.trace.view import TraceView
 
 STATUS_STYLE = {
@@ -112,7 +114,8 @@ class LiveTree:
 
     # ---- events
 
-    def on_event(self, ev: dict[str, Any]) -> None:
+    def on_event(self, raw: dict[str, Any]) -> None:
+        ev = visible_data(raw)
         kind = ev.get("event")
         node_id = str(ev.get("node") or "")
         with self.lock:

@@ -10,7 +10,7 @@ ended is reported as ``running`` with its time measured to the last event seen.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -536,9 +536,10 @@ def build(events: Iterable[dict[str, Any]]) -> RunTrace:
     return builder.finish()
 
 
-def load(path: str | Path) -> RunTrace:
+def load(path: str | Path, *, clean: Callable[[Any], Any] | None = None) -> RunTrace:
     """Read a trace file; lines that are not JSON objects (a torn last line) are skipped and
-    counted, but a file with none at all is refused, since it cannot be a trace."""
+    counted, but a file with none at all is refused, since it cannot be a trace. ``clean``
+    is applied to every event first (the terminal views make every string visible there)."""
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -550,7 +551,7 @@ def load(path: str | Path) -> RunTrace:
         raise TraceFileError(f"cannot read trace file {p}: {exc.strerror or exc}") from None
     events: list[Any] = []
     skipped = 0
-    for line in raw.decode("utf-8", errors="replace").splitlines():
+    for line in raw.decode("utf-8", errors="replace").split("\n"):  # not splitlines: U+2028 is no line end
         line = line.strip()
         if not line:
             continue
@@ -558,6 +559,8 @@ def load(path: str | Path) -> RunTrace:
             events.append(loads(line, max_chars=TRACE_LINE_CHARS, max_depth=TRACE_DEPTH, constants=True))
         except ValueError:
             skipped += 1
+    if clean is not None:
+        events = [clean(e) for e in events]
     good = [e for e in events if isinstance(e, dict) and "event" in e]
     if not good:
         what = "is empty" if not events and not skipped else "has no trace events (JSON lines with 'event')"

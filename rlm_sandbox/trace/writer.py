@@ -4,16 +4,24 @@ Events carry the run id, the node id and a monotonic timestamp, so the tree and 
 timeline can be rebuilt from the file alone. Listeners (the live view, ``-v``) receive the
 same events in-process. Writing is serialised by a lock; each line is flushed at once, so a
 crashed run still leaves a readable trace.
+
+A trace holds the input's slices, prompts and outputs, and its lines carry text a model or
+a cell chose: it is created new (``O_EXCL``: never written over an existing file, never
+through a symlink) and readable by the user only (0600).
 """
 
 from __future__ import annotations
 
-import json
+import os
+import shlex
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, TextIO
+
+from rlm_sandbox.errors import ConfigError
+from rlm_sandbox.safe_text import json_text
 
 Listener = Callable[[dict[str, Any]], None]
 
@@ -22,13 +30,12 @@ class Tracer:
     def __init__(self, run_id: str, path: str | Path | None = None) -> None:
         self.run_id = run_id
         self.path = Path(path) if path else None
-        self._file: BinaryIO | None = None
+        self._file: TextIO | None = None
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._t0 = time.monotonic()
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("wb")
+            self._file = create_trace_file(self.path)
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -43,7 +50,9 @@ class Tracer:
         record.update(fields)
         with self._lock:
             if self._file is not None:
-                self._file.write(json_line(record))
+                # Escaped controls, separators and lone surrogates: one line per event for any
+                # reader, and a file that `cat` cannot turn into terminal commands.
+                self._file.write(json_text(record, default=str) + "\n")
                 self._file.flush()
         self._deliver(record)
         return record
@@ -179,18 +188,21 @@ def check_event(event: Any) -> str | None:
     return None
 
 
-def json_line(record: Any) -> bytes:
-    """One JSON line as UTF-8 bytes, whatever strings ``record`` holds.
-
-    A model's reply or a container's output can carry a lone surrogate (``"\\ud800"`` in
-    the model's JSON decodes to one), which UTF-8 cannot encode: such a line is written
-    with JSON's own ``\\uXXXX`` escapes instead, so it reads back as exactly the same str.
-    """
-    text = json.dumps(record, ensure_ascii=False, default=str)
+def create_trace_file(path: Path) -> TextIO:
+    """Open a new trace file for writing; an existing file (or link) is an error, never replaced."""
     try:
-        return (text + "\n").encode("utf-8")
-    except UnicodeEncodeError:
-        return (json.dumps(record, ensure_ascii=True, default=str) + "\n").encode("ascii")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        raise ConfigError(
+            f"the trace file {path} already exists: a trace is never written over a file",
+            hint=f"give a new path to --trace, or remove that file first (rm {shlex.quote(str(path))})",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the trace file {path}: {exc.strerror or exc}", hint="give --trace a writable path"
+        ) from None
+    return os.fdopen(fd, "w", encoding="utf-8")
 
 
 def read_trace(path: str | Path) -> list[dict[str, Any]]:

@@ -465,11 +465,11 @@ def test_a_lone_surrogate_reaches_json_and_the_terminal_safely(run_id: str, tmp_
     server = ScriptedModelServer(surrogate_policy).start()
     try:
         outputs = []
-        for extra in (["--json"], []):
+        for i, extra in enumerate((["--json"], [])):
             proc = subprocess.run(
                 [sys.executable, "-m", "rlm_sandbox.cli", "run", "--model", server.model_name,
                  "--api-base", server.url, "--tenant", run_id, "--task", "t", "-i", "-",
-                 "--trace", str(tmp_path / "t.jsonl"), *extra],
+                 "--trace", str(tmp_path / f"t{i}.jsonl"), *extra],
                 input=b"input", capture_output=True, cwd=ROOT, timeout=200,
                 env={**os.environ, "OPENAI_API_KEY": server.api_key, "RLM_SANDBOX_NO_LIVE": "1"},
             )  # fmt: skip
@@ -481,7 +481,7 @@ def test_a_lone_surrogate_reaches_json_and_the_terminal_safely(run_id: str, tmp_
     assert outputs[1].decode("utf-8").strip() == "ok \ufffd done"  # the terminal gets valid UTF-8
     from rlm_sandbox.trace.tree import load
 
-    assert load(tmp_path / "t.jsonl").answer == "ok \ufffd done"
+    assert load(tmp_path / "t1.jsonl").answer == "ok \ufffd done"
 
 
 def test_final_var_of_a_hanging_str_stays_within_the_runs_timeout(attack) -> None:
