@@ -151,8 +151,11 @@ class RecursiveLanguageModel:
         *,
         model: str | None = None,
         sub_model: str | None = None,
+        backend: Backend | None = None,
     ) -> None:
-        self._rlm = RLM(model=model, sub_model=sub_model, config=config, root_lm=root_lm, sub_lm=sub_lm)
+        self._rlm = RLM(
+            model=model, sub_model=sub_model, config=config, root_lm=root_lm, sub_lm=sub_lm, backend=backend
+        )
         self.config = self._rlm.config
 
     def run(self, prompt: Any = None, task: str = "", **kw: Any) -> RLMResult:

@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rlm_sandbox.errors import SandboxStartError
@@ -30,7 +31,7 @@ from rlm_sandbox.kernel.streams import Channel
 from rlm_sandbox.sandbox.config import SandboxConfig
 
 from .attach import AttachStream
-from .backend import ExitInfo, SandboxInfo, Started
+from .backend import LABEL_NODE, ExitInfo, SandboxInfo, Started
 
 FAKE_IMAGE = "rlm-sandbox-fake:in-memory"
 
@@ -103,17 +104,23 @@ class FakeKernel:
 class FakeBackend:
     """Implements :class:`~rlm_sandbox.sandbox.backend.Backend` with in-memory kernels.
 
-    ``fail_starts`` makes that many next starts fail (a broken engine); ``started`` lists
-    every kernel ever started, ``alive()`` those not yet removed."""
+    ``fail_starts`` makes that many next starts fail (a broken engine); ``refuse(labels)``
+    refuses the starts it returns True for (one node's container, by its labels);
+    ``started`` lists every kernel ever started, ``alive()`` those not yet removed, and
+    ``peak`` the most that were alive at once (what a container budget must bound)."""
 
     name = "fake"
 
-    def __init__(self, *, fail_starts: int = 0) -> None:
+    def __init__(
+        self, *, fail_starts: int = 0, refuse: Callable[[dict[str, str]], bool] | None = None
+    ) -> None:
         self._lock = threading.Lock()
         self._kernels: dict[str, FakeKernel] = {}
         self.started: list[FakeKernel] = []
         self.removed: list[str] = []
         self.fail_starts = fail_starts
+        self.refuse = refuse
+        self.peak = 0
 
     def ensure_image(self, config: SandboxConfig, progress: object = None) -> str:
         return FAKE_IMAGE
@@ -124,12 +131,15 @@ class FakeBackend:
             if self.fail_starts > 0:
                 self.fail_starts -= 1
                 raise SandboxStartError("the fake engine was told to refuse this start")
+        if self.refuse is not None and self.refuse(labels):
+            raise SandboxStartError(f"the fake engine refused to start {labels.get(LABEL_NODE)}")
         host, kernel_end = socket.socketpair()
         kernel = FakeKernel(id=f"fake-{uuid.uuid4().hex[:12]}", labels=dict(labels), sock=kernel_end)
         kernel.thread = threading.Thread(target=kernel.serve, name=f"fake-kernel-{kernel.id}", daemon=True)
         with self._lock:
             self._kernels[kernel.id] = kernel
             self.started.append(kernel)
+            self.peak = max(self.peak, len(self._kernels))
         kernel.thread.start()
         return Started(kernel.id, _Stream(host), time.perf_counter() - t0)
 
