@@ -206,17 +206,18 @@ class Run:
                 self.containers.release(lease)
             if admitted:
                 self.budget.release_container()
-            if admitted or lease is not None:
-                tracer.emit(
-                    "node_end",
-                    node=node.id,
-                    depth=node.depth,
-                    status=status,
-                    steps=node.steps,
-                    answer=None if node.answer is None else node.answer[:2000],
-                    error=error,
-                    wall_s=round(time.monotonic() - t0, 4),
-                )
+            # Every node_begin gets its node_end, even for a node the budget never admitted:
+            # trace readers would show it as still running otherwise.
+            tracer.emit(
+                "node_end",
+                node=node.id,
+                depth=node.depth,
+                status=status,
+                steps=node.steps,
+                answer=None if node.answer is None else node.answer[:2000],
+                error=error,
+                wall_s=round(time.monotonic() - t0, 4),
+            )
             self._node_left()
 
     def offer_tools(self, sandbox: Sandbox) -> None:

@@ -376,3 +376,14 @@ def test_events_never_include_a_notify_only_tick_in_the_trace_file(seam, tmp_pat
     assert h.named("load_progress"), "listeners see load progress"
     assert not [e for e in read_trace(path) if e["event"] in NOTIFY_ONLY]
 
+
+def test_a_node_the_budget_refuses_is_still_ended(seam) -> None:
+    """A child past max_nodes is begun (it waited for admission) and must be ended too."""
+    code = "try:\n    llm_query('sub')\nexcept Exception as e:\n    print('refused:', e)"
+    h = seam(cells_then_final(code, final="FINAL(x)"), depth=2, pool_size=0, max_nodes=1)
+    result = h.run("abc")
+    assert (result.status, result.budget) == ("budget_exhausted", "max_nodes")
+    nodes = check_lifecycle(h.events)
+    assert nodes["n2"] == ["node_begin", "node_end"]
+    end = next(e for e in h.named("node_end") if e["node"] == "n2")
+    assert end["status"] == "error" and "limit of 1 RLM nodes" in end["error"]
