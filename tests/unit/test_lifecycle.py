@@ -387,3 +387,16 @@ def test_a_node_the_budget_refuses_is_still_ended(seam) -> None:
     assert nodes["n2"] == ["node_begin", "node_end"]
     end = next(e for e in h.named("node_end") if e["node"] == "n2")
     assert end["status"] == "error" and "limit of 1 RLM nodes" in end["error"]
+
+
+def test_litellm_is_preloaded_only_for_a_model_that_needs_it(seam, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its import takes seconds of CPU: a run whose clients were given never starts it."""
+    from rlm_sandbox.rlm import api
+
+    started: list[bool] = []
+    monkeypatch.setattr(api, "start_preload", lambda: started.append(True))
+    h = seam(cells_then_final())
+    assert h.run("abc").status == "ok"
+    assert started == []
+    RLM(model="openai/gpt-4o-mini", backend=FakeBackend()).setup().make_models()
+    assert started == [True]
