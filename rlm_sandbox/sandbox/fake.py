@@ -10,7 +10,8 @@ kernel side is ``kernel/loop.py`` and ``kernel/repl.py``, the same code the cont
 It is NOT a sandbox and is never chosen by a setting: cells run in the test process. What a
 fake kernel does not do: capture output written other than through ``print`` (no
 file-descriptor capture), interrupt a cell that overruns its time limit (no signals: keep
-fake cells short), or isolate anything. ``FakeBackend`` records what it started, so a test
+fake cells short), or isolate anything; and cells are parsed one at a time (a lock shared by
+all fake kernels; see ``Repl.compile_guard``). ``FakeBackend`` records what it started, so a test
 can check that every "container" was removed.
 """
 
@@ -34,6 +35,9 @@ from .attach import AttachStream
 from .backend import LABEL_NODE, ExitInfo, SandboxInfo, Started
 
 FAKE_IMAGE = "rlm-sandbox-fake:in-memory"
+#: The fake kernels are threads of one process: they parse and compile cells one at a time
+#: (CPython 3.11's AST conversion is not safe in several threads at once).
+_COMPILE_LOCK = threading.Lock()
 
 
 class _Stream(AttachStream):
@@ -80,7 +84,7 @@ class FakeKernel:
         chan = Channel(fd, fd)
         link = HostLink(chan.send)
         capture = _Capture()
-        repl = Repl(link, echo=lambda text: capture.write(text + "\n"))
+        repl = Repl(link, echo=lambda text: capture.write(text + "\n"), compile_guard=_COMPILE_LOCK)
         repl.engine["print"] = repl.ns["print"] = capture.print
 
         def run_cell(code: str, cell_id: int, timeout: float, cap: int) -> CellRun:
