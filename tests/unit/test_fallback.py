@@ -110,7 +110,7 @@ def test_a_fallback_without_a_final_answer_leaves_none(seam) -> None:
 
 def test_a_failing_fallback_call_leaves_the_budget_stop_as_it_was(seam) -> None:
     """The fallback's own failure is not the run's outcome: the budget stop came first."""
-    h = seam(answering(HTTPReply(500, error_body(500))), max_lm_calls=2, lm_retries=1)
+    h = seam(answering(HTTPReply(500, error_body(500))), max_lm_calls=2)
     result = h.run("abc")
     assert (result.status, result.budget) == ("budget_exhausted", "max_lm_calls")
     assert (result.answer, result.fallback) == (None, False)
