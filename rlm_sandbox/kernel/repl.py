@@ -220,9 +220,20 @@ class CellOutcome:
 class Repl:
     """One namespace for the container's life, and the functions the engine puts in it."""
 
-    def __init__(self, link: HostLink, *, echo: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        link: HostLink,
+        *,
+        echo: Callable[[str], None] = print,
+        compile_guard: AbstractContextManager[object] | None = None,
+    ) -> None:
         self.link = link
         self.echo = echo  # where a cell's last expression is printed (the kernel: stdout)
+        # Held while a cell is parsed and compiled. A kernel is alone in its process and needs
+        # none; the host's in-memory backend runs many REPLs as threads of one process, and
+        # CPython 3.11's AST conversion keeps its recursion depth per interpreter, so two
+        # threads parsing at once can fail with "AST constructor recursion depth mismatch".
+        self.compile_guard = compile_guard if compile_guard is not None else nullcontext()
         self.final: str | None = None
         self.engine: dict[str, object] = {
             "context": None,
@@ -370,12 +381,13 @@ class Repl:
         pid = os.getpid()
         t0 = time.perf_counter()
         try:
-            tree = ast.parse(code, "<cell>", "exec")
-            tail = None
-            if tree.body and isinstance(tree.body[-1], ast.Expr):
-                tail = ast.Expression(tree.body.pop().value)
-            body = compile(tree, "<cell>", "exec")
-            tail_code = compile(tail, "<cell>", "eval") if tail is not None else None
+            with self.compile_guard:
+                tree = ast.parse(code, "<cell>", "exec")
+                tail = None
+                if tree.body and isinstance(tree.body[-1], ast.Expr):
+                    tail = ast.Expression(tree.body.pop().value)
+                body = compile(tree, "<cell>", "exec")
+                tail_code = compile(tail, "<cell>", "eval") if tail is not None else None
             with guard() if guard is not None else nullcontext():
                 try:
                     exec(body, self.ns)

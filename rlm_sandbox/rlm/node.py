@@ -329,7 +329,9 @@ class Node:
         def ask(request: Messages) -> str:
             run.budget.count_unchecked_call()
             timeout = min(FALLBACK_TIMEOUT_S, run.config.lm_timeout)
-            return run.calls.call_unchecked(self.lm, request, self.id, self.depth, "fallback", timeout)
+            return run.calls.call_unchecked(
+                self.lm, request, self.id, self.depth, "fallback", timeout, fatal=False
+            )
 
         found = best_answer(self.messages, exc.message, ask, lambda text: self._accepted_final(sandbox, text))
         run.tracer.emit("fallback", node=self.id, budget=exc.budget, answered=found is not None)

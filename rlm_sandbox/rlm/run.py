@@ -24,7 +24,6 @@ from rlm_sandbox.rlm.budget import Budget
 from rlm_sandbox.rlm.calls import ModelCalls
 from rlm_sandbox.rlm.config import RLMConfig
 from rlm_sandbox.rlm.containers import Lease, RunContainers
-from rlm_sandbox.rlm.lm import start_preload
 from rlm_sandbox.rlm.models import ModelRouter
 from rlm_sandbox.rlm.result import RLMResult
 from rlm_sandbox.rlm.tenants import ledger
@@ -124,7 +123,6 @@ class Run:
                 hint="drop --backend local (the default, docker, is the sandbox), or drop --tenant",
             )
         models = setup.make_models()
-        start_preload()
         tracer = Tracer(run_id, cfg.trace)
         try:
             run = cls(cfg, models, tracer, run_id, setup.tools, setup.backend)
@@ -206,17 +204,18 @@ class Run:
                 self.containers.release(lease)
             if admitted:
                 self.budget.release_container()
-            if admitted or lease is not None:
-                tracer.emit(
-                    "node_end",
-                    node=node.id,
-                    depth=node.depth,
-                    status=status,
-                    steps=node.steps,
-                    answer=None if node.answer is None else node.answer[:2000],
-                    error=error,
-                    wall_s=round(time.monotonic() - t0, 4),
-                )
+            # Every node_begin gets its node_end, even for a node the budget never admitted:
+            # trace readers would show it as still running otherwise.
+            tracer.emit(
+                "node_end",
+                node=node.id,
+                depth=node.depth,
+                status=status,
+                steps=node.steps,
+                answer=None if node.answer is None else node.answer[:2000],
+                error=error,
+                wall_s=round(time.monotonic() - t0, 4),
+            )
             self._node_left()
 
     def offer_tools(self, sandbox: Sandbox) -> None:

@@ -52,6 +52,7 @@ class NodeState:
     loading: bool = False
     note: str = ""
     children: list[str] = field(default_factory=list)
+    started: bool = False  # it got a container (a node refused by a budget never does)
 
     @property
     def finished(self) -> bool:
@@ -133,7 +134,9 @@ class LiveTree:
                 pass
             elif kind == "node_start":
                 node.status = "thinking"
-                self.alive += 1
+                if not node.started:
+                    node.started = True
+                    self.alive += 1
             elif kind == "lm_start" and ev.get("purpose") != "sub_call":
                 node.status = "thinking"
                 node.note = ""
@@ -173,7 +176,9 @@ class LiveTree:
                     error = str(ev.get("error") or "")
                     stopped = error.startswith(("KeyboardInterrupt", "SystemExit"))
                     node.note = "interrupted" if stopped else error[:80]
-                self.alive = max(0, self.alive - 1)
+                if node.started:
+                    node.started = False
+                    self.alive = max(0, self.alive - 1)
                 parent = self.nodes.get(node.parent or "")
                 if parent is not None:
                     parent.pending = max(0, parent.pending - 1)
