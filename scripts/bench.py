@@ -319,11 +319,15 @@ class Rlms:
         if not self.python:
             self.absent = f"not installed (give --rlms-python PATH or ${RLMS_PYTHON_ENV}; see --help)"
             return
-        probe = subprocess.run(
-            [self.python, "-c", "import importlib.metadata as m, rlm; print(m.version('rlms'))"],
-            capture_output=True,
-            text=True,
-        )
+        try:
+            probe = subprocess.run(
+                [self.python, "-c", "import importlib.metadata as m, rlm; print(m.version('rlms'))"],
+                capture_output=True,
+                text=True,
+            )
+        except OSError as exc:
+            self.absent = f"cannot run {self.python}: {exc.strerror}"
+            return
         if probe.returncode != 0:
             tail = (probe.stderr or probe.stdout).strip().splitlines()[-1:] or ["?"]
             self.absent = f"not importable from {self.python}: {tail[0]}"
@@ -414,6 +418,26 @@ def med(values: list[Any]) -> Any:
 def spread(values: list[Any]) -> tuple[Any, Any, Any] | None:
     vals = sorted(v for v in values if v is not None)
     return (vals[0], statistics.median(vals), vals[-1]) if vals else None
+
+
+def compared(samples: list[dict[str, Any]], truth: str) -> dict[str, Any]:
+    """min/med/max of the runs that answered right (a failed run's time means nothing), and
+    the first failure, so the table can say why."""
+    good = [s for s in samples if s.get("answer") == truth]
+    bad = [s for s in samples if s.get("answer") != truth]
+    first_error = None
+    if bad:
+        b = bad[0]
+        why = str(b.get("error") or f"answer {b.get('answer')!r}, status {b.get('status')}")
+        first_error = " ".join(why.split())[:300]
+    return {
+        "ok": len(good),
+        "first_error": first_error,
+        **{
+            k: spread([s.get(k) for s in good])
+            for k in ("wall_e2e_s", "first_request_s", "rss_mb", "requests")
+        },
+    }
 
 
 def fmt_spread(s: tuple[float, float, float] | None, fmt: str) -> str:
@@ -553,7 +577,15 @@ def main() -> None:
                     rlms_samples.append(
                         {
                             k: r[k]
-                            for k in ("wall_e2e_s", "rss_mb", "first_request_s", "answer", "error", "exit")
+                            for k in (
+                                "wall_e2e_s",
+                                "rss_mb",
+                                "first_request_s",
+                                "requests",
+                                "answer",
+                                "error",
+                                "exit",
+                            )
                         }
                         | {"driver": r["driver"]}
                     )
@@ -590,23 +622,10 @@ def main() -> None:
                 )
             },
             "compare": {
-                "ours": {
-                    "ok": sum(s.get("answer") == truth for s in samples),
-                    **{
-                        k: spread([s.get(k) for s in samples])
-                        for k in ("wall_e2e_s", "first_request_s", "rss_mb", "requests")
-                    },
-                },
+                "ours": compared(samples, truth),
                 "rlms": {"note": rlms_note}
                 if rlms_note
-                else {
-                    "ok": sum(s.get("answer") == truth for s in rlms_samples),
-                    **{
-                        k: spread([s.get(k) for s in rlms_samples])
-                        for k in ("wall_e2e_s", "first_request_s", "rss_mb", "requests")
-                    },
-                    "samples": rlms_samples,
-                },
+                else compared(rlms_samples, truth) | {"samples": rlms_samples},
             },
         }
         results.append(summary)
@@ -694,12 +713,16 @@ def print_comparison(results: list[dict[str, Any]], rlms: Rlms | None, args: arg
         pad = f"{'':<{w}}  {'':>7}  "
         if "note" in theirs:
             print(pad + f"{'rlms':<11}  {theirs['note']}")
-            continue
-        ratios = []
-        for key, what in (("wall_e2e_s", "whole"), ("first_request_s", "1st request"), ("rss_mb", "RSS")):
-            a, b = ours[key], theirs[key]
-            ratios.append(f"{what} {'-' if not a or not b or not a[1] else f'{b[1] / a[1]:.1f}x'}")
-        print(pad + line(r, "rlms", theirs) + "  " + ", ".join(ratios))
+        else:
+            ratios = []
+            for key, what in (("wall_e2e_s", "whole"), ("first_request_s", "1st request"), ("rss_mb", "RSS")):
+                a, b = ours[key], theirs[key]
+                ratios.append(f"{what} {'-' if not a or not b or not a[1] else f'{b[1] / a[1]:.1f}x'}")
+            print(pad + line(r, "rlms", theirs) + "  " + ", ".join(ratios))
+        for engine, c in (("rlm-sandbox", ours), ("rlms", theirs)):
+            if c.get("first_error"):
+                failed = r["runs"] - c["ok"]
+                print(pad + f"{'':<11}  ({engine}: {failed} run(s) failed; first: {c['first_error']})")
     if rlms is not None and not rlms.absent:
         print(
             f"(rlms {rlms.version} from {rlms.python}, image {rlms.image}, network {rlms.network}; "
