@@ -22,6 +22,7 @@ DOCTOR_FLAGS = (
     "memory",
     "cpus",
     "docker_url",
+    "image_packages",
     "engines",
     "tenant",
 )

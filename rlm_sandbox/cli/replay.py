@@ -48,6 +48,7 @@ def replay(
     Exit 0: identical; 1: diverged; 2: usage error; 4: the replay could not run.
     """
     from rich.console import Console
+    from rich.markup import escape
 
     from rlm_sandbox.cli.output import fail, fast_exit
     from rlm_sandbox.inputs import open_input
@@ -60,6 +61,16 @@ def replay(
         recording = load_recording(trace_file)
         context = open_input(input_path)
         base = build_rlm_config(load_settings().settings.model_dump())
+        recorded = recording.start.get("image_packages") or []
+        recorded_packages = [str(p) for p in recorded] if isinstance(recorded, list) else [str(recorded)]
+        if recorded_packages != list(base.sandbox.image_packages):
+            # Not taken from the trace (a file is not trusted to choose what runs in the sandbox).
+            shown = " ".join(recorded_packages)[:200] or "none"
+            err.print(
+                f"[yellow]note:[/] the recorded run's image packages were: {escape(shown)}; this replay "
+                "uses the settings' (--image-packages is a setting: RLM_SANDBOX_IMAGE_PACKAGES)",
+                soft_wrap=True,
+            )
         if task is None and len(recording.task) >= 2000:
             err.print("[yellow]note:[/] the recorded task may be cut at 2000 characters; give --task if so")
         target = new_trace or _temp_trace()
