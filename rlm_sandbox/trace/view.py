@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from rich.console import Console
@@ -21,13 +22,21 @@ class TraceView:
         self.console = console
         self.quiet = quiet
         self._lock = threading.Lock()
+        self._image_said: float | None = None
 
     def on_event(self, ev: dict[str, Any]) -> None:
         kind = ev.get("event")
         pad = "  " * int(ev.get("depth") or 0)
         node = ev.get("node", "")
         line = None
-        if kind == "run_start":
+        if kind == "image_progress":
+            # A first build (minutes for a derived image): one line every 10 s, not each apt line.
+            now = time.monotonic()
+            if self._image_said is not None and now - self._image_said < 10.0:
+                return
+            self._image_said = now
+            line = f"[cyan]image[/] {escape(_first_line(ev.get('message'), 110))}"
+        elif kind == "run_start":
             line = f"[bold]run[/] {ev.get('run')} model={ev.get('model')} depth={ev.get('depth')}"
             if ev.get("unsafe"):
                 line += "\n[bold red]UNSAFE: --backend local runs the code on this machine with no sandbox[/]"

@@ -432,3 +432,24 @@ def test_cli_rm(fake_engine: FakeAPI) -> None:
 
     sweep = invoke("rm", "--all")  # a sweep keeps what is in use and still succeeds
     assert sweep.exit_code == 0 and f"kept {jq}" in sweep.stderr
+
+
+def test_a_build_without_the_live_view_says_what_it_does_every_10_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from rlm_sandbox.trace import view
+
+    clock = [1000.0]
+    monkeypatch.setattr(view.time, "monotonic", lambda: clock[0])
+    out = io.StringIO()
+    tv = view.TraceView(Console(file=out, width=200), quiet=True)
+    for step in range(30):  # 30 apt lines over 29 s
+        tv.on_event({"event": "image_progress", "message": f"building the package layer: line {step}"})
+        clock[0] += 1.0
+    assert out.getvalue().splitlines() == [
+        "image building the package layer: line 0",
+        "image building the package layer: line 10",
+        "image building the package layer: line 20",
+    ]
