@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import io
+import re
 import subprocess
 import tarfile
 from collections.abc import Callable, Iterable
@@ -233,6 +234,17 @@ def _build(
     )
 
 
+def _build_failure(error: str, log: list[str]) -> str:
+    """What went wrong, readable: the step's exit code (not its whole shell text), the
+    errors apt printed (``E: ...``), then the last lines of the log."""
+    error = re.sub(r"The command '.*' returned", "the RUN step returned", error.strip(), flags=re.S)
+    text = "".join(log[-40:])
+    apt = [m.strip() for m in re.findall(r"E: [^\n]*?(?=E: |\n|$)", text)]
+    head = f"{'; '.join(dict.fromkeys(apt))} ({error})" if apt else error
+    tail = (line if len(line) <= 160 else line[:157].rstrip() + "...\n" for line in log[-10:])
+    return head + "\n" + "".join(tail)
+
+
 def _run_build(
     client,
     tag: str,
@@ -263,7 +275,7 @@ def _run_build(
         for chunk in stream:
             if "error" in chunk:
                 raise ImageBuildError(
-                    f"building {tag} failed: {chunk['error'].strip()}\n" + "".join(log[-10:]), hint=hint
+                    f"building {tag} failed: {_build_failure(chunk['error'], log)}", hint=hint
                 )
             line = chunk.get("stream") or chunk.get("status") or ""
             if line.strip():

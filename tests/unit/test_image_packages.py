@@ -453,3 +453,16 @@ def test_a_build_without_the_live_view_says_what_it_does_every_10_s(monkeypatch:
         "image building the package layer: line 10",
         "image building the package layer: line 20",
     ]
+
+
+def test_a_failed_package_build_says_what_apt_said_not_the_whole_shell_line() -> None:
+    log = [
+        "Step 4/8 : RUN set -eu; " + "x" * 400 + "\n",
+        "Reading package lists...Building dependency tree...E: Unable to locate package python3-nope\n",
+        "E: Unable to locate package python3-nope\n",
+    ]
+    error = "The command '/bin/sh -c set -eu;\n apt-get install $PACKAGES' returned a non-zero code: 100"
+    text = image_mod._build_failure(error, log)
+    first = text.splitlines()[0]
+    assert first == "E: Unable to locate package python3-nope (the RUN step returned a non-zero code: 100)"
+    assert "apt-get install $PACKAGES" not in text and "x" * 200 not in text
