@@ -171,7 +171,7 @@ def ensure_image(client, config: SandboxConfig, progress: Progress | None = None
         if packages:
             built_on = packages_tag(packages, config.base_image)
             if force or not _has_image(client, built_on):
-                _build_packages(client, config.base_image, packages, built_on, progress)
+                _build_packages(client, config.base_image, packages, built_on, progress, fresh=force)
         _build(client, built_on, tag, progress, _labels(KIND_SANDBOX, built_on, config.base_image, packages))
     return tag
 
@@ -181,12 +181,13 @@ def _labels(kind: str, built_on: str, base: str, packages: tuple[str, ...]) -> d
 
 
 def _build_packages(
-    client, base: str, packages: tuple[str, ...], tag: str, progress: Progress | None
+    client, base: str, packages: tuple[str, ...], tag: str, progress: Progress | None, fresh: bool = False
 ) -> None:
     """apt-get install ``packages`` on ``base``. The build has the host's network: the
     engine's default bridge may be missing (no ``docker0`` on these machines), and apt only
     talks to the Debian mirror in the base's sources.list. The names were checked against
-    Debian's rules, so the unquoted ``$PACKAGES`` in the RUN line splits into names only."""
+    Debian's rules, so the unquoted ``$PACKAGES`` in the RUN line splits into names only.
+    ``fresh`` (``image build --force``) skips the engine's build cache: apt runs again."""
     say = progress or (lambda _m: None)
     say(f"building the package layer {tag} on {base}: apt-get install {' '.join(packages)}")
     _run_build(
@@ -197,6 +198,7 @@ def _build_packages(
         buildargs={"BASE": base, "PACKAGES": " ".join(packages)},
         network_mode="host",
         labels=_labels(KIND_PACKAGES, base, base, packages),
+        nocache=fresh,
         hint=(
             "check the names (packages.debian.org, the base's release) and that the base's Debian "
             "mirror answers from this machine; the log's last lines are above"
@@ -255,6 +257,7 @@ def _run_build(
     network_mode: str,
     labels: dict[str, str],
     hint: str | None = None,
+    nocache: bool = False,
 ) -> None:
     from docker.errors import DockerException
 
@@ -271,6 +274,7 @@ def _run_build(
             network_mode=network_mode,
             decode=True,
             labels=labels,
+            nocache=nocache,
         )
         for chunk in stream:
             if "error" in chunk:
