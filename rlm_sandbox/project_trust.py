@@ -107,6 +107,7 @@ PROJECT_RULES: dict[str, Rule] = {
     "memory": Rule(Kind.LIMIT, "a container limit", measure=size_bytes),
     "cpus": Rule(Kind.LIMIT, "a container limit"),
     "runtime": Rule(Kind.RUNTIME, "the container runtime"),
+    "image_packages": Rule(Kind.USER, "packages change what is installed in the sandbox image"),
     # behaviour only: every budget above still holds
     "recursion": Rule(Kind.FREE, "how llm_query starts children"),
 }

@@ -65,6 +65,14 @@ FLAGS: dict[str, SettingFlag] = {
             "docker_url", ("--docker-url",), "Docker engine URL (default: DOCKER_HOST or the socket)"
         ),
         SettingFlag(
+            "image_packages",
+            ("--image-packages",),
+            "Debian packages to add to the sandbox image, e.g. python3-pandas (comma-separated or "
+            "repeated; built once into a derived image, cached by the list)",
+            param="image_packages",
+            multiple=True,
+        ),
+        SettingFlag(
             "recursion",
             ("--recursion",),
             "auto: llm_query starts child RLMs while depth remains; explicit: only rlm_query does",

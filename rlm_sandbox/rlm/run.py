@@ -143,6 +143,7 @@ class Run:
             backend=cfg.sandbox.backend,
             unsafe=cfg.sandbox.backend == "local",
             levels=models.levels(cfg.depth),
+            **({"image_packages": list(cfg.sandbox.image_packages)} if cfg.sandbox.image_packages else {}),
             **({"session": True} if session else {}),
         )
         return run
