@@ -371,7 +371,7 @@ class Budget:
             self._count_call(res)
 
     def commit(
-        self, res: Reservation, prompt_tokens: int, completion_tokens: int, cost_usd: float
+        self, res: Reservation, prompt_tokens: int, completion_tokens: int, cost_usd: float = 0.0
     ) -> str | None:
         """The call returned: its real usage replaces its reservation. Returns what it used
         beyond its worst case, if anything (a provider that ignored ``max_tokens``, a served

@@ -34,7 +34,7 @@ from typing import Any
 from rlm_sandbox.errors import BudgetExhausted, LMError
 from rlm_sandbox.rlm.budget import FALLBACK_GRACE_S, Budget, Reservation, Worst, prompt_token_bound
 from rlm_sandbox.rlm.digest import request_digest
-from rlm_sandbox.rlm.fallback import FALLBACK_TIMEOUT_S
+from rlm_sandbox.rlm.fallback import FALLBACK_MAX_TOKENS, FALLBACK_TIMEOUT_S
 from rlm_sandbox.rlm.models import ModelRouter
 from rlm_sandbox.rlm.prices import Price, price_of
 from rlm_sandbox.trace.writer import Tracer
@@ -68,6 +68,7 @@ class _Pending:
 
     def __init__(self, settle_late: Callable[[_Pending], None]) -> None:
         self.done = threading.Event()
+        self.sent_at: float | None = None  # when the request went out (after the client prepared)
         self.response: Any = None
         self.error: BaseException | None = None
         self._lock = threading.Lock()
@@ -89,6 +90,21 @@ class _Pending:
                 self._settle_late(self)
             finally:
                 _count_abandoned(-1)
+
+    def wait(self, limit: float, end: float | None, slack: float) -> bool:
+        """Wait for the outcome: ``limit`` seconds from when the request went out, never
+        past ``end``, each plus ``slack``. False when that passed without one."""
+        while True:
+            now = time.monotonic()
+            until = None if end is None else end + slack
+            if self.sent_at is not None:
+                own = self.sent_at + limit + slack
+                until = own if until is None else min(until, own)
+            if until is not None and now >= until:
+                return self.done.is_set()
+            step = 0.5 if until is None else min(0.5, until - now)
+            if self.done.wait(step):
+                return True
 
     def abandon(self) -> bool:
         """Stop waiting; False when the call finished just now (then its outcome stands)."""
@@ -134,18 +150,20 @@ class ModelCalls:
             self._prices[model] = price if price is not None else price_of(model)
         return self._prices[model]
 
-    def completion_limit(self, client: Any) -> int:
-        """The ``max_tokens`` a call to ``client`` is sent with: the setting, at most the
-        model's own output limit when LiteLLM knows it."""
+    def completion_limit(self, client: Any, *, fallback: bool = False) -> int:
+        """The ``max_tokens`` a call to ``client`` is sent with: the setting (for the
+        fallback at most ``FALLBACK_MAX_TOKENS``), at most the model's own output limit
+        when LiteLLM knows it."""
+        limit = min(self.max_tokens, FALLBACK_MAX_TOKENS) if fallback else self.max_tokens
         price = self._price(client.model)
         if price is not None and price.max_output_tokens:
-            return min(self.max_tokens, price.max_output_tokens)
-        return self.max_tokens
+            return min(limit, price.max_output_tokens)
+        return limit
 
-    def worst(self, client: Any, messages: Messages) -> Worst:
+    def worst(self, client: Any, messages: Messages, *, fallback: bool = False) -> Worst:
         """What a call of ``messages`` to ``client`` may use at most."""
         prompt = prompt_token_bound(messages)
-        completion = self.completion_limit(client)
+        completion = self.completion_limit(client, fallback=fallback)
         price = self._price(client.model)
         cost = price.worst_cost(prompt, completion) if price is not None else 0.0
         return Worst(prompt, completion, cost)
@@ -156,18 +174,12 @@ class ModelCalls:
         """A call the budget admits (its worst case reserved first), waited for no longer
         than its own limit or the run's wall time left."""
         res = self.budget.reserve(self.worst(client, messages))
-        now = time.monotonic()
-        timeout = self.lm_timeout
-        wait_until = now + timeout + ABANDON_SLACK_S
-        deadline = self.budget.deadline()
-        if deadline is not None:
-            timeout = max(1.0, min(timeout, deadline - now))
-            wait_until = min(wait_until, deadline + ABANDON_SLACK_S)
-        return self._send(client, messages, node, depth, purpose, res, timeout, wait_until, fatal=True)
+        end = self.budget.deadline()
+        return self._send(client, messages, node, depth, purpose, res, self.lm_timeout, end, fatal=True)
 
     def hold_fallback(self, client: Any, messages: Messages, fallback_prompt: Messages) -> None:
         """Keep back room for the fallback answer of a root whose history is ``messages``."""
-        self.budget.hold_for_fallback(self.worst(client, [*messages, *fallback_prompt]))
+        self.budget.hold_for_fallback(self.worst(client, [*messages, *fallback_prompt], fallback=True))
 
     def fallback(self, client: Any, request: Messages, node: str, depth: int) -> str:
         """The root's one call after a stop: it may spend the hold, never a cap. Its history
@@ -176,18 +188,13 @@ class ModelCalls:
         Raises :class:`BudgetExhausted` (nothing fits) or :class:`LMError`; neither is fatal
         to the run, whose outcome is the stop that came first."""
         request = self._fit(client, request)
-        now = time.monotonic()
-        timeout = min(FALLBACK_TIMEOUT_S, self.lm_timeout)
-        wait_until = now + timeout + ABANDON_SLACK_S
         deadline = self.budget.deadline()
-        if deadline is not None:
-            latest = deadline + FALLBACK_GRACE_S
-            if latest - now < 1.0:
-                raise BudgetExhausted("timeout", "no time is left for a fallback answer")
-            timeout = min(timeout, latest - now)
-            wait_until = min(wait_until, latest)
-        res = self.budget.reserve(self.worst(client, request), fallback=True)
-        return self._send(client, request, node, depth, "fallback", res, timeout, wait_until, fatal=False)
+        end = None if deadline is None else deadline + FALLBACK_GRACE_S - ABANDON_SLACK_S
+        if end is not None and end - time.monotonic() < 1.0:
+            raise BudgetExhausted("timeout", "no time is left for a fallback answer")
+        res = self.budget.reserve(self.worst(client, request, fallback=True), fallback=True)
+        limit = min(FALLBACK_TIMEOUT_S, self.lm_timeout)
+        return self._send(client, request, node, depth, "fallback", res, limit, end, fatal=False)
 
     def _fit(self, client: Any, request: Messages) -> Messages:
         """``request`` without its oldest steps (assistant + feedback pairs after the system
@@ -195,7 +202,7 @@ class ModelCalls:
         tokens_left, cost_left = self.budget.room()
         candidate = list(request)
         while True:
-            worst = self.worst(client, candidate)
+            worst = self.worst(client, candidate, fallback=True)
             fits = (tokens_left is None or worst.tokens <= tokens_left) and (
                 cost_left is None or worst.cost_usd <= cost_left + 1e-12
             )
@@ -219,12 +226,15 @@ class ModelCalls:
         depth: int,
         purpose: str,
         res: Reservation,
-        timeout: float,
-        wait_until: float,
+        limit: float,
+        end: float | None,
         *,
         fatal: bool,
     ) -> str:
-        """One reserved call, counted (per model too) and traced, waited for until ``wait_until``."""
+        """One reserved call, counted (per model too) and traced. It is waited for at most
+        ``limit`` seconds from when its request goes out (what a client prepares first, such
+        as LiteLLM's import, does not count) and never past ``end`` (``time.monotonic()``,
+        the run's deadline), each plus ``ABANDON_SLACK_S``; then it is abandoned."""
         if abandoned_calls() >= MAX_ABANDONED:
             self.budget.release(res, sent=False)
             raise LMError(
@@ -237,6 +247,7 @@ class ModelCalls:
         call_id = next(self._ids)
         t0 = time.perf_counter()
         max_tokens = res.worst.completion_tokens
+        timeout = limit if end is None else max(1.0, min(limit, end - time.monotonic()))
         self.tracer.emit(
             "lm_start",
             node=node,
@@ -251,9 +262,18 @@ class ModelCalls:
         self.models.started()
         sent = list(messages)  # the caller may go on with its own list once it stops waiting
         pending = _Pending(lambda p: self._settle_late(p, res, node, depth, client.model, call_id))
+
+        def send() -> Any:
+            prepare = getattr(client, "prepare", None)
+            if callable(prepare):
+                prepare()  # e.g. LiteLLM's import: seconds, not the model's time
+            pending.sent_at = now = time.monotonic()
+            own = limit if end is None else max(1.0, min(limit, end - now))
+            return client.completion(sent, timeout_s=own, max_tokens=max_tokens)
+
         worker = threading.Thread(
             target=pending.run,
-            args=(lambda: client.completion(sent, timeout_s=timeout, max_tokens=max_tokens),),
+            args=(send,),
             name=f"lm-call-{call_id}",
             daemon=True,  # an abandoned call must never keep the process alive
         )
@@ -264,7 +284,7 @@ class ModelCalls:
             self.budget.release(res, sent=False)
             raise
         try:
-            finished = pending.done.wait(max(0.0, wait_until - time.monotonic()))
+            finished = pending.wait(limit, end, ABANDON_SLACK_S)
         except BaseException:  # Ctrl-C while waiting
             if pending.abandon():
                 self.budget.count_call(res)

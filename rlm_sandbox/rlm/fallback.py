@@ -5,11 +5,12 @@ of other RLM libraries complain about. So the root's model is asked once more, w
 history and the reason for stopping, to answer from what it has: one call, no code run, and
 the result says it is a fallback.
 
-It is *not* outside the budgets: the caps are hard, and the cap wins. The root keeps a hold
-for this call (one call, and the worst case of its history plus one reply) that other calls
-may not use; the fallback spends the hold and whatever else is left, its history cut from
-the oldest steps when it would not fit, and it is skipped (traced, with the reason) when even
-the system prompt and the task do not fit. In time it is bounded by ``FALLBACK_TIMEOUT_S``
+It is *not* outside the budgets: the caps are hard, and the cap wins. After each of its
+steps the root keeps a hold for this call -- one call, and the worst case of its history plus
+a short reply (``FALLBACK_MAX_TOKENS``) -- that other calls may not use, taken only out of
+room that is free then. The fallback spends the hold and whatever else is left, its history
+cut from the oldest steps when it would not fit, and it is skipped (traced, with the reason)
+when even the system prompt and the task do not fit. In time it is bounded by ``FALLBACK_TIMEOUT_S``
 and, after a wall-time stop, by the grace of :data:`rlm_sandbox.rlm.budget.FALLBACK_GRACE_S`
 (see :mod:`rlm_sandbox.rlm.budget` and :meth:`rlm_sandbox.rlm.calls.ModelCalls.fallback`).
 A tenant's caps and a cancelled run allow no fallback at all.
@@ -24,6 +25,9 @@ from rlm_sandbox.rlm.prompts import render
 
 #: The fallback call's own time limit.
 FALLBACK_TIMEOUT_S = 60.0
+#: Completion tokens of the fallback at most (fewer when ``lm_max_tokens`` is lower): an
+#: answer, not a step of code. Its hold is sized with it, so it crowds out less work.
+FALLBACK_MAX_TOKENS = 1024
 #: Characters of the stop's reason the fallback prompt carries (the hold is sized for them).
 REASON_ROOM = 400
 

@@ -267,6 +267,12 @@ class LiteLLMClient:
 
     # ------------------------------------------------------------------ calling
 
+    def prepare(self) -> None:
+        """What must happen once before a first request: LiteLLM's import (seconds, more on
+        a busy machine). Callers run it before they start a call's clock, so a model call's
+        time limit measures the model, not our import."""
+        preload_litellm()
+
     def completion(
         self, messages: list[dict[str, str]], *, timeout_s: float | None = None, max_tokens: int | None = None
     ) -> LMResponse:
