@@ -11,8 +11,9 @@ lets every call in flight pass the cap at once (a 16-way fan-out of 500 KB promp
 counted by :func:`prompt_token_bound`, its completion bounded by the ``max_tokens`` it is
 sent with, and the cost of both at the model's highest rate (:mod:`rlm_sandbox.rlm.prices`)
 -- against what is used *and* what is reserved by every other call in flight, in this run and
-(for cost) in every run of its tenant. A call that does not fit is not sent: the run ends
-``budget_exhausted`` naming the budget. When the call returns, the reservation becomes the
+(for cost) in every run of its tenant. A call that would fit once the calls in flight have
+settled waits for them (they give most of their reservation back); a call that cannot fit
+is not sent: the run ends ``budget_exhausted`` naming the budget. When the call returns, the reservation becomes the
 real usage the provider reported, and the unused part is free again. So the real spend never
 passes a cap, as long as the provider counts no more than the bound below and honours
 ``max_tokens`` (a provider that does not is recorded honestly, and the run stops at once).
@@ -26,19 +27,21 @@ templates add a few special tokens per message (OpenAI: 3, plus 3 to prime the r
 25). The bound is therefore UTF-8 bytes of every role and content, plus
 :data:`TOKENS_PER_MESSAGE` per message and :data:`TOKENS_PER_REQUEST` per request. It is
 provider-independent (an ``--api-base`` server's tokenizer is unknown) and holds against a
-hostile prompt (a model-written ``llm_query`` text is hostile input: random bytes or emoji
-do reach one token per byte). Its price is pessimism: ordinary English or log text has 3.5
-to 4.5 bytes per token, so a prompt is reserved at about 4x its real count. A reservation
-only lasts while its call is in flight, so this costs a run only at its margin: the run stops
-when what is left no longer covers the next call's worst case, i.e. at most one worst-case
-call (or one per call in flight) earlier than exact counts would. A model's tokenizer would
-be exact for that model only (and none is available for most providers); a guessed ratio
-would not be a cap.
+hostile prompt (a model-written ``llm_query`` text is hostile input: control characters
+reach one token per byte, emoji 1.3 bytes per token). A model's tokenizer would be exact for
+that model only (none is at hand for most providers); a guessed ratio would not be a cap.
+
+Its price is pessimism: GPT-4o counts 3.5 bytes per token in English, 4.5 in code, 2.3 in a
+typical log, so a prompt is reserved at 1.5-4.5x its real count (4x the scripted test
+server's count). A reservation only lasts while its call is in flight, and a call that does
+not fit waits for the calls in flight rather than end the run, so this costs a run at its
+margin: it stops when what is left no longer covers the next call's worst case, about one
+worst-case call earlier than exact counts would.
 
 **The fallback answer** (:mod:`rlm_sandbox.rlm.fallback`) is one call after a stop. The cap
 wins: the fallback is sent only when its worst case fits in what is left. To make that
 likely, the root keeps a *hold* for it -- one call and the worst case of its current history
-plus one reply -- which other calls may not use; the hold is set after each of the root's
+plus a short reply -- which other calls may not use; the hold is set after each of the root's
 steps, only out of room that is free then (it never stops the work by itself), and the
 fallback spends it (its history is cut from the oldest steps when it would not fit).
 
@@ -134,6 +137,7 @@ class Reservation:
     worst: Worst
     call_open: bool = True  # its call slot is reserved, not yet counted as a call made
     usage_open: bool = True  # its tokens and cost are reserved, not yet turned into usage
+    abandoned: bool = False  # nobody waits for it: its thread may take long to end
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +203,7 @@ class Budget:
         self.reserved_tokens = 0
         self.reserved_cost = 0.0
         self._open_usage = 0
+        self._abandoned_open = 0  # of those, calls abandoned at a deadline (not worth waiting for)
         self.hold = NO_HOLD
         self.nodes = 0
         self.containers_started = 0
@@ -260,31 +265,69 @@ class Budget:
 
     # ---- model calls: reserve, then commit (or release)
 
-    def reserve(self, worst: Worst, *, fallback: bool = False) -> Reservation:
+    def reserve(
+        self, worst: Worst, *, fallback: bool = False, wait_until: float | None = None
+    ) -> Reservation:
         """Reserve one call's worst case, or refuse it: a refused call is never sent.
+
+        A call that does not fit only because of what calls in flight have reserved waits
+        for them to settle (they give back most of it): refusing it would end the run while
+        the budget still has room, and a fan-out of big prompts would stop at its first
+        few. It waits until it fits, the calls in flight can no longer make room, the run
+        is stopped, or its wall time (``wait_until`` for the fallback) is up.
 
         An ordinary call must leave the fallback's hold untouched and stops the run when it
         does not fit; the fallback (``fallback=True``) may spend the hold, is allowed after
         the stop, and a refusal only skips it."""
         if not fallback:
             self.check()
+            wait_until = self.deadline()
+        refusal = None
         with self._lock:
-            refusal = self._refusal(worst, NO_HOLD if fallback else self.hold)
-            if refusal is None:
-                refusal = self._reserve_tenant(worst.cost_usd)
-            if refusal is None:
-                self.reserved_calls += 1
-                self.reserved_tokens += worst.tokens
-                self.reserved_cost += worst.cost_usd
-                self._open_usage += 1
-                if fallback:
-                    self.hold = NO_HOLD
-        if refusal is not None:
-            budget, message, hint = refusal
-            if fallback:
-                raise BudgetExhausted(budget, message, hint=hint)
-            raise self._exhaust(budget, message, hint)
-        return Reservation(worst)
+            while True:
+                hold = NO_HOLD if fallback else self.hold
+                refusal = self._refusal(worst, hold) or self._reserve_tenant(worst.cost_usd)
+                if refusal is None:
+                    self.reserved_calls += 1
+                    self.reserved_tokens += worst.tokens
+                    self.reserved_cost += worst.cost_usd
+                    self._open_usage += 1
+                    if fallback:
+                        self.hold = NO_HOLD
+                    return Reservation(worst)
+                if not self._may_fit_later(worst, hold, refusal[0]):
+                    break
+                if not fallback and self.cancelled.is_set():
+                    break
+                left = None if wait_until is None else wait_until - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                # Calls of this run notify; another run of the tenant does not: poll briskly.
+                poll = 0.1 if refusal[0] == "tenant_max_cost" else 0.5
+                self._lock.wait(poll if left is None else min(poll, left))
+        if not fallback:
+            self.check()  # stopped (or out of time) while waiting: that is the outcome
+        budget, message, hint = refusal
+        if fallback:
+            raise BudgetExhausted(budget, message, hint=hint)
+        raise self._exhaust(budget, message, hint)
+
+    def _may_fit_later(self, worst: Worst, hold: Hold, budget: str) -> bool:
+        """Called with the lock held: would the call fit once the live calls in flight
+        settle (at no cost at all)? Only then is waiting for them worth it. Calls abandoned
+        at a deadline are not waited for: their thread may take long to end."""
+        lim, tenant = self.limits, self.tenant
+        live = self._open_usage - self._abandoned_open
+        if budget == "max_tokens" and lim.max_tokens is not None:
+            used = self.prompt_tokens + self.completion_tokens
+            return live > 0 and used + hold.tokens + worst.tokens <= lim.max_tokens
+        if budget == "max_cost" and lim.max_cost is not None:
+            return live > 0 and self.cost_usd + hold.cost_usd + worst.cost_usd <= lim.max_cost + _EPS
+        if budget == "tenant_max_cost" and tenant is not None and tenant.limits.max_cost is not None:
+            with _TENANT_LOCK:
+                live = tenant.in_flight - tenant.abandoned
+                return live > 0 and tenant.cost_usd + worst.cost_usd <= tenant.limits.max_cost + _EPS
+        return False  # a call slot in flight always counts: waiting cannot free one
 
     def _refusal(self, worst: Worst, hold: Hold) -> tuple[str, str, str] | None:
         """Called with the lock held: which budget the call would pass, and how, or None."""
@@ -349,14 +392,16 @@ class Budget:
         self.reserved_tokens -= res.worst.tokens
         self.reserved_cost -= res.worst.cost_usd
         self._open_usage -= 1
+        self._abandoned_open -= res.abandoned
         if self._open_usage <= 0:  # no float drift survives an idle moment
-            self._open_usage, self.reserved_tokens, self.reserved_cost = 0, 0, 0.0
+            self._open_usage, self._abandoned_open, self.reserved_tokens, self.reserved_cost = 0, 0, 0, 0.0
         if self.tenant is not None:
             with _TENANT_LOCK:
                 self.tenant.reserved_cost -= res.worst.cost_usd
                 self.tenant.in_flight -= 1
+                self.tenant.abandoned -= res.abandoned
                 if self.tenant.in_flight <= 0:
-                    self.tenant.in_flight, self.tenant.reserved_cost = 0, 0.0
+                    self.tenant.in_flight, self.tenant.abandoned, self.tenant.reserved_cost = 0, 0, 0.0
 
     def _count_call(self, res: Reservation) -> None:
         if res.call_open:
@@ -366,9 +411,16 @@ class Budget:
 
     def count_call(self, res: Reservation) -> None:
         """The call was sent and will not be waited for (abandoned at a deadline): it counts
-        as a call now; its tokens and cost stay reserved until its thread ends."""
+        as a call now; its tokens and cost stay reserved until its thread ends, but no other
+        call waits for that."""
         with self._lock:
             self._count_call(res)
+            if res.usage_open and not res.abandoned:
+                res.abandoned = True
+                self._abandoned_open += 1
+                if self.tenant is not None:
+                    with _TENANT_LOCK:
+                        self.tenant.abandoned += 1
 
     def commit(
         self, res: Reservation, prompt_tokens: int, completion_tokens: int, cost_usd: float = 0.0
@@ -388,6 +440,7 @@ class Budget:
             if self.tenant is not None:
                 with _TENANT_LOCK:
                     self.tenant.cost_usd += cost_usd
+            self._lock.notify_all()  # calls waiting for room
         over = []
         if prompt_tokens + completion_tokens > res.worst.tokens:
             over.append(f"{prompt_tokens + completion_tokens} tokens for {res.worst.tokens} reserved")
@@ -451,19 +504,19 @@ class Budget:
             return self.hold
 
     def room(self) -> tuple[int | None, float | None]:
-        """(tokens, USD) a call could still reserve, the hold included; None = no limit."""
+        """(tokens, USD) a call could reserve once the calls in flight have settled, the
+        hold included; None = no limit."""
         lim, tenant = self.limits, self.tenant
         with self._lock:
             tokens = None
             if lim.max_tokens is not None:
-                used = self.prompt_tokens + self.completion_tokens + self.reserved_tokens
-                tokens = max(0, lim.max_tokens - used)
+                tokens = max(0, lim.max_tokens - self.prompt_tokens - self.completion_tokens)
             cost = None
             if lim.max_cost is not None:
-                cost = max(0.0, lim.max_cost - self.cost_usd - self.reserved_cost)
+                cost = max(0.0, lim.max_cost - self.cost_usd)
         if tenant is not None and tenant.limits.max_cost is not None:
             with _TENANT_LOCK:
-                left = max(0.0, tenant.limits.max_cost - tenant.cost_usd - tenant.reserved_cost)
+                left = max(0.0, tenant.limits.max_cost - tenant.cost_usd)
             cost = left if cost is None else min(cost, left)
         return tokens, cost
 

@@ -192,8 +192,12 @@ class ModelCalls:
         end = None if deadline is None else deadline + FALLBACK_GRACE_S - ABANDON_SLACK_S
         if end is not None and end - time.monotonic() < 1.0:
             raise BudgetExhausted("timeout", "no time is left for a fallback answer")
-        res = self.budget.reserve(self.worst(client, request, fallback=True), fallback=True)
         limit = min(FALLBACK_TIMEOUT_S, self.lm_timeout)
+        # Calls still in flight may be holding room it needs: it may wait for them a while.
+        wait_until = time.monotonic() + limit if end is None else min(end, time.monotonic() + limit)
+        res = self.budget.reserve(
+            self.worst(client, request, fallback=True), fallback=True, wait_until=wait_until
+        )
         return self._send(client, request, node, depth, "fallback", res, limit, end, fatal=False)
 
     def _fit(self, client: Any, request: Messages) -> Messages:

@@ -33,6 +33,7 @@ class TenantAccount:
     cost_usd: float = 0.0
     reserved_cost: float = 0.0  # worst case of this tenant's calls in flight, all runs
     in_flight: int = 0
+    abandoned: int = 0  # of those, calls abandoned at a deadline
 
 
 class TenantLedger:

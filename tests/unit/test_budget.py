@@ -179,16 +179,34 @@ def test_the_hold_never_takes_more_than_is_free() -> None:
 
 
 def test_tenant_cost_reservations_span_runs() -> None:
+    """Two runs of a tenant: a call that fits only once the other run's call has settled
+    waits for it; one that cannot fit whatever happens is refused at once."""
     tenant = TenantAccount("t", TenantLimits(max_cost=1.0))
     first, second = Budget(Limits(timeout_s=None), tenant), Budget(Limits(timeout_s=None), tenant)
     in_flight = first.reserve(Worst(10, 10, 0.6))
-    with pytest.raises(BudgetExhausted) as info:
-        second.reserve(Worst(10, 10, 0.5))
-    assert info.value.budget == "tenant_max_cost" and "reserved" in info.value.message
-    first.commit(in_flight, 10, 10, 0.1)
+    threading.Timer(0.3, lambda: first.commit(in_flight, 10, 10, 0.1)).start()
+    res = second.reserve(Worst(10, 10, 0.5))  # waits for the first run's call: 0.1 + 0.5 fit
+    assert not in_flight.usage_open
+    second.commit(res, 10, 10, 0.5)
     third = Budget(Limits(timeout_s=None), tenant)
-    third.commit(third.reserve(Worst(10, 10, 0.5)), 10, 10, 0.5)
+    with pytest.raises(BudgetExhausted) as info:  # 0.6 spent: 0.5 more never fits
+        third.reserve(Worst(10, 10, 0.5))
+    assert info.value.budget == "tenant_max_cost" and "over its limit of $1" in info.value.message
     assert tenant.cost_usd == pytest.approx(0.6) and tenant.reserved_cost == 0 and tenant.in_flight == 0
+
+
+def test_a_call_waits_for_calls_in_flight_rather_than_end_the_run() -> None:
+    """Worst cases in flight shrink to real usage when they return: a call that fits then
+    is sent then, not refused; a call abandoned at its deadline is not waited for."""
+    budget = Budget(Limits(max_cost=1.0, timeout_s=None))
+    big = budget.reserve(Worst(1000, 100, 0.8))
+    threading.Timer(0.3, lambda: budget.commit(big, 250, 50, 0.2)).start()
+    res = budget.reserve(Worst(1000, 100, 0.8))  # 0.8 + 0.8 > 1 now; 0.2 + 0.8 fits later
+    assert budget.lm_calls == 1 and budget.exhausted is None
+    budget.count_call(res)  # abandoned: its worst case stays reserved, nobody waits for it
+    with pytest.raises(BudgetExhausted) as info:
+        budget.reserve(Worst(10, 10, 0.05))
+    assert info.value.budget == "max_cost"
 
 
 def test_failed_and_abandoned_calls() -> None:
