@@ -14,7 +14,7 @@
     │   └── SandboxClosed           the sandbox was used after it was closed
     ├── LMError                     the model failed after retries ("lm_error")
     ├── BudgetExhausted             a shared budget ran out ("budget_exhausted")
-    └── AnswerInvalid               a typed answer never matched its schema
+    └── AnswerInvalid               a typed answer never matched its schema ("answer_invalid")
 
 Every error carries a ``status`` (the ``status`` of ``--json``), and the process exit code of
 each status is defined once, in :data:`EXIT_CODES`. Every message says what happened and,
@@ -29,11 +29,12 @@ from typing import ClassVar
 #: The exit code of every outcome, for the CLI and for ``RLMResult.exit_code``.
 EXIT_CODES: dict[str, int] = {
     "ok": 0,  # answered
-    "error": 1,  # an unexpected failure (a bug of ours), or a typed answer that never fit
+    "error": 1,  # an unexpected failure (a bug of ours)
     "usage": 2,  # a usage or configuration error: nothing was started
     "budget_exhausted": 3,  # a budget ran out (the answer may be a fallback)
     "sandbox_error": 4,  # a sandbox or its engine failed
     "lm_error": 5,  # the model failed after retries
+    "answer_invalid": 6,  # a typed answer (--schema) never matched its schema
     "interrupted": 130,  # Ctrl-C: the run was stopped and its containers removed
 }
 
@@ -159,7 +160,8 @@ class BudgetExhausted(RLMSandboxError):
 class AnswerInvalid(RLMSandboxError):
     """The model's answer still did not match the schema after the allowed retries."""
 
-    hint = "loosen the schema, raise schema_retries, or use a stronger model"
+    status = "answer_invalid"
+    hint = "loosen the schema, raise --schema-retries (schema_retries), or use a stronger model"
 
 
 def outcome_of(exc: BaseException) -> tuple[str, str | None]:

@@ -104,6 +104,8 @@ PROJECT_RULES: dict[str, Rule] = {
     "lm_timeout": Rule(Kind.LIMIT, "a model call's limit"),
     "lm_retries": Rule(Kind.LIMIT, "a model call's limit"),
     "lm_max_tokens": Rule(Kind.LIMIT, "a model call's limit"),
+    # each retry of a typed answer is one more model call: fewer is tighter
+    "schema_retries": Rule(Kind.LIMIT, "the retries of a typed answer"),
     "tenants": Rule(Kind.LIMIT, "a tenant's limit"),
     # isolation of each container
     "cell_timeout": Rule(Kind.LIMIT, "a container limit"),

@@ -699,6 +699,7 @@ def run_replay(
     origin: Callable[[str], str] | None = None,
     task: str | None = None,
     listeners: tuple[Any, ...] = (),
+    run_id: str | None = None,
 ) -> ReplayReport:
     """Play the recording again in fresh containers and compare; needs no model and no key."""
     from rlm_sandbox.rlm.api import RLM
@@ -713,5 +714,5 @@ def run_replay(
         )
         rlm = RLM(model=server.model_name, config=config, api_key=server.api_key)
         rlm.listeners.extend(listeners)
-        rlm.run(context=context, task=task or recording.task)
+        rlm.run(context=context, task=task or recording.task, run_id=run_id)
     return compare(recording, read_trace(trace), policy.served, trace=trace)

@@ -71,6 +71,7 @@ RLM_FIELDS = (
     "trace",
     "depth_models",
     "recursion",
+    "schema_retries",
 )
 
 
@@ -109,6 +110,7 @@ class Settings(BaseSettings):
     # NoDecode: a variable holds names ("a b" or "a,b"), which the validator below splits.
     image_packages: Annotated[list[str], NoDecode] = _same_as(SandboxConfig, "image_packages")
     recursion: Literal["auto", "explicit"] = _same_as(RLMConfig, "recursion")
+    schema_retries: int = _same_as(RLMConfig, "schema_retries")
     depth_models: dict[int, str] = Field(
         default_factory=dict,
         description="model per level: D=MODEL (nodes at depth D; leaf calls from depth D-1)",

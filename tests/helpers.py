@@ -26,6 +26,7 @@ JSON_KEYS = [
     "containers",
     "max_depth_reached",
     "trace",
+    "warnings",
 ]
 
 

@@ -50,9 +50,9 @@ def show(as_json: bool, **flags: Any) -> None:
         }
         click.echo(json.dumps(out))
         return
-    from rich.console import Console
     from rich.table import Table
 
+    from rlm_sandbox.cli.output import console as make_console
     from rlm_sandbox.safe_text import text
 
     table = Table(title="rlm-sandbox settings", title_justify="left")
@@ -63,7 +63,7 @@ def show(as_json: bool, **flags: Any) -> None:
         style = "dim" if src == "default" else None
         # Values come from files a stranger may have written: plain text, never markup.
         table.add_row(name, text("-" if value is None else str(value)), text(src), style=style)
-    console = Console(highlight=False)
+    console = make_console(highlight=False)  # wrapped at a terminal only
     console.print(table)
     if trust is None:
         console.print(f"project file: none ({Path('rlm-sandbox.toml')} here or up to the project root)")

@@ -38,15 +38,14 @@ def doctor(as_json: bool, **flags: Any) -> None:
 
     The settings checked are those `run` would use (flags here, RLM_SANDBOX_*, rlm-sandbox.toml).
     """
-    from rich.console import Console
-
     from rlm_sandbox.cli.options import resolve_settings
+    from rlm_sandbox.cli.output import console
     from rlm_sandbox.doctor import MARK, CheckResult, run_checks
     from rlm_sandbox.safe_text import json_text, line
 
     # An invalid setting raises ConfigError: the CLI's group prints it and exits 2.
     loaded = resolve_settings(click.get_current_context(), flags)
-    out = Console(highlight=False, soft_wrap=True)
+    out = console(highlight=False, soft_wrap=True)  # wrapped at a terminal only
 
     def show(r: CheckResult) -> None:
         # Details quote engines, servers and settings files: shown as text, never markup or escapes.

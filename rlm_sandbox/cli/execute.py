@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from rlm_sandbox.cli.output import fast_exit, use_live_view
+from rlm_sandbox.cli.output import console, fast_exit, use_live_view
 from rlm_sandbox.errors import EXIT_CODES
 from rlm_sandbox.safe_text import json_text, line, text, write_answer
 
@@ -51,14 +51,13 @@ def execute(
     *,
     tools: dict[str, Any] | None = None,
     output: Any = None,
+    run_id: str | None = None,
 ) -> int:
     """Run once and report; returns the exit code."""
-    from rich.console import Console
-
     from rlm_sandbox.rlm.api import RLM
-    from rlm_sandbox.trace.view import TraceView
+    from rlm_sandbox.trace.view import TraceView, warning_printer
 
-    err = Console(stderr=True)
+    err = console(stderr=True)
     config = build_config(o)
     note_project_api_base(config, o.get("settings"))
     if config.sandbox.backend == "local":
@@ -74,6 +73,7 @@ def execute(
                 f" tools {', '.join(sorted(tools))} run on this machine, with your rights",
             )
         )
+    rlm.listeners.append(warning_printer(err))  # in every mode, --json too: stderr is free
     live = None
     if not o["as_json"] and use_live_view(err):
         from rlm_sandbox.trace.live import LiveTree
@@ -87,9 +87,9 @@ def execute(
     try:
         if live is not None:
             with live:
-                result = rlm.run(context=context, task=task, output=output)
+                result = rlm.run(context=context, task=task, output=output, run_id=run_id)
         else:
-            result = rlm.run(context=context, task=task, output=output)
+            result = rlm.run(context=context, task=task, output=output, run_id=run_id)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: the run was stopped and every container removed")
         if o["as_json"]:
@@ -139,10 +139,15 @@ def note_project_api_base(config: Any, loaded: Any) -> None:
         )
 
 
-def private_trace_path(command: str) -> str:
-    """Where a command writes its trace when none is given: a new directory only this user
-    can enter, so no other user of a shared /tmp can put a file or a link there first."""
-    import tempfile
-    from pathlib import Path
+def default_trace(command: str, kind: str = "run") -> tuple[str, str]:
+    """``(run id, trace path)`` for a command that writes a trace unasked (demo, chat,
+    replay): a new file named by the run id in the user's private trace directory, said on
+    stderr so the user knows where their data went."""
+    from rlm_sandbox.rlm.run import new_run_id
+    from rlm_sandbox.safe_text import visible
+    from rlm_sandbox.trace.writer import default_trace_path
 
-    return str(Path(tempfile.mkdtemp(prefix=f"rlm-sandbox-{command}-")) / "trace.jsonl")
+    run_id = new_run_id(kind)
+    path = default_trace_path(command, run_id)
+    click.echo(f"{command}: the trace goes to {visible(str(path))}", err=True)
+    return run_id, str(path)

@@ -42,20 +42,43 @@ def _sandbox_config(flags: dict[str, Any], base: str | None = None) -> Any:
 def image_build(base: str | None, force: bool, **flags: Any) -> None:
     """Build the sandbox image a run would use (with --image-packages: the derived image)
     and what it is built on, if missing; print its tag."""
-    from rich.console import Console
-
+    from rlm_sandbox.cli.output import console
     from rlm_sandbox.safe_text import text
     from rlm_sandbox.sandbox.docker_backend import docker_client
     from rlm_sandbox.sandbox.image import ensure_image
 
-    err = Console(stderr=True)
+    err = console(stderr=True)
     cfg = _sandbox_config(flags, base)
+    client = docker_client(cfg.docker_url)
     # A typed error (bad engine, failed build) reaches the group: one line, a hint, its exit code.
-    with err.status("checking the sandbox image") as status:
-        tag = ensure_image(
-            docker_client(cfg.docker_url), cfg, progress=lambda m: status.update(text(m[:100])), force=force
-        )
+    if err.is_terminal:
+        with err.status("checking the sandbox image") as status:
+            tag = ensure_image(client, cfg, progress=lambda m: status.update(text(m[:100])), force=force)
+    else:  # a log (scripts/setup.sh, CI): a spinner shows nothing there, lines do
+        tag = ensure_image(client, cfg, progress=ProgressLines(err), force=force)
     click.echo(tag)
+
+
+class ProgressLines:
+    """Build progress as lines, for a stream that is not a terminal: each step of ours and of
+    the Dockerfile at once, the build's own output (apt, pip) at most every few seconds."""
+
+    EVERY_S = 5.0
+    STEPS = ("building ", "pulling ", "debian-base: ", "Step ", "sending ", "sent ")
+
+    def __init__(self, err: Any) -> None:
+        self.err = err
+        self.last = float("-inf")
+
+    def __call__(self, message: str) -> None:
+        import time
+
+        from rlm_sandbox.safe_text import line
+
+        now = time.monotonic()
+        if message.startswith(self.STEPS) or now - self.last >= self.EVERY_S:
+            self.last = now
+            self.err.print(line(("image:", "cyan"), f" {message.strip()[:200]}"), highlight=False)
 
 
 @image.command("ls")

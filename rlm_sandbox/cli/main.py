@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from rlm_sandbox.cli.output import fail
+from rlm_sandbox.cli.output import echo_json_error, fail, json_errors, usage_hint
 from rlm_sandbox.errors import RLMSandboxError
 
 #: name -> (module, attribute, summary for --help). One line per command; the order is --help's.
@@ -63,13 +63,30 @@ class CommandRegistry(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
+    def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
+        """``--json`` anywhere on the line makes every error a JSON object on stdout as well
+        (it is known before click parses anything, so click's own usage errors get one too)."""
+        argv = list(args) if args is not None else sys.argv[1:]
+        json_errors("--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv)
+        return super().main(argv, *rest, **kwargs)
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.exceptions.ClickException as exc:
+            _click_error_json(exc)
+            raise
+
     def invoke(self, ctx: click.Context) -> Any:
         """Typed errors as one line and a hint, never a traceback, unless asked for one
         (``--debug`` anywhere on the line, or RLM_SANDBOX_DEBUG=1)."""
         debug = "--debug" in sys.argv[1:] or os.environ.get("RLM_SANDBOX_DEBUG", "") not in ("", "0")
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except click.exceptions.ClickException as exc:  # a usage error of a subcommand
+            _click_error_json(exc)
+            raise
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
         except RLMSandboxError as exc:
             fail(exc, debug)
@@ -78,9 +95,18 @@ class CommandRegistry(click.Group):
                 raise
             from rlm_sandbox.safe_text import visible
 
+            hint = "rerun with --debug for the traceback, and please report it"
+            echo_json_error("error", f"unexpected {type(exc).__name__}: {exc}", hint)
             click.echo(f"error: unexpected {type(exc).__name__}: {visible(exc)}", err=True)
-            click.echo("hint: rerun with --debug for the traceback, and please report it", err=True)
+            click.echo(f"hint: {hint}", err=True)
             sys.exit(1)
+
+
+def _click_error_json(exc: click.exceptions.ClickException) -> None:
+    """click prints its own message on stderr (with the usage line); under ``--json`` stdout
+    gets the same error as JSON."""
+    status = "usage" if exc.exit_code == 2 else "error"
+    echo_json_error(status, exc.format_message(), usage_hint(exc))
 
 
 @click.group(cls=CommandRegistry, context_settings={"help_option_names": ["-h", "--help"]})

@@ -59,6 +59,12 @@ FLAGS: dict[str, SettingFlag] = {
             "completion tokens per model call (sent as max_tokens; reserved against the budgets)",
             click.INT,
         ),
+        SettingFlag(
+            "schema_retries",
+            ("--schema-retries",),
+            "times an answer that does not match --schema is sent back to the model to fix",
+            click.INT,
+        ),
         SettingFlag("max_containers", ("--max-containers",), "containers alive at once", click.INT),
         SettingFlag("max_concurrency", ("--max-concurrency",), "sub-calls in flight per node", click.INT),
         SettingFlag(
@@ -121,9 +127,10 @@ PARAM_TO_FIELD = {f.param or f.name: f.name for f in FLAGS.values()}
 class SettingOption(click.Option):
     """A flag whose help shows the built-in default without making it click's default."""
 
-    def __init__(self, *args: Any, setting: str, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, setting: str, command_default: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.setting = setting
+        self.command_default = command_default  # this command's own default, when it has one
 
     def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
         record = super().get_help_record(ctx)
@@ -131,6 +138,8 @@ class SettingOption(click.Option):
             return None
         from rlm_sandbox.settings import Settings
 
+        if self.command_default is not None:
+            return record[0], f"{record[1]}  [default: {self.command_default}]".strip()
         info = Settings.model_fields[self.setting]
         default = info.default
         if default is None or isinstance(default, dict) or info.default_factory is not None:
@@ -138,8 +147,12 @@ class SettingOption(click.Option):
         return record[0], f"{record[1]}  [default: {default}]".strip()
 
 
-def setting_options(*names: str, help: dict[str, str] | None = None) -> Callable[[Callable], Callable]:
-    """Declare the flags of ``names`` (in this order), each defaulting to ``None``."""
+def setting_options(
+    *names: str, help: dict[str, str] | None = None, defaults: dict[str, Any] | None = None
+) -> Callable[[Callable], Callable]:
+    """Declare the flags of ``names`` (in this order), each defaulting to ``None``.
+    ``defaults`` are a command's own defaults where they differ from the settings' (shown
+    in ``--help``; :func:`budget_options` applies them)."""
 
     def decorate(f: Callable) -> Callable:
         for name in reversed(names):
@@ -149,6 +162,7 @@ def setting_options(*names: str, help: dict[str, str] | None = None) -> Callable
                 *decls,
                 cls=SettingOption,
                 setting=name,
+                command_default=(defaults or {}).get(name),
                 type=flag.type,
                 default=None,
                 multiple=flag.multiple,
@@ -214,10 +228,17 @@ def _typed_flag(param: click.Parameter) -> str:
     return (longs or param.opts)[0]
 
 
-def budget_options(f: Callable) -> Callable:
+def budget_options(f: Callable | None = None, *, defaults: dict[str, Any] | None = None) -> Any:
     """The setting flags of a run plus its output flags. Settings are resolved before the
     command body runs (flag > env > project file > user file > default), so the body sees
-    effective values under the usual keys and ``o["settings"]`` says where each came from."""
+    effective values under the usual keys and ``o["settings"]`` says where each came from.
+
+    ``defaults``: the command's own built-in defaults (``demo`` runs at depth 2), used where
+    no flag, variable or file set the value, and shown as the default in ``--help``: one
+    declaration, so the help and the behaviour cannot disagree."""
+    if f is None:
+        return functools.partial(budget_options, defaults=defaults)
+    own = dict(defaults or {})
 
     @functools.wraps(f)
     def with_settings(**o: Any) -> Any:
@@ -225,10 +246,13 @@ def budget_options(f: Callable) -> Callable:
             o["settings"] = resolve_settings(click.get_current_context(), o)
         except ConfigError as exc:
             fail(exc, o.get("debug", False))
+        for name, value in own.items():
+            if o["settings"].origin(name) == "default":
+                o[FLAGS[name].param or name] = value
         return f(**o)
 
     opts = [
-        setting_options(*RUN_FLAGS),
+        setting_options(*RUN_FLAGS, defaults=own),
         trust_option,
         click.option(
             "--backend",

@@ -11,7 +11,6 @@ without request digests, bad input), 4 the replay itself could not run (sandbox)
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,10 @@ own server, and its own --trace) and the models per level (the server answers th
 )
 @click.option("--task", default=None, help="the task, if not the recorded one (traces cut it at 2000 chars)")
 @click.option(
-    "--trace", "new_trace", default=None, help="where to write the replay's trace (default: a temp file)"
+    "--trace",
+    "new_trace",
+    default=None,
+    help="where to write the replay's trace (default: a new file in ~/.local/state/rlm-sandbox/traces)",
 )
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout and nothing else")
 @click.option("--debug", is_flag=True, help="show tracebacks")
@@ -59,17 +61,16 @@ def replay(
     `run`). The recorded depth and steps are used when your settings allow them.
     Exit 0: identical; 1: diverged; 2: usage error; 4: the replay could not run.
     """
-    from rich.console import Console
-
+    from rlm_sandbox.cli.execute import default_trace
     from rlm_sandbox.cli.options import resolve_settings
-    from rlm_sandbox.cli.output import fail, fast_exit
+    from rlm_sandbox.cli.output import console, fail, fast_exit
     from rlm_sandbox.inputs import open_input
     from rlm_sandbox.replay import load_recording, run_replay
     from rlm_sandbox.safe_text import line
     from rlm_sandbox.settings import build_rlm_config
     from rlm_sandbox.trace.view import TraceView
 
-    err = Console(stderr=True)
+    err = console(stderr=True)
     try:
         loaded = resolve_settings(click.get_current_context(), o)
         recording = load_recording(trace_file)
@@ -90,7 +91,7 @@ def replay(
             )
         if task is None and len(recording.task) >= 2000:
             err.print("[yellow]note:[/] the recorded task may be cut at 2000 characters; give --task if so")
-        target = new_trace or _temp_trace()
+        run_id, target = (None, new_trace) if new_trace else default_trace("replay")
         listeners = () if as_json else (TraceView(err, quiet=True).on_event,)
         if not as_json:
             err.print(
@@ -105,6 +106,7 @@ def replay(
             origin=loaded.origin,
             task=task,
             listeners=listeners,
+            run_id=run_id,
         )
     except RLMSandboxError as exc:
         fail(exc, debug)
@@ -116,14 +118,9 @@ def replay(
 
         click.echo(json_text(report.to_json()))
     else:
-        _print_report(Console(highlight=False, soft_wrap=True), report)
+        _print_report(console(highlight=False, soft_wrap=True), report)
     fast_exit(code)
     sys.exit(code)
-
-
-def _temp_trace() -> str:
-    # A trace is never written over an existing file: a fresh private directory, not mkstemp.
-    return str(Path(tempfile.mkdtemp(prefix="rlm-sandbox-replay-")) / "trace.jsonl")
 
 
 def _print_report(out: Any, report: Any) -> None:

@@ -18,7 +18,9 @@ from rlm_sandbox.errors import RLMSandboxError
 @click.command("run")
 @setting_options(*MODEL_FLAGS)
 @click.option("--task", required=True, help="what to find or compute over the input")
-@click.option("-i", "--input", "input_path", default=None, help="input file ('-' or absent: standard input)")
+@click.option(
+    "-i", "--input", "input_paths", multiple=True, help="input file ('-' or absent: standard input); one"
+)
 @click.option(
     "--tools",
     "tools_spec",
@@ -37,7 +39,7 @@ def run(
     model: str | None,
     sub_model: str | None,
     task: str,
-    input_path: str | None,
+    input_paths: tuple[str, ...],
     tools_spec: str | None,
     schema_path: str | None,
     **o: Any,
@@ -47,6 +49,7 @@ def run(
     Every option except --task, --input and the output flags can also come from
     RLM_SANDBOX_* variables or rlm-sandbox.toml (see `rlm-sandbox config show`).
     """
+    from rlm_sandbox.input_check import only_one_input
     from rlm_sandbox.inputs import open_input
 
     if not model:
@@ -70,7 +73,7 @@ def run(
                 output = json.loads(Path(schema_path).read_text(encoding="utf-8"))
             except ValueError as exc:
                 raise ConfigError(f"{schema_path} is not JSON: {exc}") from None
-        context = open_input(input_path)
+        context = open_input(only_one_input(input_paths))
         code = execute(model, sub_model, task, context, o, tools=tools, output=output)
     except RLMSandboxError as exc:
         fail(exc, o["debug"])

@@ -37,9 +37,9 @@ def _load(path: Path, *, for_terminal: bool = True) -> RunTrace:
 
 
 def _console():
-    from rich.console import Console
+    from rlm_sandbox.cli.output import console
 
-    return Console(highlight=False, soft_wrap=False)
+    return console(highlight=False, soft_wrap=False)  # wrapped at a terminal only
 
 
 @click.group("trace")

@@ -7,20 +7,26 @@ Outcomes are typed: ``ok``, ``budget_exhausted``, ``sandbox_error``, ``lm_error`
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rlm_sandbox.errors import BudgetExhausted, ConfigError, LMError, RLMSandboxError, SandboxError
+from rlm_sandbox.errors import (
+    AnswerInvalid,
+    BudgetExhausted,
+    ConfigError,
+    LMError,
+    RLMSandboxError,
+    SandboxError,
+)
+from rlm_sandbox.input_check import checked_input
 from rlm_sandbox.rlm.answers import AnswerSpec
 from rlm_sandbox.rlm.config import RLMConfig
 from rlm_sandbox.rlm.lm import LiteLLMClient, start_preload
 from rlm_sandbox.rlm.models import ModelRouter
 from rlm_sandbox.rlm.node import Node
 from rlm_sandbox.rlm.result import RLMResult
-from rlm_sandbox.rlm.run import Outcome, Run, RunSetup
+from rlm_sandbox.rlm.run import Outcome, Run, RunSetup, new_run_id
 from rlm_sandbox.rlm.session import Session
 from rlm_sandbox.rlm.tools import ToolSet
 from rlm_sandbox.sandbox.backend import Backend
@@ -75,7 +81,7 @@ class RLM:
     def session(self, context: Any = None, *, run_id: str | None = None) -> Session:
         """``with rlm.session(context=...) as s: s.ask(...); s.ask(...)``: one container, one
         REPL and one conversation across questions (see :mod:`rlm_sandbox.rlm.session`)."""
-        return Session(self.setup(), context, run_id=run_id)
+        return Session(self.setup(), _checked(context), run_id=run_id)
 
     def _models(self) -> ModelRouter:
         """The clients of a run: the ones given, else LiteLLM clients by model name. LiteLLM's
@@ -117,13 +123,13 @@ class RLM:
             )
         if context is None:
             context = ""
-        if isinstance(context, Path) and not context.is_file():
-            raise ConfigError(f"input file not found: {context}", hint="check the path given to -i/--input")
-        run_id = run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        context = _checked(context)
+        run_id = run_id or new_run_id("run")
         run = Run.begin(self.setup(), run_id, task)
         root = Node(run, depth=0, parent=None, context=context, task=task, output=spec)
         answer, outcome = None, Outcome()
         try:
+            run.take_input(context)
             run.start_containers()
             answer = root.solve()
         except (KeyboardInterrupt, SystemExit) as exc:
@@ -133,9 +139,19 @@ class RLM:
             outcome = run.outcome(exc)
         finally:
             run.stop()
-        result = run.result(answer, outcome, output=root.typed)
+        result = run.result(answer, outcome, output=root.typed, typed=spec is not None)
         run.end_with(result)
         return result
+
+
+def _checked(context: Any) -> Any:
+    """A file given as a path is checked from its head: an empty one is refused, one that is
+    not UTF-8 text becomes ``bytes`` in the kernel (:mod:`rlm_sandbox.input_check`)."""
+    if not isinstance(context, Path):
+        return context
+    if not context.is_file():
+        raise ConfigError(f"input file not found: {context}", hint="check the path given to -i/--input")
+    return checked_input(context, str(context))
 
 
 class RecursiveLanguageModel:
@@ -176,4 +192,8 @@ class RecursiveLanguageModel:
         raise error_type(result.error or result.status, hint=result.hint)
 
 
-_ERROR_OF_STATUS: dict[str, type[RLMSandboxError]] = {"sandbox_error": SandboxError, "lm_error": LMError}
+_ERROR_OF_STATUS: dict[str, type[RLMSandboxError]] = {
+    "sandbox_error": SandboxError,
+    "lm_error": LMError,
+    "answer_invalid": AnswerInvalid,
+}

@@ -559,7 +559,6 @@ class Budget:
                 free = lim.max_containers - self.containers_alive
                 if free > reserve and self._tenant_admits(reserve):
                     self.containers_alive += 1
-                    self.containers_started += 1
                     return
                 left = self.wall_left()
                 # Another run of the tenant frees its slots without notifying us: poll briskly then.
@@ -582,6 +581,12 @@ class Budget:
             tenant.containers_alive += 1
             self._tenant_slots += 1
             return True
+
+    def container_started(self) -> None:
+        """A node got a running container (its slot was taken by :meth:`admit_node`): what
+        ``containers`` reports, so a node whose start failed (a dead engine) is not counted."""
+        with self._lock:
+            self.containers_started += 1
 
     def release_container(self) -> None:
         with self._lock:

@@ -12,6 +12,16 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from rlm_sandbox.input_check import BinaryInput
+
+
+def load_into(sandbox: Any, context: Any, progress: Callable[[int, int], None] | None = None) -> Any:
+    """Send ``context`` to ``sandbox``: an input that is not UTF-8 text as it is, as ``bytes``;
+    anything else as the sandbox makes it (:meth:`Sandbox.load_context`)."""
+    if isinstance(context, BinaryInput):
+        return sandbox.load_context(context.source, kind="bytes", progress=progress)
+    return sandbox.load_context(context, progress=progress)
+
 
 class ContextLoader:
     """Loads ``context`` in a thread while the node's first model call is under way."""
@@ -27,7 +37,7 @@ class ContextLoader:
 
     def _run(self, sandbox: Any, context: Any, progress: Callable[[int, int], None] | None) -> None:
         try:
-            sandbox.load_context(context, progress=progress)
+            load_into(sandbox, context, progress)
         except BaseException as exc:
             self.error = exc
 
@@ -54,6 +64,9 @@ def host_context_info(context: Any) -> HostContextInfo | None:
     """What can be said of the input without the kernel; None for streams (unknown length)."""
     if isinstance(context, str | bytes | list | dict):
         return HostContextInfo(type(context).__name__, len(context))
+    if isinstance(context, BinaryInput):
+        size = context.size
+        return HostContextInfo("bytes", size) if size is not None else None
     if isinstance(context, os.PathLike) and os.path.isfile(context):
         return HostContextInfo("str", os.path.getsize(context), approximate=True)
     return None
@@ -68,7 +81,14 @@ def describe_context(context: Any, info: Any) -> str:
         about = "about " if getattr(info, "approximate", False) else ""
         return f"a str of {about}{length:,} characters" if length is not None else "a str"
     if kind == "bytes":
-        return f"a bytes object of {length:,} bytes" if length is not None else "a bytes object"
+        desc = f"a bytes object of {length:,} bytes" if length is not None else "a bytes object"
+        if isinstance(context, BinaryInput):
+            # The truth about the input, so the model does not treat it as text it is not.
+            desc += (
+                f" (the input is not UTF-8 text: {context.reason}; decode it, e.g. "
+                "context.decode('latin-1'), or parse it as binary)"
+            )
+        return desc
     if kind == "list":
         sizes = [len(str(x)) for x in context[:10]] if isinstance(context, list) else []
         more = f" (sizes of the first items in characters: {sizes})" if sizes else ""
@@ -82,6 +102,9 @@ def describe_context(context: Any, info: Any) -> str:
 def preview(context: Any, limit: int = 300) -> str:
     """A short look at the input's start, so the model knows its format before it codes."""
     head: str | None = None
+    if isinstance(context, BinaryInput):
+        shown = repr(bytes(context.head[: limit // 2]))  # escapes, never raw control bytes
+        return f"It begins with these bytes (a Python bytes literal):\n```\n{shown}\n```\n" if shown else ""
     if hasattr(context, "head"):
         head = bytes(context.head[:limit]).decode("utf-8", errors="replace")
     elif isinstance(context, str):

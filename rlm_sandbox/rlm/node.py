@@ -16,7 +16,7 @@ from rlm_sandbox.errors import AnswerInvalid, BudgetExhausted
 from rlm_sandbox.rlm import conversation
 from rlm_sandbox.rlm.answers import AnswerSpec
 from rlm_sandbox.rlm.compaction import compact_if_needed, known_window
-from rlm_sandbox.rlm.context import ContextLoader, describe_context, host_context_info, preview
+from rlm_sandbox.rlm.context import ContextLoader, describe_context, host_context_info, load_into, preview
 from rlm_sandbox.rlm.fallback import REASON_ROOM, best_answer, fallback_prompt
 from rlm_sandbox.rlm.parsing import find_code_blocks, find_final, truncate_output
 from rlm_sandbox.rlm.prompts import render
@@ -131,7 +131,7 @@ class Node:
         info = host_context_info(self.context)
         progress = self.run.load_progress(self.id)
         if info is None:
-            return sandbox.load_context(self.context, progress=progress)
+            return load_into(sandbox, self.context, progress)
         self._loader = ContextLoader(sandbox, self.context, progress)
         return info
 

@@ -31,6 +31,8 @@ class RLMResult:
     fallback: bool = False  # the answer came from the model's last word after a budget stop
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # usage and cost per model
     output: Any = None  # the validated typed answer, when a schema was given
+    typed: bool = False  # a schema was given: ``--json`` carries ``output`` (null without an answer)
+    warnings: list[str] = field(default_factory=list)  # what the run skipped or doubted, said once
 
     @property
     def ok(self) -> bool:
@@ -55,7 +57,14 @@ class RLMResult:
                 "containers": self.containers,
                 "max_depth_reached": self.max_depth_reached,
                 "trace": self.trace,
+                "warnings": list(self.warnings),
             }
+            | ({"output": self.output_json()} if self.typed else {})
             | ({"unsafe_backend": self.unsafe_backend} if self.unsafe_backend else {})
             | ({"fallback": True} if self.fallback else {})
         )
+
+    def output_json(self) -> Any:
+        """The typed answer as JSON data: a pydantic model dumped, a JSON Schema's value as is."""
+        dump = getattr(self.output, "model_dump", None)
+        return dump(mode="json") if callable(dump) else self.output

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,6 +48,11 @@ if TYPE_CHECKING:
         steps: int
         answer: str | None
         handler: LLMHandler
+
+
+def new_run_id(kind: str = "run") -> str:
+    """A run's id: its kind, when it began (sortable), and a random part (unique)."""
+    return f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,7 @@ class Run:
         )
         self.fatal: BaseException | None = None
         self.first_cell_s: float | None = None
+        self.warnings: list[str] = []  # said once each: stderr, --json's warnings, the trace
         self.calls = ModelCalls(
             models,
             self.budget,
@@ -107,7 +114,7 @@ class Run:
             config,
             run_id,
             self.budget,
-            warn=lambda message, fields: tracer.emit("engine_warning", message=message, **fields),
+            warn=lambda message, fields: self.warn(message, event="engine_warning", **fields),
             progress=self.image_progress,
             backend=backend,
         )
@@ -186,6 +193,7 @@ class Run:
             self.budget.admit_node(node.depth)  # a container slot: released below, whatever happens
             admitted = True
             lease = self.containers.acquire(node.id, node.handler)
+            self.budget.container_started()
             tracer.emit(
                 "node_start",
                 node=node.id,
@@ -287,6 +295,19 @@ class Run:
 
         return tick
 
+    def warn(self, message: str, *, event: str = "warning", **fields: Any) -> None:
+        """Something the run skipped or doubts (an engine that does not answer, an input read
+        as bytes): in the result's ``warnings`` and, as ``event``, in the trace and on stderr."""
+        with self._lock:
+            self.warnings.append(message)
+        self.tracer.emit(event, message=message[:2000], **fields)
+
+    def take_input(self, context: Any) -> None:
+        """What the input itself says the user must know (``context.warnings``: an input
+        that is not UTF-8 text, given to the model as bytes), said once."""
+        for warning in getattr(context, "warnings", ()):
+            self.warn(str(warning))
+
     # ---- stopping and ending
 
     def fail_run(self, exc: BaseException) -> None:
@@ -350,6 +371,7 @@ class Run:
         outcome: Outcome,
         *,
         output: Any = None,
+        typed: bool = False,
         since: dict[str, Any] | None = None,
         steps: int | None = None,
         wall_s: float | None = None,
@@ -393,13 +415,15 @@ class Run:
             fallback=fallback,
             models=self.models.report(),
             output=output if answer is not None else None,
+            typed=typed,
+            warnings=list(self.warnings),
             timings=timings if since is None else {},
         )
 
     def end_with(self, result: RLMResult) -> None:
         """``run_end`` for a run that produced a result, then close the trace."""
         self.end(
-            **(result.to_json() | answer_fields(result.answer)),
+            **(trace_fields(result) | answer_fields(result.answer)),
             budget=result.budget,
             timings=result.timings,
             pool=self.containers.pool_stats(),
@@ -411,3 +435,11 @@ class Run:
     def end(self, **fields: Any) -> None:
         self.tracer.emit("run_end", **fields)
         self.tracer.close()
+
+
+def trace_fields(result: RLMResult) -> dict[str, Any]:
+    """A result's ``--json`` keys as a trace event carries them: the typed ``output`` is not
+    one of them (the ``answer`` holds its JSON text, and an event's ``output`` is a cell's)."""
+    fields = result.to_json()
+    fields.pop("output", None)
+    return fields

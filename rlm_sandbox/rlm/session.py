@@ -14,7 +14,6 @@ node's sandbox kept for its whole life, a result per question, ended on close.
 from __future__ import annotations
 
 import time
-import uuid
 from contextlib import ExitStack
 from typing import Any
 
@@ -23,7 +22,7 @@ from rlm_sandbox.rlm import conversation
 from rlm_sandbox.rlm.answers import AnswerSpec
 from rlm_sandbox.rlm.node import Node
 from rlm_sandbox.rlm.result import RLMResult
-from rlm_sandbox.rlm.run import Outcome, Run, RunSetup
+from rlm_sandbox.rlm.run import Outcome, Run, RunSetup, new_run_id, trace_fields
 from rlm_sandbox.sandbox.core import Sandbox
 from rlm_sandbox.trace.writer import answer_fields
 
@@ -32,7 +31,7 @@ class Session:
     def __init__(self, setup: RunSetup, context: Any, *, run_id: str | None = None) -> None:
         self.setup = setup
         self.context = "" if context is None else context
-        self.run_id = run_id or f"session-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.run_id = run_id or new_run_id("session")
         self.questions = 0
         self.run: Run | None = None
         self.node: Node | None = None
@@ -57,6 +56,7 @@ class Session:
         self._opened = run.budget.snapshot()
         node = self.node = Node(run, depth=0, parent=None, context=self.context, task="(session)")
         try:
+            run.take_input(self.context)
             run.start_containers()
             self._sandbox = self._stack.enter_context(run.node_sandbox(node))
             self._info = node.begin_load(self._sandbox)
@@ -117,11 +117,12 @@ class Session:
             answer,
             outcome,
             output=node.typed,
+            typed=output is not None,
             since=before,
             steps=node.steps,
             wall_s=round(time.monotonic() - t0, 3),
         )
-        fields = result.to_json() | answer_fields(result.answer)
+        fields = trace_fields(result) | answer_fields(result.answer)
         run.tracer.emit("answer", node=node.id, number=self.questions, **fields)
         return result
 

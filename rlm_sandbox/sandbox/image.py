@@ -139,9 +139,19 @@ def build_base(
     say = progress or (lambda _m: None)
     say(f"building the offline base {tag} from Debian packages (about 40 s, once)")
     cmd = ["bash", str(base_build_script()), tag] + (["--force"] if force else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-15:])
+    # The script says what it is doing (debootstrap, import): passed on as it happens, so a
+    # first build is never minutes of silence; the last lines explain a failure.
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        lines = [*lines[-14:], raw.rstrip("\n")]
+        if raw.startswith("debian-base: "):
+            say(raw.strip())
+    if proc.wait() != 0:
+        tail = "\n".join(lines)
         raise ImageBuildError(f"building the base image {tag} failed:\n{tail}")
 
 

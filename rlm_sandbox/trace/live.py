@@ -22,6 +22,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from rlm_sandbox.safe_text import visible_data
+from rlm_sandbox.trace.render import fmt_bytes, fmt_tokens
 from rlm_sandbox.trace.view import TraceView
 
 STATUS_STYLE = {
@@ -63,18 +64,6 @@ class NodeState:
         return self.status in ("done", "failed")
 
 
-def _human_tokens(n: int) -> str:
-    return f"{n / 1000:.1f}k" if n >= 1000 else str(n)
-
-
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
-
-
 class LiveTree:
     """A listener for a run's events that draws the tree with rich's ``Live``."""
 
@@ -91,6 +80,7 @@ class LiveTree:
         self.alive = 0
         self.image_note = ""
         self.final: dict[str, Any] | None = None
+        self.t_end: float | None = None  # when run_end came: the clock stops there
         self._fits = True
         self.unsafe = False
         self._lines = TraceView(console) if verbose else None
@@ -124,6 +114,8 @@ class LiveTree:
         kind = ev.get("event")
         node_id = str(ev.get("node") or "")
         with self.lock:
+            if self.final is not None:
+                return  # the run has ended: what its unwinding threads still say is not news
             node = self.nodes.get(node_id)
             if kind == "run_start":
                 self.limits = dict(ev.get("limits") or {})
@@ -200,8 +192,25 @@ class LiveTree:
                 self.image_note = ""
             elif kind == "run_end":
                 self.final = ev
+                self._close_all(str(ev.get("reason") or ""))
         if self._lines is not None and kind in ("cell", "lm_error", "budget", "error"):
             self._lines.on_event(ev)
+
+    def _close_all(self, reason: str) -> None:
+        """At ``run_end`` every container is gone and no node works any more (after Ctrl-C
+        the nodes never said so themselves): the last frame shows that, never a node still
+        "thinking" next to "the run was stopped"."""
+        now = self.t_end = time.monotonic()
+        for node in self.nodes.values():
+            if not node.finished:
+                node.status = "failed"
+                node.note = "interrupted" if reason else "stopped when the run ended"
+                node.ended = now
+            node.loading = False
+            node.pending = 0
+            node.call = None
+            node.started = False
+        self.alive = 0
 
     # ---- drawing
 
@@ -215,15 +224,15 @@ class LiveTree:
         text.append(f"{n.id:<6}", style="bold")
         text.append(f" d{n.depth} ")
         text.append(f"{status:<22}", style=style)
-        text.append(f" {n.steps:>2} steps  {_human_tokens(n.tokens):>6} tok  ${n.cost:.4f}  {elapsed:6.1f} s")
+        text.append(f" {n.steps:>2} steps  {fmt_tokens(n.tokens):>6} tok  ${n.cost:.4f}  {elapsed:6.1f} s")
         waited = time.monotonic() - n.call_since
         if n.call is not None and not n.finished and waited >= WAIT_SHOWN_S:
             # A model that does not answer must be visible, not a silent "thinking".
             limit = f" (limit {n.call_limit:.0f} s)" if n.call_limit else ""
             text.append(f"  waiting for the model {waited:.0f} s{limit}", style="yellow")
         if n.loading:
-            total = _human_bytes(n.size) if n.size > 0 else "?"
-            text.append(f"  loading {_human_bytes(n.loaded)}/{total}", style="cyan")
+            total = fmt_bytes(n.size) if n.size > 0 else "?"
+            text.append(f"  loading {fmt_bytes(n.loaded)}/{total}", style="cyan")
         if n.note:
             text.append(f"  {n.note}", style="red" if n.status == "failed" else "dim")
         return text
@@ -260,9 +269,9 @@ class LiveTree:
 
     def _footer(self) -> RenderableType:
         lim = self.limits
-        elapsed = time.monotonic() - self.t0
+        elapsed = (self.t_end or time.monotonic()) - self.t0
         totals = Text(
-            f"{self.lm_calls} LM calls · {_human_tokens(self.tokens)} tokens · ${self.cost:.4f} · "
+            f"{self.lm_calls} LM calls · {fmt_tokens(self.tokens)} tokens · ${self.cost:.4f} · "
             f"{len(self.nodes)} nodes · {self.alive} containers up · {elapsed:.1f} s",
             style="bold",
         )
@@ -277,7 +286,13 @@ class LiveTree:
             left.append(f"time {max(0.0, lim['timeout_s'] - elapsed):.0f} s")
         if lim.get("max_containers"):
             left.append(f"containers {max(0, lim['max_containers'] - self.alive)}")
-        return Group(totals, Text("budget left: " + (", ".join(left) or "no limits set"), style="dim"))
+        parts: list[RenderableType] = [
+            totals,
+            Text("budget left: " + (", ".join(left) or "no limits set"), style="dim"),
+        ]
+        if self.final is not None and self.final.get("reason"):
+            parts.append(Text(f"stopped: {self.final['reason']}; every container removed", style="yellow"))
+        return Group(*parts)
 
     def render(self) -> RenderableType:
         with self.lock:

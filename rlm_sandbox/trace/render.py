@@ -15,19 +15,29 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from rlm_sandbox.trace.tree import Cell, Node, RunTrace, Totals
+from rlm_sandbox.trace.tree import Cell, Node, Question, RunTrace, Totals
 
 STATUS_STYLE = {"done": "green", "ok": "green", "error": "red", "running": "yellow", "incomplete": "yellow"}
 
 
 def fmt_tokens(n: int) -> str:
-    if n >= 1_000_000:
-        return f"{n / 1e6:.2f}M"
-    if n >= 10_000:
-        return f"{n / 1e3:.0f}k"
-    if n >= 1_000:
-        return f"{n / 1e3:.1f}k"
-    return str(n)
+    """A count as a person reads it: 950, 1.6k, 68.9k, 11.8M, 2.1B. The one formatter of
+    token counts for every view (trace show/summary, the live tree, the HTML page)."""
+    if n < 1000:
+        return str(n)
+    for scale, unit in ((1e3, "k"), (1e6, "M"), (1e9, "B")):
+        value = round(n / scale, 1)
+        if value < 1000 or unit == "B":  # 999,960 is 1.0M, never 1000.0k
+            return f"{value:.1f}{unit}"
+    raise AssertionError("unreachable")
+
+
+def fmt_bytes(n: float) -> str:
+    """A size as a person reads it: 512 B, 4.2 MB, 1.1 GB."""
+    for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "KB")):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
 
 
 def fmt_cost(usd: float) -> str:
@@ -114,7 +124,10 @@ def _node_branch(parent: Tree, node: Node, run: RunTrace, seen: set[str]) -> Non
     if node.task and node.parent is not None:
         branch.add(Text.assemble(("task: ", "dim"), one_line(node.task, 100)))
     for cell in node.cells:
-        _cell_branch(branch, cell, run, seen)
+        if not cell.question:
+            _cell_branch(branch, cell, run, seen)
+    for q in node.questions:
+        _question_branch(branch, node, q, run, seen)
     if node.sub_calls:
         parts = [
             f"{n} → {'child RLM nodes' if k == 'rlm' else 'sub-LM' if k == 'lm' else k}"
@@ -135,6 +148,23 @@ def _node_branch(parent: Tree, node: Node, run: RunTrace, seen: set[str]) -> Non
         branch.add(Text.assemble(("error: ", "bold red"), excerpt(node.error, 4, 160)))
     if node.answer is not None:
         branch.add(Text.assemble(("answer: ", "bold green"), excerpt(node.answer, 4, 160)))
+
+
+def _question_branch(parent: Tree, node: Node, q: Question, run: RunTrace, seen: set[str]) -> None:
+    """A session's question, the cells that worked on it, and its answer (or why none)."""
+    branch = parent.add(Text.assemble((f"question {q.number}: ", "bold"), excerpt(q.task, 3, 160)))
+    for cell in node.cells:
+        if cell.question == q.number:
+            _cell_branch(branch, cell, run, seen)
+    if q.status is None:
+        branch.add(Text("no answer (the trace ends here)", style="yellow"))
+        return
+    if q.answer is not None:
+        label = "answer: " if q.status == "ok" else f"answer ({q.status}): "
+        branch.add(Text.assemble((label, "bold green"), excerpt(q.answer, 4, 160)))
+    if q.status != "ok":
+        detail = one_line(q.error, 200) if q.error else ""
+        branch.add(Text.assemble((f"{q.status}", "bold red"), f": {detail}" if detail else ""))
 
 
 def run_header(run: RunTrace) -> Text:

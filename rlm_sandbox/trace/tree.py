@@ -36,6 +36,7 @@ KNOWN_EVENTS = frozenset(
         "error",
         "engines",
         "engine_warning",
+        "warning",
         "tool_call",
         # Known, and shown elsewhere or not needed for the tree: the run's own detail.
         "lm_cut",
@@ -54,7 +55,10 @@ KNOWN_EVENTS = frozenset(
 class TraceFileError(RLMSandboxError):
     """The trace file cannot be read at all (missing, unreadable, or not JSON lines)."""
 
-    hint = "pass the JSON-lines file written by `--trace PATH` (the demo's default is in the temp dir)"
+    hint = (
+        "pass the JSON-lines file written by `--trace PATH` (demo, chat and replay write theirs "
+        "to ~/.local/state/rlm-sandbox/traces unless given one)"
+    )
 
 
 def _num(value: Any) -> float:
@@ -95,10 +99,26 @@ class Cell:
     t_end: float | None = None
     finished: bool = False
     children: list[str] = field(default_factory=list)  # nodes this cell spawned via llm_query
+    question: int = 0  # in a session, the question it worked on (steps count from 1 per question)
 
     @property
     def label(self) -> str:
-        return f"{self.step}.{self.index + 1}"
+        return (
+            f"{self.step}.{self.index + 1}"
+            if not self.question
+            else f"q{self.question} {self.step}.{self.index + 1}"
+        )
+
+
+@dataclass
+class Question:
+    """One question of a session and what it got; ``status`` None: the trace has no answer."""
+
+    number: int
+    task: str | None = None
+    answer: str | None = None
+    status: str | None = None
+    error: str | None = None
 
 
 @dataclass
@@ -188,6 +208,7 @@ class Node:
     sub_call_chars: int = 0
     lm_errors: list[str] = field(default_factory=list)
     children: list[Node] = field(default_factory=list)
+    questions: list[Question] = field(default_factory=list)  # a session's root: every question asked
 
     @property
     def own(self) -> Totals:
@@ -208,13 +229,21 @@ class Node:
         for child in self.children:
             yield from child.walk()
 
-    def cell(self, step: int, index: int) -> Cell:
+    def cell(self, step: int, index: int, question: int = 0) -> Cell:
         for cell in self.cells:
-            if cell.step == step and cell.index == index:
+            if cell.step == step and cell.index == index and cell.question == question:
                 return cell
-        cell = Cell(node=self.id, step=step, index=index)
+        cell = Cell(node=self.id, step=step, index=index, question=question)
         self.cells.append(cell)
         return cell
+
+    def question(self, number: int) -> Question:
+        for q in self.questions:
+            if q.number == number:
+                return q
+        q = Question(number)
+        self.questions.append(q)
+        return q
 
 
 def _node_order(node_id: str) -> tuple[int, str]:
@@ -313,6 +342,7 @@ class _Builder:
     def __init__(self) -> None:
         self.run = RunTrace()
         self.pending_lm: dict[str, list[LMCall]] = {}
+        self.asking: dict[str, int] = {}  # node -> the question it works on (sessions)
 
     def node(self, node_id: Any, ev: dict[str, Any]) -> Node:
         key = str(node_id)
@@ -441,14 +471,16 @@ class _Builder:
     def on_cell_start(self, ev: dict[str, Any], t: float | None) -> None:
         if ev.get("node") is None:
             return
-        cell = self.node(ev["node"], ev).cell(_int(ev.get("step")), _int(ev.get("index")))
+        node = self.node(ev["node"], ev)
+        cell = node.cell(_int(ev.get("step")), _int(ev.get("index")), self.asking.get(node.id, 0))
         cell.code = str(ev.get("code") or "")
         cell.t_start = t
 
     def on_cell(self, ev: dict[str, Any], t: float | None) -> None:
         if ev.get("node") is None:
             return
-        cell = self.node(ev["node"], ev).cell(_int(ev.get("step")), _int(ev.get("index")))
+        node = self.node(ev["node"], ev)
+        cell = node.cell(_int(ev.get("step")), _int(ev.get("index")), self.asking.get(node.id, 0))
         cell.code = str(ev.get("code") or cell.code)
         cell.output = _text(ev.get("output"))
         cell.error = _text(ev.get("error"))
@@ -459,6 +491,25 @@ class _Builder:
         cell.finished = True
         if cell.t_start is None and t is not None:
             cell.t_start = max(0.0, t - (cell.wall_s or cell.duration_s or 0.0))
+
+    def on_question(self, ev: dict[str, Any], t: float | None) -> None:
+        """A session's next question: its cells (whose steps count from 1 again) are its own."""
+        if ev.get("node") is None:
+            return
+        node = self.node(ev["node"], ev)
+        number = _int(ev.get("number")) or len(node.questions) + 1
+        node.question(number).task = _text(ev.get("task"))
+        self.asking[node.id] = number
+
+    def on_answer(self, ev: dict[str, Any], t: float | None) -> None:
+        if ev.get("node") is None:
+            return
+        node = self.node(ev["node"], ev)
+        number = _int(ev.get("number")) or self.asking.get(node.id) or len(node.questions)
+        q = node.question(number)
+        q.answer = _text(ev.get("answer"))
+        q.status = str(ev.get("status") or "?")
+        q.error = _text(ev.get("error"))
 
     def on_budget(self, ev: dict[str, Any], t: float | None) -> None:
         self.run.problems.append(ev)
@@ -481,7 +532,8 @@ class _Builder:
             node.children.sort(
                 key=lambda n: (n.t_begin if n.t_begin is not None else 1e18, _node_order(n.id))
             )
-            node.cells.sort(key=lambda c: (c.step, c.index))
+            node.cells.sort(key=lambda c: (c.question, c.step, c.index))
+            node.questions.sort(key=lambda q: q.number)
             for child in node.children:
                 spawner = _spawning_cell(node.cells, child.t_begin)
                 if spawner is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -99,3 +100,21 @@ class TraceView:
         if kind in ("budget", "error", "lm_error"):
             return safe_line((str(kind), "red"), f" {ev.get('error')}")
         return None
+
+
+WARNING_EVENTS = ("warning", "engine_warning")
+
+
+def warning_printer(console: Console) -> Callable[[dict[str, Any]], None]:
+    """A listener that says each warning of a run (an engine skipped, an input read as
+    bytes) on ``console`` as it happens, in every output mode: it is also in ``--json``'s
+    ``warnings``, but a person watching stderr must not have to look there."""
+    lock = threading.Lock()
+
+    def on_event(raw: dict[str, Any]) -> None:
+        if raw.get("event") in WARNING_EVENTS:
+            ev = visible_data(raw)
+            with lock:
+                console.print(safe_line(("warning:", "yellow"), f" {ev.get('message')}"), highlight=False)
+
+    return on_event

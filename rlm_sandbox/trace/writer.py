@@ -205,6 +205,20 @@ def create_trace_file(path: Path) -> TextIO:
     return os.fdopen(fd, "w", encoding="utf-8")
 
 
+def trace_dir() -> Path:
+    """Where traces written unasked go: ``$XDG_STATE_HOME/rlm-sandbox/traces`` (default
+    ``~/.local/state/rlm-sandbox/traces``), a directory only the user can enter."""
+    from rlm_sandbox.user_dirs import private_dir, state_dir
+
+    return private_dir(state_dir() / "traces", what="trace")
+
+
+def default_trace_path(command: str, run_id: str) -> Path:
+    """A new trace file for one run of ``command`` (``demo``, ``chat``, ``replay``), named by
+    the run's id, so runs never share or overwrite a file (it is created with O_EXCL)."""
+    return trace_dir() / f"{command}-{run_id}.jsonl"
+
+
 def read_trace(path: str | Path) -> list[dict[str, Any]]:
     from rlm_sandbox.untrusted import TRACE_DEPTH, TRACE_LINE_CHARS, loads
 

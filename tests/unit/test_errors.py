@@ -30,6 +30,7 @@ def test_exit_codes_are_the_documented_ones() -> None:
         "budget_exhausted": 3,
         "sandbox_error": 4,
         "lm_error": 5,
+        "answer_invalid": 6,
         "interrupted": 130,
     }
     assert exit_code("something new") == 1
@@ -54,7 +55,7 @@ def test_each_error_carries_its_status() -> None:
         "SandboxClosed": "sandbox_error",
         "LMError": "lm_error",
         "BudgetExhausted": "budget_exhausted",
-        "AnswerInvalid": "error",
+        "AnswerInvalid": "answer_invalid",
     }
 
 
@@ -93,13 +94,8 @@ def test_a_results_exit_code_follows_its_status() -> None:
         return RLMResult(None, status, None, 0, 0, {"prompt": 0, "completion": 0}, 0.0, 0.0, 0, 0, 0, None)
 
     assert [
-        result(s).exit_code for s in ("ok", "budget_exhausted", "sandbox_error", "lm_error", "error")
-    ] == [
-        0,
-        3,
-        4,
-        5,
-        1,
-    ]
+        result(s).exit_code
+        for s in ("ok", "budget_exhausted", "sandbox_error", "lm_error", "answer_invalid", "error")
+    ] == [0, 3, 4, 5, 6, 1]
     assert result("ok").ok and not result("error").ok
     assert "unsafe_backend" not in result("ok").to_json()

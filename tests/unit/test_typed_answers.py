@@ -96,6 +96,7 @@ def test_a_mismatch_is_sent_back_with_what_is_wrong(seam) -> None:
     h = seam(sequence_policy('FINAL({"n": "many"})', 'FINAL({"n": 2})'))
     result = h.run("abc", output=Count)
     assert (result.status, result.output, result.steps) == ("ok", Count(n=2), 2)
+    assert result.to_json()["output"] == {"n": 2, "unit": "lines"}  # --json: the parsed JSON
     feedback = last_user(h.client.requests[1])
     assert RETRY in feedback and "n: " in feedback
     (event,) = h.named("schema_mismatch")
@@ -105,16 +106,17 @@ def test_a_mismatch_is_sent_back_with_what_is_wrong(seam) -> None:
 def test_an_answer_that_never_fits_is_answer_invalid_after_the_retries(seam) -> None:
     h = seam(sequence_policy("FINAL(not json)"), schema_retries=1)
     result = h.run("abc", output=Count)
-    assert (result.status, result.answer, result.output) == ("error", None, None)
+    assert (result.status, result.answer, result.output) == ("answer_invalid", None, None)
     assert "after 1 retries" in (result.error or "")
-    assert result.exit_code == 1
+    assert result.exit_code == 6 and "--schema-retries" in (result.hint or "")
+    assert result.to_json()["output"] is None  # a schema was given: the key is there, empty
     assert h.client.calls == 2 and len(h.named("schema_mismatch")) == 2
     assert result.hint == AnswerInvalid.hint
 
 
 def test_no_retry_is_allowed_with_zero_schema_retries(seam) -> None:
     h = seam(sequence_policy("FINAL([])", 'FINAL({"n": 1})'), schema_retries=0)
-    assert h.run("abc", output=Count).status == "error"
+    assert h.run("abc", output=Count).status == "answer_invalid"
     assert h.client.calls == 1
 
 
