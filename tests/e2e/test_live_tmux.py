@@ -87,6 +87,11 @@ def test_ctrl_c_stops_cleanly_and_says_so(terminal, tmp_path: Path) -> None:
     subprocess.run(["tmux", "send-keys", "-t", session, "C-c"], check=True)
     after = wait_for(session, lambda s: "EXIT=" in s, timeout=30)
     assert "interrupted" in after and "EXIT=130" in after, after
+    # The last frame is true (issue 14): nothing still "thinking", no container still up.
+    frame = after.split("the run was stopped and every container removed")[0]
+    assert "0 containers up" in frame and "stopped: interrupted (SIGINT)" in frame, after
+    for busy in ("thinking", "running a cell", "waiting on", "starting"):
+        assert busy not in frame, after
     client = docker.from_env()
     assert client.containers.list(all=True, filters={"label": f"{LABEL_TENANT}={tenant}"}) == []
     assert "Traceback" not in after

@@ -138,7 +138,9 @@ def test_a_schema_that_is_never_met_ends_with_a_clear_error(tmp_path: Path, run_
     result, _, _ = run_with(
         lambda r: cell("FINAL('not json')"), tmp_path, run_id, output=Report, schema_retries=2
     )
-    assert result.status == "error" and "did not match the schema after 2 retries" in (result.error or "")
+    assert result.status == "answer_invalid" and "did not match the schema after 2 retries" in (
+        result.error or ""
+    )
 
 
 def test_typed_answers_from_a_child_and_from_a_leaf(tmp_path: Path, run_id: str) -> None:

@@ -127,7 +127,9 @@ def test_unusable_traces_are_usage_errors(tmp_path: Path) -> None:
     old.write_text("".join(json.dumps(e) + "\n" for e in events))
     proc = cli("replay", str(old), "-i", str(log), "--json")
     err = proc.stderr.decode()
-    assert proc.returncode == 2 and proc.stdout == b""
+    assert proc.returncode == 2
+    out = json.loads(proc.stdout)  # under --json a usage error is a JSON object on stdout too
+    assert out["status"] == "usage" and "no request digests" in out["error"] and out["hint"]
     assert "older version of rlm-sandbox" in err and "no request digests" in err and "hint:" in err
     junk = tmp_path / "junk.jsonl"
     junk.write_text("not json\n")

@@ -170,3 +170,40 @@ def test_a_model_call_that_waits_is_shown_with_its_limit() -> None:
     assert "waiting for the model 45 s (limit 300 s)" in draw(t)
     t.on_event({"event": "lm_abandoned", "node": "root", "call": 1})
     assert "waiting for the model" not in draw(t)
+
+
+def test_the_last_frame_after_ctrl_c_is_true() -> None:
+    """Ctrl-C: the run says run_end with the reason, and nodes still working never say
+    node_end; the last frame shows no node "thinking" and no container up, and stays so
+    whatever the unwinding threads say after."""
+    t = make()
+    t.on_event({"event": "run_start", "model": "m", "limits": {"max_containers": 8}})
+    t.on_event({"event": "node_begin", "node": "root", "parent": None, "depth": 0})
+    t.on_event({"event": "node_start", "node": "root", "depth": 0})
+    for child in ("n1", "n2"):
+        t.on_event({"event": "node_begin", "node": child, "parent": "root", "depth": 1})
+        t.on_event({"event": "node_start", "node": child, "depth": 1})
+        t.on_event({"event": "lm_start", "node": child, "purpose": "step", "call": 1})
+    t.on_event({"event": "sub_call", "node": "root", "kind": "rlm"})
+    t.on_event({"event": "load_progress", "node": "n1", "sent": 5, "size": 10})
+    before = draw(t)
+    assert "thinking" in before and "3 containers up" in before
+    reason = "interrupted (SIGINT)"
+    t.on_event({"event": "run_end", "status": "error", "reason": reason, "error": f"{reason}: stopped"})
+    after = draw(t)
+    assert "thinking" not in after and "waiting on" not in after and "loading" not in after
+    assert "0 containers up" in after and "containers 8" in after
+    assert after.count("interrupted") >= 3 and "stopped: interrupted (SIGINT)" in after
+    t.on_event({"event": "node_start", "node": "n3", "depth": 1})  # a cold start finishing late
+    t.on_event({"event": "node_begin", "node": "n4", "parent": "root", "depth": 1})
+    assert draw(t).count("\n") == after.count("\n") and "0 containers up" in draw(t)
+
+
+def test_a_run_that_ended_normally_shows_nothing_running() -> None:
+    t = make()
+    t.on_event({"event": "node_begin", "node": "root", "parent": None, "depth": 0})
+    t.on_event({"event": "node_start", "node": "root", "depth": 0})
+    t.on_event({"event": "node_end", "node": "root", "status": "done"})
+    t.on_event({"event": "run_end", "status": "ok"})
+    text = draw(t)
+    assert " done " in text and "0 containers up" in text and "stopped" not in text

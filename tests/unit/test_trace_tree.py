@@ -357,3 +357,54 @@ def test_newer_events_are_known_and_tool_calls_are_counted() -> None:
     run = build(events)
     assert run.unknown_events == {}
     assert run.nodes["root"].sub_calls == {"tool:lookup": 2}
+
+
+def _cell(t: float, step: int, code: str, output: str) -> list[dict[str, Any]]:
+    return [
+        ev("cell_start", t, node="root", depth=0, step=step, index=0, code=code),
+        ev("cell", t + 0.1, node="root", depth=0, step=step, index=0, code=code, output=output,
+           error=None, duration_s=0.1, wall_s=0.1),
+    ]  # fmt: skip
+
+
+def test_a_session_shows_every_question_with_its_cells_and_answer(tmp_path: Path) -> None:
+    """Issue 14: ``trace show`` of a chat showed only the first question. Each question's
+    steps count from 1 again, so its cells are its own, and its answer (or why none) follows."""
+    events = [
+        ev("run_start", 0.0, model="m", task="(session)", depth=1, session=True),
+        ev("node_begin", 0.1, node="root", parent=None, depth=0),
+        ev("node_start", 0.2, node="root", parent=None, depth=0, container="c" * 12, task="(session)"),
+        ev("question", 1.0, node="root", number=1, task="How many words are there?"),
+        *_cell(1.5, 1, "n = len(context.split())", "30"),
+        ev("answer", 2.0, node="root", number=1, status="ok", answer="30", error=None),
+        ev("question", 3.0, node="root", number=2, task="And after removing 10? " + "x" * 100),
+        *_cell(3.5, 1, "print(n - 10)", "20"),
+        ev("answer", 4.0, node="root", number=2, status="ok", answer="20", error=None),
+        ev("question", 5.0, node="root", number=3, task="Which is the rarest?"),
+        ev(
+            "answer", 6.0, node="root", number=3, status="budget_exhausted", answer=None, error="out of steps"
+        ),
+        ev("question", 7.0, node="root", number=4, task="One more?"),
+    ]
+    run = build(events)
+    root = run.nodes["root"]
+    assert [q.number for q in root.questions] == [1, 2, 3, 4]
+    assert [(c.question, c.label) for c in root.cells] == [(1, "q1 1.1"), (2, "q2 1.1")]
+    out = CliRunner().invoke(main, ["trace", "show", str(write(tmp_path / "s.jsonl", events))])
+    assert out.exit_code == 0, out.output
+    text = out.output
+    for needle in (
+        "question 1: How many words are there?",
+        "n = len(context.split())",
+        "answer: 30",
+        "question 2: And after removing 10? " + "x" * 100,  # off a terminal: one line, not wrapped
+        "print(n - 10)",
+        "answer: 20",
+        "question 3: Which is the rarest?",
+        "budget_exhausted: out of steps",
+        "question 4: One more?",
+        "no answer (the trace ends here)",
+    ):
+        assert needle in text, text
+    assert text.index("question 1") < text.index("answer: 30") < text.index("question 2")
+    assert "events this reader does not know" not in text
