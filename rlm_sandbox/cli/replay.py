@@ -29,7 +29,8 @@ own server, and its own --trace) and the models per level (the server answers th
 @click.option(
     "-i",
     "--input",
-    "input_path",
+    "input_paths",
+    multiple=True,
     required=True,
     help="the recorded run's input ('-' for standard input): traces do not hold inputs",
 )
@@ -45,7 +46,7 @@ own server, and its own --trace) and the models per level (the server answers th
 @setting_options(*REPLAY_FLAGS)
 def replay(
     trace_file: Path,
-    input_path: str,
+    input_paths: tuple[str, ...],
     task: str | None,
     new_trace: str | None,
     as_json: bool,
@@ -64,6 +65,7 @@ def replay(
     from rlm_sandbox.cli.execute import default_trace
     from rlm_sandbox.cli.options import resolve_settings
     from rlm_sandbox.cli.output import console, fail, fast_exit
+    from rlm_sandbox.input_check import only_one_input
     from rlm_sandbox.inputs import open_input
     from rlm_sandbox.replay import load_recording, run_replay
     from rlm_sandbox.safe_text import line
@@ -74,7 +76,7 @@ def replay(
     try:
         loaded = resolve_settings(click.get_current_context(), o)
         recording = load_recording(trace_file)
-        context = open_input(input_path)
+        context = open_input(only_one_input(input_paths))
         base = build_rlm_config(loaded.settings.model_dump())
         recorded = recording.start.get("image_packages") or []
         recorded_packages = [str(p) for p in recorded] if isinstance(recorded, list) else [str(recorded)]

@@ -25,7 +25,8 @@ h1 { font-size: 1.3rem; margin: 0 0 .3rem; } h2 { font-size: 1.05rem; margin: 1.
 dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: .15rem 1rem; margin: .5rem 0; }
 dl.facts dt { color: var(--muted); } dl.facts dd { margin: 0; white-space: pre-wrap; word-break: break-word; }
 .status-done, .status-ok { color: var(--ok); font-weight: 600; }
-.status-error, .status-budget_exhausted, .status-lm_error, .status-sandbox_error { color: var(--err); font-weight: 600; }
+.status-error, .status-budget_exhausted, .status-lm_error, .status-sandbox_error,
+.status-answer_invalid { color: var(--err); font-weight: 600; }
 .status-running, .status-incomplete { color: var(--open); font-weight: 600; }
 ul.tree { list-style: none; margin: 0; padding-left: 1.2rem; border-left: 1px dashed var(--line); }
 ul.tree.top { padding-left: 0; border-left: 0; }
@@ -86,7 +87,10 @@ def _e(text: object) -> str:
 
 def _status_class(status: str) -> str:
     """Only known statuses become class names: a trace could carry any string there."""
-    known = {"done", "ok", "error", "running", "incomplete", "budget_exhausted", "lm_error", "sandbox_error"}
+    known = {
+        *("done", "ok", "error", "running", "incomplete"),
+        *("budget_exhausted", "lm_error", "sandbox_error", "answer_invalid"),
+    }
     return f"status-{status}" if status in known else "status-other"
 
 
