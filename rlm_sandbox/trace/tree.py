@@ -16,39 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from rlm_sandbox.errors import RLMSandboxError
-from rlm_sandbox.trace.writer import check_event
+from rlm_sandbox.trace import events
 from rlm_sandbox.untrusted import TRACE_DEPTH, TRACE_LINE_CHARS, loads
-
-KNOWN_EVENTS = frozenset(
-    {
-        "run_start",
-        "run_end",
-        "node_begin",
-        "node_start",
-        "node_end",
-        "lm_start",
-        "lm_call",
-        "lm_error",
-        "sub_call",
-        "cell_start",
-        "cell",
-        "budget",
-        "error",
-        "engines",
-        "engine_warning",
-        "tool_call",
-        # Known, and shown elsewhere or not needed for the tree: the run's own detail.
-        "lm_cut",
-        "lm_abandoned",  # the caller stopped waiting at a deadline (an lm_error follows)
-        "lm_late",  # an abandoned call's usage, recorded when its thread ended
-        "lm_overrun",  # a call used more than its reserved worst case
-        "fallback",
-        "compaction",
-        "schema_mismatch",
-        "question",
-        "answer",
-    }
-)
 
 
 class TraceFileError(RLMSandboxError):
@@ -57,25 +26,8 @@ class TraceFileError(RLMSandboxError):
     hint = "pass the JSON-lines file written by `--trace PATH` (the demo's default is in the temp dir)"
 
 
-def _num(value: Any) -> float:
-    """Numbers from a trace written by any version: absent, null or text count as zero."""
-    if isinstance(value, bool):
-        return 0.0
-    if isinstance(value, int | float):
-        return float(value)
-    return 0.0
-
-
-def _int(value: Any) -> int:
-    return int(_num(value))
-
-
 def _opt_num(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
 
 
 @dataclass
@@ -167,6 +119,17 @@ class Totals:
 
 
 @dataclass
+class Exchange:
+    """One question of a session and its answer (``status`` None until it is answered)."""
+
+    number: int
+    question: str
+    status: str | None = None
+    answer: str | None = None
+    error: str | None = None
+
+
+@dataclass
 class Node:
     id: str
     parent: str | None = None
@@ -188,6 +151,7 @@ class Node:
     sub_call_chars: int = 0
     lm_errors: list[str] = field(default_factory=list)
     children: list[Node] = field(default_factory=list)
+    questions: list[Exchange] = field(default_factory=list)  # a session's questions and answers
 
     @property
     def own(self) -> Totals:
@@ -309,92 +273,105 @@ class RunTrace:
         return [node for node in self.walk() if node.status == "running"]
 
 
-class _Builder:
+class TraceBuilder:
+    """Builds a :class:`RunTrace` from events, one at a time: a whole file at once (``trace
+    show``, ``replay``) or as a run emits them (the live tree). Every event is read through
+    the vocabulary (:func:`rlm_sandbox.trace.events.parse`); what this version cannot use is
+    counted and shown, never dropped silently."""
+
     def __init__(self) -> None:
         self.run = RunTrace()
         self.pending_lm: dict[str, list[LMCall]] = {}
 
-    def node(self, node_id: Any, ev: dict[str, Any]) -> Node:
-        key = str(node_id)
-        node = self.run.nodes.get(key)
+    def node(self, node_id: str, ev: Any) -> Node:
+        node = self.run.nodes.get(node_id)
         if node is None:
-            node = self.run.nodes[key] = Node(id=key, depth=_int(ev.get("depth")))
-        if ev.get("parent") is not None and node.parent is None:
-            node.parent = str(ev["parent"])
+            node = self.run.nodes[node_id] = Node(id=node_id, depth=events.declared(ev, "depth") or 0)
+        parent = events.declared(ev, "parent")
+        if parent is not None and node.parent is None:
+            node.parent = parent
         return node
 
-    def feed(self, ev: dict[str, Any]) -> None:
-        kind = ev.get("event")
-        t = _opt_num(ev.get("t"))
-        if t is not None:
-            self.run.last_t = max(self.run.last_t, t)
-        if self.run.run_id is None and ev.get("run") is not None:
-            self.run.run_id = str(ev["run"])
-        if kind not in KNOWN_EVENTS:
-            name = str(kind)
+    def feed(self, raw: Any) -> events.Event:
+        """Take one decoded trace line; returns it as a typed event."""
+        ev = events.parse(raw)
+        if isinstance(ev, events.Malformed):
+            name = f"{ev.event[:40]} (malformed)" if ev.event != "?" else None
+            if name is None:
+                self.run.skipped_lines += 1
+            else:
+                self.run.unknown_events[name] = self.run.unknown_events.get(name, 0) + 1
+            return ev
+        if ev.t is not None:
+            self.run.last_t = max(self.run.last_t, ev.t)
+        if self.run.run_id is None and ev.run is not None:
+            self.run.run_id = ev.run
+        if isinstance(ev, events.Unknown):
+            name = ev.event[:80]
             self.run.unknown_events[name] = self.run.unknown_events.get(name, 0) + 1
-            return
-        handler = getattr(self, f"on_{kind}", None)
+            return ev
+        handler = getattr(self, f"on_{ev.name}", None)
         if handler is not None:
-            handler(ev, t)
+            handler(ev, raw)
+        return ev
 
-    def on_run_start(self, ev: dict[str, Any], t: float | None) -> None:
-        self.run.start = ev
+    def on_run_start(self, ev: events.RunStart, raw: dict[str, Any]) -> None:
+        self.run.start = raw
 
-    def on_run_end(self, ev: dict[str, Any], t: float | None) -> None:
-        self.run.end = ev
+    def on_run_end(self, ev: events.RunEnd, raw: dict[str, Any]) -> None:
+        self.run.end = raw
 
-    def on_node_begin(self, ev: dict[str, Any], t: float | None) -> None:
-        if ev.get("node") is None:
+    def on_node_begin(self, ev: events.NodeBegin, raw: dict[str, Any]) -> None:
+        if ev.node is None:
             return
-        node = self.node(ev["node"], ev)
-        node.depth = _int(ev.get("depth"))
-        node.t_begin = t
+        node = self.node(ev.node, ev)
+        node.depth = ev.depth or 0
+        node.t_begin = ev.t
 
-    def on_node_start(self, ev: dict[str, Any], t: float | None) -> None:
-        if ev.get("node") is None:
+    def on_node_start(self, ev: events.NodeStart, raw: dict[str, Any]) -> None:
+        if ev.node is None:
             return
-        node = self.node(ev["node"], ev)
-        node.container = _text(ev.get("container"))
-        node.pooled = ev.get("pooled") if isinstance(ev.get("pooled"), bool) else None
-        node.start_s = _opt_num(ev.get("start_s"))
-        node.task = _text(ev.get("task"))
+        node = self.node(ev.node, ev)
+        node.container = ev.container
+        node.pooled = ev.pooled
+        node.start_s = ev.start_s
+        node.task = ev.task
         if node.t_begin is None:  # node_begin lost: the start is the best bound we have
-            node.t_begin = t
+            node.t_begin = ev.t
 
-    def on_node_end(self, ev: dict[str, Any], t: float | None) -> None:
-        if ev.get("node") is None:
+    def on_node_end(self, ev: events.NodeEnd, raw: dict[str, Any]) -> None:
+        if ev.node is None:
             return
-        node = self.node(ev["node"], ev)
-        node.status = str(ev.get("status") or "error")
-        node.steps = _int(ev.get("steps"))
-        node.answer = _text(ev.get("answer"))
-        node.error = _text(ev.get("error"))
-        node.wall_s = _opt_num(ev.get("wall_s"))
-        node.t_end = t
-        if node.t_begin is None and t is not None and node.wall_s is not None:
-            node.t_begin = max(0.0, t - node.wall_s)
+        node = self.node(ev.node, ev)
+        node.status = ev.status or "error"
+        node.steps = ev.steps or 0
+        node.answer = ev.answer
+        node.error = ev.error
+        node.wall_s = ev.wall_s
+        node.t_end = ev.t
+        if node.t_begin is None and ev.t is not None and node.wall_s is not None:
+            node.t_begin = max(0.0, ev.t - node.wall_s)
 
-    def on_lm_start(self, ev: dict[str, Any], t: float | None) -> None:
-        if ev.get("node") is None:
+    def on_lm_start(self, ev: events.LMStart, raw: dict[str, Any]) -> None:
+        if ev.node is None:
             return
-        node = self.node(ev["node"], ev)
+        node = self.node(ev.node, ev)
         call = LMCall(
             node=node.id,
             depth=node.depth,
-            purpose=str(ev.get("purpose") or "?"),
-            model=str(ev.get("model") or "?"),
-            t=t,
+            purpose=ev.purpose or "?",
+            model=ev.model or "?",
+            t=ev.t,
             finished=False,
         )
         node.lm_calls.append(call)
         self.pending_lm.setdefault(node.id, []).append(call)
 
-    def on_lm_call(self, ev: dict[str, Any], t: float | None) -> None:
-        if ev.get("node") is None:
+    def on_lm_call(self, ev: events.LMCall, raw: dict[str, Any]) -> None:
+        if ev.node is None:
             return
-        node = self.node(ev["node"], ev)
-        purpose = str(ev.get("purpose") or "?")
+        node = self.node(ev.node, ev)
+        purpose = ev.purpose or "?"
         pending = self.pending_lm.get(node.id, [])
         # Parallel sub-calls of one node finish in any order: pair with the oldest open
         # start of the same purpose; counts and sums come out right whatever the pairing.
@@ -404,67 +381,81 @@ class _Builder:
             node.lm_calls.append(call)
         else:
             pending.remove(call)
-        call.model = str(ev.get("model") or call.model)
-        call.prompt_tokens = _int(ev.get("prompt_tokens"))
-        call.completion_tokens = _int(ev.get("completion_tokens"))
-        call.cost_usd = _num(ev.get("cost_usd"))
-        call.latency_s = _num(ev.get("latency_s"))
-        call.response = _text(ev.get("response"))
-        call.t = t
+        call.model = ev.model or call.model
+        call.prompt_tokens = ev.prompt_tokens or 0
+        call.completion_tokens = ev.completion_tokens or 0
+        call.cost_usd = ev.cost_usd or 0.0
+        call.latency_s = ev.latency_s or 0.0
+        call.response = ev.response
+        call.t = ev.t
         call.finished = True
 
-    def on_lm_error(self, ev: dict[str, Any], t: float | None) -> None:
-        self.run.problems.append(ev)
-        if ev.get("node") is not None:
-            node = self.node(ev["node"], ev)
-            node.lm_errors.append(str(ev.get("error")))
+    def on_lm_error(self, ev: events.LMError, raw: dict[str, Any]) -> None:
+        self.run.problems.append(raw)
+        if ev.node is not None:
+            node = self.node(ev.node, ev)
+            node.lm_errors.append(str(ev.error))
             pending = self.pending_lm.get(node.id, [])
             if pending:
                 pending.pop(0)  # that start will never get its lm_call
 
-    def on_sub_call(self, ev: dict[str, Any], t: float | None) -> None:
-        if ev.get("node") is None:
+    def on_sub_call(self, ev: events.SubCall, raw: dict[str, Any]) -> None:
+        if ev.node is None:
             return
-        node = self.node(ev["node"], ev)
-        kind = str(ev.get("kind") or "?")
+        node = self.node(ev.node, ev)
+        kind = ev.kind or "?"
         node.sub_calls[kind] = node.sub_calls.get(kind, 0) + 1
-        node.sub_call_chars += _int(ev.get("prompt_chars"))
+        node.sub_call_chars += ev.prompt_chars or 0
 
-    def on_tool_call(self, ev: dict[str, Any], t: float | None) -> None:
+    def on_tool_call(self, ev: events.ToolCall, raw: dict[str, Any]) -> None:
         """A host tool the node's code called: counted with its sub-calls, as ``tool:NAME``."""
-        if ev.get("node") is None:
+        if ev.node is None:
             return
-        node = self.node(ev["node"], ev)
-        kind = f"tool:{ev.get('tool') or '?'}"
+        node = self.node(ev.node, ev)
+        kind = f"tool:{ev.tool or '?'}"
         node.sub_calls[kind] = node.sub_calls.get(kind, 0) + 1
 
-    def on_cell_start(self, ev: dict[str, Any], t: float | None) -> None:
-        if ev.get("node") is None:
+    def on_cell_start(self, ev: events.CellStart, raw: dict[str, Any]) -> None:
+        if ev.node is None:
             return
-        cell = self.node(ev["node"], ev).cell(_int(ev.get("step")), _int(ev.get("index")))
-        cell.code = str(ev.get("code") or "")
-        cell.t_start = t
+        cell = self.node(ev.node, ev).cell(ev.step or 0, ev.index or 0)
+        cell.code = ev.code or ""
+        cell.t_start = ev.t
 
-    def on_cell(self, ev: dict[str, Any], t: float | None) -> None:
-        if ev.get("node") is None:
+    def on_cell(self, ev: events.Cell, raw: dict[str, Any]) -> None:
+        if ev.node is None:
             return
-        cell = self.node(ev["node"], ev).cell(_int(ev.get("step")), _int(ev.get("index")))
-        cell.code = str(ev.get("code") or cell.code)
-        cell.output = _text(ev.get("output"))
-        cell.error = _text(ev.get("error"))
-        cell.duration_s = _opt_num(ev.get("duration_s"))
-        cell.wall_s = _opt_num(ev.get("wall_s"))
-        cell.timed_out = bool(ev.get("timed_out"))
-        cell.t_end = t
+        cell = self.node(ev.node, ev).cell(ev.step or 0, ev.index or 0)
+        cell.code = ev.code or cell.code
+        cell.output = ev.output
+        cell.error = ev.error
+        cell.duration_s = ev.duration_s
+        cell.wall_s = ev.wall_s
+        cell.timed_out = bool(ev.timed_out)
+        cell.t_end = ev.t
         cell.finished = True
-        if cell.t_start is None and t is not None:
-            cell.t_start = max(0.0, t - (cell.wall_s or cell.duration_s or 0.0))
+        if cell.t_start is None and ev.t is not None:
+            cell.t_start = max(0.0, ev.t - (cell.wall_s or cell.duration_s or 0.0))
 
-    def on_budget(self, ev: dict[str, Any], t: float | None) -> None:
-        self.run.problems.append(ev)
+    def on_question(self, ev: events.Question, raw: dict[str, Any]) -> None:
+        if ev.node is not None:
+            self.node(ev.node, ev).questions.append(Exchange(ev.number or 0, ev.task or ""))
 
-    def on_error(self, ev: dict[str, Any], t: float | None) -> None:
-        self.run.problems.append(ev)
+    def on_answer(self, ev: events.Answer, raw: dict[str, Any]) -> None:
+        if ev.node is None:
+            return
+        node = self.node(ev.node, ev)
+        asked = next((q for q in node.questions if q.number == ev.number and q.status is None), None)
+        if asked is None:
+            asked = Exchange(ev.number or 0, "")
+            node.questions.append(asked)
+        asked.status, asked.answer, asked.error = ev.status or "?", ev.answer, ev.error
+
+    def on_budget(self, ev: events.Budget, raw: dict[str, Any]) -> None:
+        self.run.problems.append(raw)
+
+    def on_error(self, ev: events.Error, raw: dict[str, Any]) -> None:
+        self.run.problems.append(raw)
 
     def finish(self) -> RunTrace:
         run = self.run
@@ -524,18 +515,11 @@ def _spawning_cell(cells: list[Cell], t: float | None) -> Cell | None:
     return None
 
 
-def build(events: Iterable[dict[str, Any]]) -> RunTrace:
+def build(lines: Iterable[Any]) -> RunTrace:
     """The tree from already-parsed events (in file order, which need not be time order)."""
-    builder = _Builder()
-    for ev in events:
-        if not isinstance(ev, dict) or not isinstance(ev.get("event"), str):
-            builder.run.skipped_lines += 1
-        elif check_event(ev) is not None:
-            # Known fields of the wrong type: shown as an event this reader cannot use.
-            name = f"{ev['event'][:40]} (malformed)"
-            builder.run.unknown_events[name] = builder.run.unknown_events.get(name, 0) + 1
-        else:
-            builder.feed(ev)
+    builder = TraceBuilder()
+    for raw in lines:
+        builder.feed(raw)
     return builder.finish()
 
 
@@ -552,22 +536,22 @@ def load(path: str | Path, *, clean: Callable[[Any], Any] | None = None) -> RunT
         raise TraceFileError(f"{p} is a directory, not a trace file") from None
     except OSError as exc:
         raise TraceFileError(f"cannot read trace file {p}: {exc.strerror or exc}") from None
-    events: list[Any] = []
+    lines: list[Any] = []
     skipped = 0
     for line in raw.decode("utf-8", errors="replace").split("\n"):  # not splitlines: U+2028 is no line end
         line = line.strip()
         if not line:
             continue
         try:
-            events.append(loads(line, max_chars=TRACE_LINE_CHARS, max_depth=TRACE_DEPTH, constants=True))
+            lines.append(loads(line, max_chars=TRACE_LINE_CHARS, max_depth=TRACE_DEPTH, constants=True))
         except ValueError:
             skipped += 1
     if clean is not None:
-        events = [clean(e) for e in events]
-    good = [e for e in events if isinstance(e, dict) and "event" in e]
+        lines = [clean(e) for e in lines]
+    good = [e for e in lines if isinstance(e, dict) and "event" in e]
     if not good:
-        what = "is empty" if not events and not skipped else "has no trace events (JSON lines with 'event')"
+        what = "is empty" if not lines and not skipped else "has no trace events (JSON lines with 'event')"
         raise TraceFileError(f"{p} {what}")
-    run = build(events)
+    run = build(lines)
     run.skipped_lines += skipped
     return run
