@@ -17,7 +17,8 @@ from typing import Any
 from rlm_sandbox.replay.policy import DIVERGED_REPLY, Served
 from rlm_sandbox.replay.recording import Recording, excerpt
 from rlm_sandbox.trace import events as trace_events
-from rlm_sandbox.trace.tree import Cell, Node, RunTrace, build
+from rlm_sandbox.trace.model import Cell, Node, RunTrace
+from rlm_sandbox.trace.tree import build
 
 
 @dataclass

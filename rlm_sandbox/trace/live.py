@@ -23,7 +23,8 @@ from rich.tree import Tree
 
 from rlm_sandbox.safe_text import visible_data
 from rlm_sandbox.trace import events
-from rlm_sandbox.trace.tree import Node, TraceBuilder
+from rlm_sandbox.trace.model import Node
+from rlm_sandbox.trace.tree import TraceBuilder
 from rlm_sandbox.trace.view import TraceView
 
 STATUS_STYLE = {
