@@ -69,7 +69,9 @@ def hardened_host_config(api, config: SandboxConfig) -> dict:
         ulimits=[Ulimit(name="nofile", soft=config.nofile, hard=config.nofile)],
         ipc_mode="private",
         shm_size="16m",
-        init=True,
+        # PID 1 is the image's own supervisor (rlm_sandbox/kernel/supervisor.py): it reaps as
+        # Docker's init did and also ends the container when the controller's stream goes.
+        init=False,
         privileged=False,
         # Frames are not logs: nothing the sandbox prints is kept on the host's disk.
         log_config=LogConfig(type="none"),

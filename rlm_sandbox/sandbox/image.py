@@ -47,7 +47,7 @@ def base_build_script() -> Path:
 
 def kernel_files() -> dict[str, bytes]:
     pkg = resources.files("rlm_sandbox.kernel")
-    return {name: (pkg / name).read_bytes() for name in ("kernel.py", "protocol.py")}
+    return {name: (pkg / name).read_bytes() for name in ("kernel.py", "protocol.py", "supervisor.py")}
 
 
 def image_tag(base: str) -> str:
