@@ -102,8 +102,8 @@ class DockerBackend:
             created = self.api.create_container(
                 image=image,
                 user=SANDBOX_UID,
-                stdin_open=True,  # with detach=False this also sets StdinOnce: the kernel sees
-                detach=False,  # EOF if the controller dies, so no orphan keeps running
+                stdin_open=True,  # with detach=False this also sets StdinOnce: the engine closes
+                detach=False,  # stdin when the controller's connection goes; PID 1 then ends all
                 tty=False,
                 environment=dict(SANDBOX_ENV),
                 labels=labels,
