@@ -48,6 +48,7 @@ import sys
 HOST_GONE_EXIT = 128 + signal.SIGHUP
 START_FAILED_EXIT = 127
 CHUNK = 1 << 20
+_RDHUP = getattr(select, "POLLRDHUP", 0)
 BACKSTOP_MS = 1000  # reap and re-check at least this often, whatever the wake-up pipe says
 
 PR_SET_PDEATHSIG = 1
@@ -446,7 +447,9 @@ class Supervisor:
                 if self.kernel_status is not None:
                     return self._finish(_exit_code(self.kernel_status))
             poller = select.poll()
-            poller.register(0, 0 if (self.full or self.relay_out < 0) else select.POLLIN)
+            # (POLLRDHUP: should the host's stream ever be a socket, its half-close counts too)
+            waiting = self.full or self.relay_out < 0
+            poller.register(0, _RDHUP if waiting else select.POLLIN | _RDHUP)
             poller.register(self.wake_r, select.POLLIN)
             if self.full:
                 poller.register(self.relay_out, select.POLLOUT)
@@ -466,7 +469,7 @@ class Supervisor:
                 elif events & select.POLLIN:
                     if not self._relay_burst():
                         return self._host_gone()
-                elif events & (select.POLLHUP | select.POLLERR):
+                elif events & (select.POLLHUP | select.POLLERR | _RDHUP):
                     # Hung up, with nothing (or nothing we can pass on) left to read: whatever
                     # the host wrote last, nobody is left to answer.
                     return self._host_gone()
