@@ -9,14 +9,16 @@ process and can block its signals, hold the GIL in C code, fork and ``setsid`` c
 stop whatever watches from inside the kernel. So the watch lives here, in a process no cell
 runs in, and it needs no cooperation from the kernel:
 
-* **The host's stream goes through this process only.** The container's stdin (the attach
-  stream; ``StdinOnce`` makes the engine close it when the controller's connection goes) is
-  relayed by ``splice`` into a pipe that becomes the kernel's fd 0. The kernel never holds
-  the container's stdin: a cell that reopened it for writing through ``/proc/self/fd`` (which
-  works on a pipe) would otherwise keep it from ever hanging up. End of file or a hang-up on
-  the container's stdin means the host is gone: every process of the sandbox is SIGKILLed
-  (``kill(-1)`` from PID 1; the descendants' tree under the local backend) and this process
-  exits, which ends the container.
+* **No cell can keep the host's stream open.** The container's stdin is the attach stream;
+  ``StdinOnce`` makes the engine close it when the controller's connection goes. Under runc
+  (Linux) a cell could reopen that pipe for writing through ``/proc/self/fd`` and so keep it
+  from ever hanging up; there the kernel never holds it: this process relays it by ``splice``
+  into a pipe that becomes the kernel's fd 0. Under gVisor such a reopen yields no writer,
+  so the kernel reads the stream itself and this process only watches it
+  (:func:`stream_can_be_forged` decides, by trying). End of file or a hang-up means the host
+  is gone: every process of the sandbox is SIGKILLed (``kill(-1)`` from PID 1; the
+  descendants' tree under the local backend) and this process exits, which ends the
+  container.
 * **It cannot be stopped or killed from inside.** PID 1 of a PID namespace only receives the
   signals it has a handler for, from processes in the namespace (Linux). gVisor does not
   implement that rule (a cell could SIGSTOP PID 1 there), so the kernel and everything it
@@ -44,6 +46,7 @@ import select
 import signal
 import struct
 import sys
+import termios
 
 HOST_GONE_EXIT = 128 + signal.SIGHUP
 START_FAILED_EXIT = 127
@@ -326,6 +329,28 @@ def _say(text: str) -> None:
         pass
 
 
+def stream_can_be_forged() -> bool:
+    """Could code in the sandbox hold a write end of the host's stream (fd 0)?
+
+    On Linux a pipe reopened through ``/proc/self/fd`` is a new writer: it never hangs up
+    while that is open, so the kernel must not hold the stream, and we relay it. gVisor hands
+    out the same read-only file instead (writes fail, poll shows no room), so the kernel can
+    read the stream itself, saving the relay's copy. Anything unclear means relay.
+    """
+    try:
+        if struct.unpack("i", fcntl.ioctl(0, termios.FIONREAD, b"\0\0\0\0"))[0]:
+            return True  # not empty: "no room" would prove nothing
+        w = os.open("/proc/self/fd/0", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return True
+    try:
+        probe = select.poll()
+        probe.register(w, select.POLLOUT)
+        return bool(probe.poll(0))
+    finally:
+        os.close(w)
+
+
 def _exit_code(status: int) -> int:
     """A wait status as a container reports it: the code, or 128 + the signal."""
     code = os.waitstatus_to_exitcode(status)
@@ -384,8 +409,9 @@ class Supervisor:
                 _say(f"no seccomp filter ({exc})")
             if program is None:
                 _say(f"no seccomp filter for {os.uname().machine}: PID 1 is less protected")
-        r, w = os.pipe()
-        for fd in (w, 0):  # fewer, larger moves (gVisor refuses it on the container's own pipe)
+        relay = stream_can_be_forged()
+        r, w = os.pipe() if relay else (-1, -1)
+        for fd in (w, 0) if relay else (0,):  # fewer, larger moves (gVisor refuses it on fd 0)
             try:
                 fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, CHUNK)
             except OSError:
@@ -394,25 +420,28 @@ class Supervisor:
         if pid == 0:  # the kernel-to-be: nothing here may return
             code = START_FAILED_EXIT
             try:
-                self._become_kernel(r, program)
+                self._become_kernel(r if relay else None, program)
                 code = 0  # the kernel ends with os._exit; falling off its end is a clean exit
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
             except BaseException as exc:  # report anything, then leave
                 _say(f"the kernel failed to start: {exc!r}")
             os._exit(code & 0xFF)
-        os.close(r)
         self.kernel_pid = pid
-        self.relay_out = w
-        os.set_blocking(w, False)
-        os.set_blocking(0, False)
+        if relay:
+            os.close(r)
+            self.relay_out = w
+            os.set_blocking(w, False)
+            os.set_blocking(0, False)  # (never when the kernel shares our file description)
+        # else relay_out stays -1: fd 0 is only watched for the hang-up, never read
 
-    def _become_kernel(self, relay_in: int, program: bytes | None) -> None:
+    def _become_kernel(self, relay_in: int | None, program: bytes | None) -> None:
         """In the forked child: drop everything of the supervisor, then run the kernel in this
         same interpreter (no second interpreter start: a fork is far cheaper, under gVisor most)."""
         if self.pid1:
             os.setsid()  # no process group of the kernel's tree contains PID 1
-        os.dup2(relay_in, 0)  # the host's stream, through us; never the container's stdin itself
+        if relay_in is not None:
+            os.dup2(relay_in, 0)  # the host's stream through us, never the container's stdin
         for name in os.listdir("/proc/self/fd"):  # our end of the relay, the wake-up pipe: none stays
             if int(name) > 2:
                 try:
@@ -477,7 +506,7 @@ class Supervisor:
     def _relay_burst(self) -> bool:
         """Move what the host sent into the kernel's pipe until either side has to wait;
         False at the end of the host's stream. A full kernel pipe sets ``full``."""
-        for _ in range(64):
+        for burst in range(64):
             if self.relay_out < 0:
                 return True
             if self.pending and not self._flush_pending():
@@ -487,9 +516,10 @@ class Supervisor:
                 try:
                     moved = os.splice(0, self.relay_out, CHUNK, flags=os.SPLICE_F_NONBLOCK)
                 except BlockingIOError:
-                    # The kernel's pipe is full, or ours is empty: waiting for room answers
-                    # at once in the second case, so this never spins.
-                    self.full = True
+                    # Our pipe is empty or the kernel's is full. After a move, most likely the
+                    # first (and if not, the next round lands here first). Waiting for room
+                    # answers at once when there is room, so this never spins.
+                    self.full = burst == 0
                     return True
                 except BrokenPipeError:
                     self._kernel_closed_its_input()

@@ -39,8 +39,10 @@ RUNNER = textwrap.dedent(
     import os, sys
     sys.path.insert(0, sys.argv[1])
     import supervisor as S
+    if sys.argv[3] == "direct":  # as under gVisor: the kernel reads the stream itself
+        S.stream_can_be_forged = lambda: False
     sup = S.Supervisor(sys.argv[2])
-    sup.use_splice = sys.argv[3] == "splice"
+    sup.use_splice = sys.argv[3] != "copy"
     sup.protect_self()
     sup.start_kernel()
     os._exit(sup.run())
@@ -85,7 +87,7 @@ ECHO_KERNEL = """
 """
 
 
-@pytest.mark.parametrize("mode", ["splice", "copy"])
+@pytest.mark.parametrize("mode", ["splice", "copy", "direct"])
 def test_the_host_stream_reaches_the_kernel_intact_and_its_exit_code_is_the_sandboxs(
     tmp_path: Path, mode: str
 ) -> None:
@@ -170,7 +172,22 @@ def test_when_the_host_hangs_up_the_kernel_and_everything_it_started_end(tmp_pat
                 pass
 
 
-def test_a_kernel_that_stops_reading_does_not_blind_the_supervisor(tmp_path: Path) -> None:
+def test_on_linux_a_pipe_reopened_through_proc_is_a_writer_so_the_stream_is_relayed() -> None:
+    """The probe that picks the relay: true for an ordinary pipe (runc's stdin is one)."""
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import supervisor as S; print(S.stream_can_be_forged())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", probe, str(KERNEL_DIR)],
+        stdin=subprocess.PIPE,
+        capture_output=True,
+        check=True,
+    )
+    assert out.stdout == b"True\n"
+
+
+@pytest.mark.parametrize("mode", ["splice", "direct"])
+def test_a_kernel_that_stops_reading_does_not_blind_the_supervisor(tmp_path: Path, mode: str) -> None:
     """The kernel's pipe fills up (a spinning cell reads nothing): a hang-up still ends it."""
     kernel = """
         import os
@@ -178,7 +195,7 @@ def test_a_kernel_that_stops_reading_does_not_blind_the_supervisor(tmp_path: Pat
         while True:
             pass
     """
-    proc = supervise(tmp_path, kernel)
+    proc = supervise(tmp_path, kernel, mode)
     assert proc.stdin is not None and proc.stdout is not None and proc.stdout.readline() == b"up\n"
     os.set_blocking(proc.stdin.fileno(), False)
     sent = 0
