@@ -13,14 +13,15 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Sandbox": "rlm_sandbox.sandbox.core",
     "ExecResult": "rlm_sandbox.sandbox.core",
-    "SandboxConfig": "rlm_sandbox.config",
+    "SandboxConfig": "rlm_sandbox.sandbox.config",
     "collect_garbage": "rlm_sandbox.sandbox.gc",
     "GCReport": "rlm_sandbox.sandbox.gc",
-    "RLM": "rlm_sandbox.rlm",
-    "RLMConfig": "rlm_sandbox.rlm",
-    "RLMResult": "rlm_sandbox.rlm",
-    "RecursiveLanguageModel": "rlm_sandbox.rlm",
-    "LiteLLMClient": "rlm_sandbox.lm",
+    "RLM": "rlm_sandbox.rlm.api",
+    "RecursiveLanguageModel": "rlm_sandbox.rlm.api",
+    "RLMConfig": "rlm_sandbox.rlm.config",
+    "RLMResult": "rlm_sandbox.rlm.result",
+    "Session": "rlm_sandbox.rlm.session",
+    "LiteLLMClient": "rlm_sandbox.rlm.lm",
 }
 _ERRORS = [
     "RLMSandboxError",
@@ -35,6 +36,8 @@ _ERRORS = [
     "SandboxClosed",
     "LMError",
     "BudgetExhausted",
+    "AnswerInvalid",
+    "EXIT_CODES",
 ]
 for _name in _ERRORS:
     _EXPORTS[_name] = "rlm_sandbox.errors"

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from rlm_sandbox.config import SandboxConfig
+from rlm_sandbox.sandbox.config import SandboxConfig
 from rlm_sandbox.settings import LoadedSettings, redact_url
 
 Status = Literal["ok", "fail", "warn", "skip"]
@@ -87,8 +87,8 @@ def check_engines(urls: list[str]) -> list[CheckResult]:
     (over TLS where Docker's settings say so); a run skips one that does not, and fails
     only if none answers."""
     from rlm_sandbox.errors import RLMSandboxError
-    from rlm_sandbox.placement import probe
     from rlm_sandbox.sandbox.engines import EngineSpec, register
+    from rlm_sandbox.sandbox.placement import probe
 
     results, alive = [], 0
     for text in urls:
@@ -349,7 +349,7 @@ def check_model(loaded: LoadedSettings) -> list[CheckResult]:
                 'pass --model, or set RLM_SANDBOX_MODEL or model = "provider/name" in rlm-sandbox.toml',
             )
         ]
-    from rlm_sandbox.lm import preload_litellm
+    from rlm_sandbox.rlm.lm import preload_litellm
 
     litellm = preload_litellm()
     results = []

@@ -2,9 +2,9 @@
 
 ::
 
-    RLMSandboxError                 anything raised on purpose by rlm_sandbox
-    ├── ConfigError                 a setting is invalid (usage error, exit 2)
-    ├── SandboxError                the sandbox or its engine failed (exit 4)
+    RLMSandboxError                 anything raised on purpose by rlm_sandbox (status "error")
+    ├── ConfigError                 a setting is invalid; nothing was started ("usage")
+    ├── SandboxError                the sandbox or its engine failed ("sandbox_error")
     │   ├── EngineUnavailable       no Docker engine answers
     │   ├── ImageBuildError         the sandbox image could not be built
     │   ├── SandboxStartError       a container did not start (or its runtime is missing)
@@ -12,19 +12,42 @@
     │   ├── CellTimeout             a cell did not yield within timeout + grace: killed
     │   ├── ProtocolViolation       the kernel sent something it must not: killed
     │   └── SandboxClosed           the sandbox was used after it was closed
-    ├── LMError                     the model failed after retries (exit 5)
-    └── BudgetExhausted             a shared budget ran out (exit 3)
+    ├── LMError                     the model failed after retries ("lm_error")
+    ├── BudgetExhausted             a shared budget ran out ("budget_exhausted")
+    └── AnswerInvalid               a typed answer never matched its schema
 
-Every message says what happened and, where there is one, what to change (``hint``).
+Every error carries a ``status`` (the ``status`` of ``--json``), and the process exit code of
+each status is defined once, in :data:`EXIT_CODES`. Every message says what happened and,
+where there is one, what to change (``hint``). Fields are declared in ``__init__``; nothing
+is attached to an exception from outside.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
+
+#: The exit code of every outcome, for the CLI and for ``RLMResult.exit_code``.
+EXIT_CODES: dict[str, int] = {
+    "ok": 0,  # answered
+    "error": 1,  # an unexpected failure (a bug of ours), or a typed answer that never fit
+    "usage": 2,  # a usage or configuration error: nothing was started
+    "budget_exhausted": 3,  # a budget ran out (the answer may be a fallback)
+    "sandbox_error": 4,  # a sandbox or its engine failed
+    "lm_error": 5,  # the model failed after retries
+    "interrupted": 130,  # Ctrl-C: the run was stopped and its containers removed
+}
+
+
+def exit_code(status: str) -> int:
+    """The process exit code of an outcome (``RLMResult.status`` or ``RLMSandboxError.status``)."""
+    return EXIT_CODES.get(status, EXIT_CODES["error"])
 
 
 class RLMSandboxError(Exception):
     """Base of every error this package raises on purpose."""
 
     hint: str = ""
+    status: ClassVar[str] = "error"
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -43,9 +66,13 @@ class RLMSandboxError(Exception):
 class ConfigError(RLMSandboxError):
     """A setting or argument is invalid; nothing was started."""
 
+    status = "usage"
+
 
 class SandboxError(RLMSandboxError):
     """The sandbox or the engine under it failed; the container is gone."""
+
+    status = "sandbox_error"
 
 
 class EngineUnavailable(SandboxError):
@@ -68,7 +95,7 @@ class SandboxCrashed(SandboxError):
     ) -> None:
         super().__init__(message, hint=hint)
         self.reason = reason
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # the container's, not this process's
 
 
 class CellTimeout(SandboxError):
@@ -88,12 +115,57 @@ class SandboxClosed(SandboxError):
 
 
 class LMError(RLMSandboxError):
-    """The model call failed after retries (auth, provider, network, bad model name)."""
+    """The model call failed after retries (auth, provider, network, bad model name).
+
+    ``kind`` says what a caller can do about it (``auth``, ``not_found``, ``bad_request``,
+    ``timeout``, ``rate_limit``, ``connection``, ``server``, ``other``) and decides retries.
+    """
+
+    status = "lm_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        kind: str = "other",
+        attempts: int = 1,
+        status_code: int | None = None,
+        model: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.kind = kind
+        self.attempts = attempts
+        self.status_code = status_code
+        self.model = model
 
 
 class BudgetExhausted(RLMSandboxError):
-    """A budget shared by the recursion tree ran out; ``budget`` names which."""
+    """A budget shared by the recursion tree ran out; ``budget`` names which.
 
-    def __init__(self, budget: str, message: str, *, hint: str | None = None) -> None:
+    ``fallback_answer`` is the model's best answer from what it found, when the root was
+    asked for one after the stop (see :mod:`rlm_sandbox.rlm.fallback`)."""
+
+    status = "budget_exhausted"
+
+    def __init__(
+        self, budget: str, message: str, *, hint: str | None = None, fallback_answer: str | None = None
+    ) -> None:
         super().__init__(message, hint=hint)
         self.budget = budget
+        self.fallback_answer = fallback_answer
+
+
+class AnswerInvalid(RLMSandboxError):
+    """The model's answer still did not match the schema after the allowed retries."""
+
+    hint = "loosen the schema, raise schema_retries, or use a stronger model"
+
+
+def outcome_of(exc: BaseException) -> tuple[str, str | None]:
+    """``(status, budget)`` of an exception: what ``--json`` says of a run it ended."""
+    if isinstance(exc, BudgetExhausted):
+        return exc.status, exc.budget
+    if isinstance(exc, RLMSandboxError) and exc.status != "usage":
+        return exc.status, None
+    return "error", None

@@ -38,7 +38,7 @@ def docker_engine() -> None:
 @pytest.fixture(scope="session")
 def sandbox_image(docker_engine: None) -> str:
     """Build (once) the default sandbox image so no test pays for it."""
-    from rlm_sandbox.config import SandboxConfig
+    from rlm_sandbox.sandbox.config import SandboxConfig
     from rlm_sandbox.sandbox.docker_backend import docker_client
     from rlm_sandbox.sandbox.image import ensure_image
 
@@ -68,7 +68,7 @@ def containers_of(run: str) -> list[str]:
 
 @pytest.fixture
 def sandbox_config(run_id: str):
-    from rlm_sandbox.config import SandboxConfig
+    from rlm_sandbox.sandbox.config import SandboxConfig
 
     return SandboxConfig(run_id=run_id, cell_timeout=20)
 
@@ -76,7 +76,7 @@ def sandbox_config(run_id: str):
 @pytest.fixture
 def scripted() -> Iterator:
     """A factory of scripted model servers on 127.0.0.1, closed after the test."""
-    from rlm_sandbox.scripted_model import ScriptedModelServer
+    from rlm_sandbox.testing import ScriptedModelServer
 
     servers: list[ScriptedModelServer] = []
 
@@ -93,7 +93,7 @@ def scripted() -> Iterator:
 @pytest.fixture(scope="session")
 def gen_log(tmp_path_factory: pytest.TempPathFactory):
     """Generated logs with known answers, cached per size for the session."""
-    from rlm_sandbox.scripted_model import generate_log
+    from rlm_sandbox.testing import generate_log
 
     cache: dict[tuple[int, int], object] = {}
     base = tmp_path_factory.mktemp("logs")

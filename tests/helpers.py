@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rlm_sandbox.scripted_model import Policy, rlm_policy
+from rlm_sandbox.testing import Policy, rlm_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 # Exactly the keys of `--json` and RLMResult.to_json(), in their order.
@@ -97,8 +97,9 @@ def json_out(proc: subprocess.CompletedProcess) -> dict[str, Any]:
 # A controller as a user's program runs it, in a child process the test can SIGKILL mid-cell.
 _CONTROLLER = r"""
 import json, sys
-from rlm_sandbox.config import SandboxConfig
-from rlm_sandbox.rlm import RLM, RLMConfig
+from rlm_sandbox.rlm.api import RLM
+from rlm_sandbox.rlm.config import RLMConfig
+from rlm_sandbox.sandbox.config import SandboxConfig
 a = json.loads(sys.argv[1])
 sandbox = SandboxConfig(backend=a["backend"], runtime=a["runtime"], cell_timeout=600, kill_grace=5)
 cfg = RLMConfig(api_base=a["url"], max_steps=3, timeout=1200, sandbox=sandbox)
@@ -127,7 +128,7 @@ def kill_controller_when_armed(
     import threading
     import time
 
-    from rlm_sandbox.scripted_model import ScriptedModelServer
+    from rlm_sandbox.testing import ScriptedModelServer
 
     armed, release = threading.Event(), threading.Event()
     report: list[str] = []

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rlm_sandbox.rlm import RLM, RLMConfig, RLMResult
+from rlm_sandbox.rlm.api import RLM
+from rlm_sandbox.rlm.config import RLMConfig
+from rlm_sandbox.rlm.result import RLMResult
 
 COUNT = 'How many lines contain "ERROR disk"?'
 

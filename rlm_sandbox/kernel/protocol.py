@@ -41,6 +41,13 @@ LLM_REQUEST = "llm_request"
 # How the kernel should rebuild `context` from the bytes it receives.
 CONTEXT_KINDS = ("str", "bytes", "json")
 
+# What the host reads of one kernel frame, unless an exec_request says otherwise (the host
+# sends its own limits with every cell). The kernel refuses a request past them with an
+# error the cell can catch; the host still kills a kernel whose frame breaks them.
+MAX_BATCH = 4096
+DEFAULT_MAX_HEADER = 64 * 1024
+DEFAULT_MAX_PAYLOAD = 256 * 1024 * 1024
+
 # Names the engine puts in the namespace and restores after every cell.
 ENGINE_NAMES = ("context", "llm_query", "llm_query_batched", "FINAL", "FINAL_VAR", "SHOW_VARS")
 

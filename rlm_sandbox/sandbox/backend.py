@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from rlm_sandbox.config import SandboxConfig
+from rlm_sandbox.sandbox.config import SandboxConfig
 
 from .attach import AttachStream
 

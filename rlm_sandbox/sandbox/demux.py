@@ -43,7 +43,3 @@ class Demuxer:
                 raise ProtocolViolation(f"engine stream carried an unknown stream id {stream}")
             self._stream, self._left = stream, size
         return out
-
-    @property
-    def mid_piece(self) -> bool:
-        return bool(self._left or self._buf)

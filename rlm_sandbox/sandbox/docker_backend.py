@@ -11,8 +11,8 @@ import os
 import threading
 import time
 
-from rlm_sandbox.config import SandboxConfig
 from rlm_sandbox.errors import EngineUnavailable, SandboxError, SandboxStartError
+from rlm_sandbox.sandbox.config import SandboxConfig
 
 from .attach import attach
 from .backend import LABEL, ExitInfo, SandboxInfo, Started

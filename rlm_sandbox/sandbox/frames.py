@@ -96,7 +96,3 @@ class FrameDecoder:
             )
         if self._need_header or self._buf:
             raise ProtocolViolation(f"stream ended inside a frame header ({len(self._buf)} stray bytes)")
-
-
-def encode(header: dict, payload: bytes = b"") -> bytes:
-    return P.encode_frame(header, payload)

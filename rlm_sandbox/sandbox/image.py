@@ -17,8 +17,8 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from rlm_sandbox.config import OFFLINE_BASE, SandboxConfig
 from rlm_sandbox.errors import ImageBuildError
+from rlm_sandbox.sandbox.config import OFFLINE_BASE, SandboxConfig
 
 Progress = Callable[[str], None]
 REPO = "rlm-sandbox"
@@ -47,7 +47,10 @@ def base_build_script() -> Path:
 
 def kernel_files() -> dict[str, bytes]:
     pkg = resources.files("rlm_sandbox.kernel")
-    return {name: (pkg / name).read_bytes() for name in ("kernel.py", "protocol.py", "supervisor.py")}
+    return {
+        name: (pkg / name).read_bytes()
+        for name in ("kernel.py", "loop.py", "protocol.py", "repl.py", "streams.py", "supervisor.py")
+    }
 
 
 def image_tag(base: str) -> str:

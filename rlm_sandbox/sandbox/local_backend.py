@@ -29,8 +29,8 @@ import threading
 import time
 from pathlib import Path
 
-from rlm_sandbox.config import SandboxConfig
 from rlm_sandbox.errors import SandboxStartError
+from rlm_sandbox.sandbox.config import SandboxConfig
 
 from .attach import send_with_deadline
 from .backend import ExitInfo, SandboxInfo, Started

@@ -12,10 +12,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from rlm_sandbox.errors import ProtocolViolation
+from rlm_sandbox.kernel import protocol as P
 
 from .frames import RawFrame
 
-MAX_BATCH = 4096
+MAX_BATCH = P.MAX_BATCH
 NonNeg = Annotated[int, Field(ge=0, le=1 << 40)]
 
 

@@ -17,9 +17,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from rlm_sandbox.config import SandboxConfig
 from rlm_sandbox.errors import SandboxError
+from rlm_sandbox.sandbox.config import SandboxConfig
 
+from .backend import Backend
 from .channel import LLMHandler
 from .core import Sandbox
 
@@ -35,8 +36,10 @@ class SandboxPool:
         can_grow: Callable[[int], bool] = lambda _total: True,
         on_start: Callable[[Sandbox], None] | None = None,
         progress: Callable[[str], None] | None = None,
+        backend: Backend | None = None,
     ) -> None:
         self.config = config
+        self._backend = backend
         self.size = max(0, size)
         self.idle_timeout = idle_timeout
         self.parallel_starts = max(1, parallel_starts)
@@ -102,21 +105,31 @@ class SandboxPool:
     # ---- handing out
 
     def acquire(self, llm_handler: LLMHandler | None = None) -> tuple[Sandbox, bool]:
-        """A started sandbox for one node: (sandbox, came_from_pool). Cold-starts if none is ready."""
+        """A started sandbox for one node: (sandbox, came_from_pool).
+
+        A container the pool is already starting is waited for rather than a second one
+        cold-started beside it: the pool grew while the node's slot was free, so both would
+        together pass the run's container cap. Only with nothing ready and nothing starting
+        does the node start its own."""
+        deadline = time.monotonic() + self.config.start_timeout + self.config.kill_grace
         with self._cond:
             self._last_demand = time.monotonic()
-            while self._ready:
-                _, sb = self._ready.popleft()
-                self._cond.notify_all()  # room for a refill
-                if sb.healthy:
-                    self.hits += 1
-                    sb.set_llm_handler(llm_handler)
-                    return sb, True
-                self.discarded += 1
-                threading.Thread(target=sb.close, daemon=True).start()
+            while True:
+                while self._ready:
+                    _, sb = self._ready.popleft()
+                    self._cond.notify_all()  # room for a refill
+                    if sb.healthy:
+                        self.hits += 1
+                        sb.set_llm_handler(llm_handler)
+                        return sb, True
+                    self.discarded += 1
+                    threading.Thread(target=sb.close, daemon=True).start()
+                if not self._starting or self._closed or time.monotonic() >= deadline:
+                    break
+                self._cond.wait(0.05)
             self.misses += 1
             self._cond.notify_all()
-        sb = Sandbox(self.config, llm_handler=llm_handler, progress=self._progress)
+        sb = Sandbox(self.config, llm_handler=llm_handler, progress=self._progress, backend=self._backend)
         if self._on_start:
             self._on_start(sb)
         return sb.start(), False
@@ -137,7 +150,7 @@ class SandboxPool:
                     self._expire_idle()
                     self._cond.wait(1.0)
                 self._starting += 1
-            sb = Sandbox(self.config, progress=self._progress)
+            sb = Sandbox(self.config, progress=self._progress, backend=self._backend)
             try:
                 if self._on_start:
                     self._on_start(sb)

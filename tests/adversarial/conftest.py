@@ -19,9 +19,11 @@ from typing import Any
 
 import pytest
 
-from rlm_sandbox.config import SandboxConfig
-from rlm_sandbox.rlm import RLM, RLMConfig, RLMResult
-from rlm_sandbox.scripted_model import ScriptedModelServer
+from rlm_sandbox.rlm.api import RLM
+from rlm_sandbox.rlm.config import RLMConfig
+from rlm_sandbox.rlm.result import RLMResult
+from rlm_sandbox.sandbox.config import SandboxConfig
+from rlm_sandbox.testing import ScriptedModelServer
 
 from ..helpers import cells_then_final
 
@@ -99,10 +101,8 @@ def attack(
         cfg = RLMConfig(
             api_base=server.url,
             trace=str(trace),
-            max_steps=3,
-            timeout=60,
             sandbox=SandboxConfig(**sb),
-            **(rlm or {}),
+            **({"max_steps": 3, "timeout": 60} | (rlm or {})),
         )
         engine = RLM(model=server.model_name, config=cfg, api_key=server.api_key)
         if during is not None:

@@ -113,7 +113,7 @@ def test_holding_a_writer_on_the_kernels_input(run_id, sandbox_runtime, tmp_path
     be what tells the sandbox that the host is gone."""
     code = (
         BLOCK
-        + "fd_in = llm_query.__self__.chan.fd_in\n"
+        + "fd_in = llm_query.__self__.link.send.__self__.fd_in  # the kernel's channel\n"
         + "held = [os.open(f'/proc/self/fd/{fd}', os.O_WRONLY) for fd in (fd_in, fd_in)]\n"
         + f"llm_query('{ARMED} ' + repr(held))\n"
         + SPIN

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rlm_sandbox.trace_html import render_html
-from rlm_sandbox.trace_tree import build, load
+from rlm_sandbox.trace.html import render_html
+from rlm_sandbox.trace.tree import build, load
 
 from ..trace_runs import traced_run
 from .cdp import Chromium, Page, find_chromium

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from rlm_sandbox.rlm import RLM, RLMConfig
-from rlm_sandbox.scripted_model import ScriptedModelServer
+from rlm_sandbox.rlm.api import RLM
+from rlm_sandbox.rlm.config import RLMConfig
+from rlm_sandbox.testing import ScriptedModelServer
 
 from ..conftest import ROOT, containers_of
 from ..helpers import JSON_KEYS, cli, json_out, never_finishes
@@ -92,7 +93,7 @@ def test_budget_and_lm_exit_codes(scripted) -> None:
     assert (
         proc.returncode == 3 and out["status"] == "budget_exhausted" and "max-steps" in proc.stderr.decode()
     )
-    from rlm_sandbox.scripted_model import always_status
+    from rlm_sandbox.testing import always_status
 
     dead = scripted(always_status(401))
     proc = cli(*base_args(dead), "--task", "t", "--json", stdin=b"abc", env=KEY_ENV)

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from rlm_sandbox.compaction import estimate_tokens
-from rlm_sandbox.rlm import RLM, RLMConfig
-from rlm_sandbox.scripted_model import ScriptedModelServer
+from rlm_sandbox.rlm.api import RLM
+from rlm_sandbox.rlm.compaction import estimate_tokens
+from rlm_sandbox.rlm.config import RLMConfig
+from rlm_sandbox.testing import ScriptedModelServer
 
 pytestmark = pytest.mark.docker
 

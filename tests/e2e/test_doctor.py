@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from rlm_sandbox.cli import main
+from rlm_sandbox.cli.main import main
 
 pytestmark = pytest.mark.docker
 
@@ -147,7 +147,7 @@ def test_invalid_settings_exit_2(isolated: None, monkeypatch: pytest.MonkeyPatch
 def test_doctor_reports_each_configured_engine() -> None:
     from click.testing import CliRunner
 
-    from rlm_sandbox.cli import main
+    from rlm_sandbox.cli.main import main
 
     r = CliRunner().invoke(
         main,

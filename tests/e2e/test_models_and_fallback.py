@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from rlm_sandbox.rlm import RLM, RLMConfig
-from rlm_sandbox.scripted_model import ScriptedModelServer, answer_leaf, rlm_policy
+from rlm_sandbox.rlm.api import RLM
+from rlm_sandbox.rlm.config import RLMConfig
+from rlm_sandbox.testing import ScriptedModelServer, answer_leaf, rlm_policy
 
 from ..helpers import never_finishes
 
@@ -20,7 +21,7 @@ PRICES = {"m-root": 1e-5, "m-mid": 3e-6, "m-leaf": 2e-7}
 
 
 def register_prices() -> None:
-    from rlm_sandbox.lm import preload_litellm
+    from rlm_sandbox.rlm.lm import preload_litellm
 
     preload_litellm().register_model(
         {

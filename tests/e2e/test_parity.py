@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from rlm_sandbox.rlm import RLM, RLMConfig
-from rlm_sandbox.scripted_model import ScriptedModelServer
+from rlm_sandbox.rlm.api import RLM
+from rlm_sandbox.rlm.config import RLMConfig
+from rlm_sandbox.testing import ScriptedModelServer
 
 pytestmark = pytest.mark.docker
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from rlm_sandbox.replay import DIVERGED_REPLY, ReplayPolicy, load_recording
-from rlm_sandbox.rlm import RLM, RLMConfig
-from rlm_sandbox.trace import read_trace
+from rlm_sandbox.rlm.api import RLM
+from rlm_sandbox.rlm.config import RLMConfig
+from rlm_sandbox.trace.writer import read_trace
 
 from ..conftest import containers_of
 from ..helpers import cli, json_out

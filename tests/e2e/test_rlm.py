@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from rlm_sandbox import RLMResult  # noqa: F401  (public name)
-from rlm_sandbox.rlm import RLM, RecursiveLanguageModel, RLMConfig
-from rlm_sandbox.scripted_model import always_status, fail_then, rlm_policy
+from rlm_sandbox.rlm.api import RLM, RecursiveLanguageModel
+from rlm_sandbox.rlm.config import RLMConfig
+from rlm_sandbox.testing import always_status, fail_then, rlm_policy
 
 from ..conftest import containers_of
 from ..helpers import cells_then_final, never_finishes
@@ -106,7 +107,7 @@ def test_wall_time_budget(scripted, run_id: str) -> None:
 
 
 def test_cost_budget(scripted, run_id: str) -> None:
-    from rlm_sandbox.lm import preload_litellm
+    from rlm_sandbox.rlm.lm import preload_litellm
 
     litellm = preload_litellm()
     litellm.register_model(
@@ -120,7 +121,7 @@ def test_cost_budget(scripted, run_id: str) -> None:
             }
         }
     )
-    from rlm_sandbox.scripted_model import ScriptedModelServer
+    from rlm_sandbox.testing import ScriptedModelServer
 
     with ScriptedModelServer(never_finishes, served_name="priced-scripted") as server:
         cfg = RLMConfig(api_base=server.url, max_cost=0.5)
@@ -178,7 +179,7 @@ def test_final_var_of_a_missing_variable_is_told_to_the_model(scripted, run_id: 
 
 
 def test_reference_names(scripted, run_id: str) -> None:
-    from rlm_sandbox.lm import LiteLLMClient
+    from rlm_sandbox.rlm.lm import LiteLLMClient
 
     server = scripted()
     client = LiteLLMClient(model=server.model_name, api_base=server.url, api_key=server.api_key)

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from rlm_sandbox.errors import SandboxClosed
-from rlm_sandbox.rlm import RLM, RLMConfig
+from rlm_sandbox.rlm.api import RLM
+from rlm_sandbox.rlm.config import RLMConfig
 
 from ..conftest import containers_of
 
@@ -66,7 +67,7 @@ def test_the_container_goes_when_the_session_ends_by_an_exception(scripted, run_
 def test_chat_answers_line_by_line_with_cost_and_trace(scripted, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from rlm_sandbox.cli import main
+    from rlm_sandbox.cli.main import main
 
     server = scripted(two_questions)
     src = tmp_path / "words.txt"

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from rlm_sandbox import Sandbox
-from rlm_sandbox.config import SandboxConfig
-from rlm_sandbox.rlm import RLM, RLMConfig
+from rlm_sandbox.rlm.api import RLM
+from rlm_sandbox.rlm.config import RLMConfig
+from rlm_sandbox.rlm.tenants import TenantLimits, ledger
+from rlm_sandbox.sandbox.config import SandboxConfig
 from rlm_sandbox.sandbox.docker_backend import docker_client
-from rlm_sandbox.tenants import TenantLimits, ledger
 
 from ..helpers import never_finishes
 
@@ -93,8 +94,8 @@ def test_tenant_container_cap_spans_concurrent_runs(scripted, gen_log, run_id: s
 
 
 def test_tenant_cost_cap_spans_runs(run_id: str) -> None:
-    from rlm_sandbox.lm import preload_litellm
-    from rlm_sandbox.scripted_model import ScriptedModelServer
+    from rlm_sandbox.rlm.lm import preload_litellm
+    from rlm_sandbox.testing import ScriptedModelServer
 
     preload_litellm().register_model(
         {

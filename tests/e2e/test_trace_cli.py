@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from rlm_sandbox.cli import main
+from rlm_sandbox.cli.main import main
 
 from ..trace_runs import traced_run
 

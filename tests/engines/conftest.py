@@ -11,9 +11,9 @@ from .second_engine import SecondEngine
 
 @pytest.fixture(scope="session")
 def second_engine(sandbox_image: str) -> Iterator[SecondEngine]:
-    from rlm_sandbox.config import SandboxConfig
-    from rlm_sandbox.placement import Placement
+    from rlm_sandbox.sandbox.config import SandboxConfig
     from rlm_sandbox.sandbox.engines import EngineSpec
+    from rlm_sandbox.sandbox.placement import Placement
 
     engine = SecondEngine().start()
     # Give it the sandbox image the way a run does (sent with save/load when missing).

@@ -11,8 +11,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from rlm_sandbox.config import SandboxConfig
-from rlm_sandbox.rlm import RLM, RLMConfig
+from rlm_sandbox.rlm.api import RLM
+from rlm_sandbox.rlm.config import RLMConfig
+from rlm_sandbox.sandbox.config import SandboxConfig
 from rlm_sandbox.sandbox.core import Sandbox
 from rlm_sandbox.sandbox.docker_backend import DockerBackend
 from rlm_sandbox.sandbox.engines import EngineSpec

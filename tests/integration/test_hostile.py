@@ -336,9 +336,11 @@ def test_output_flood_is_truncated_and_bounded(sandbox_config: SandboxConfig) ->
 def test_diagnostic_stream_flood_is_a_protocol_violation(sandbox_config: SandboxConfig, run_id: str) -> None:
     """The container's real stderr (the kernel's diagnostics fd) is capped too."""
     code = (
-        "import os\n"
-        "fd = llm_query.__self__.diag_fd  # the kernel's copy of the container's stderr\n"
-        "assert fd >= 100 and os.readlink(f'/proc/self/fd/{fd}').startswith('pipe:'), fd\n"
+        "import os, fcntl\n"
+        "out = llm_query.__self__.link.send.__self__.fd_out  # the protocol's copy of stdout\n"
+        "# The kernel's copy of the container's stderr: its other private write-only pipe.\n"
+        "fd = [f for f in range(100, 110) if f != out and os.path.exists(f'/proc/self/fd/{f}') "
+        "and fcntl.fcntl(f, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY][0]\n"
         "chunk = b'e' * (1 << 20)\n"
         "for _ in range(100):\n"
         "    os.write(fd, chunk)\n"
@@ -595,7 +597,7 @@ def _target(fd):
         return None
 # The kernel's private copy of the container's stdout (PID 1, the supervisor, is not
 # dumpable: its /proc/1/fd is closed to the cell, so the kernel's own channel names it).
-OUT = llm_query.__self__.chan.fd_out
+OUT = llm_query.__self__.link.send.__self__.fd_out
 assert OUT >= 100 and _target(OUT) and _target(OUT).startswith('pipe:'), OUT
 """
 

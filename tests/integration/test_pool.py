@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rlm_sandbox.config import SandboxConfig
+from rlm_sandbox.sandbox.config import SandboxConfig
 from rlm_sandbox.sandbox.pool import SandboxPool
 
 from ..conftest import containers_of

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rlm_sandbox import Sandbox, SandboxClosed
-from rlm_sandbox.config import SandboxConfig
+from rlm_sandbox.sandbox.config import SandboxConfig
 
 from ..conftest import containers_of
 

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from rlm_sandbox.config import SandboxConfig
 from rlm_sandbox.errors import ConfigError, SandboxCrashed
-from rlm_sandbox.rlm import RLM, RLMConfig
+from rlm_sandbox.rlm.api import RLM
+from rlm_sandbox.rlm.config import RLMConfig
+from rlm_sandbox.sandbox.config import SandboxConfig
 from rlm_sandbox.sandbox.core import Sandbox
 from rlm_sandbox.sandbox.local_backend import shared_local_backend
-from rlm_sandbox.scripted_model import rlm_policy
+from rlm_sandbox.testing import rlm_policy
 
 from ..helpers import cells_then_final
 
@@ -84,7 +85,7 @@ def test_a_run_says_it_was_unsafe_everywhere(scripted, tmp_path: Path) -> None:
 
 
 def test_docker_runs_do_not_grow_an_unsafe_key(scripted) -> None:
-    from rlm_sandbox.rlm import RLMResult
+    from rlm_sandbox.rlm.result import RLMResult
 
     r = RLMResult(None, "ok", None, 0, 0, {"prompt": 0, "completion": 0}, 0.0, 0.0, 0, 0, 0, None)
     assert "unsafe_backend" not in r.to_json()

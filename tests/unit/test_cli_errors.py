@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from rlm_sandbox import cli as cli_module
+from rlm_sandbox.cli import main as cli_module  # the group (cli_module.main)
 from rlm_sandbox.errors import BudgetExhausted, EngineUnavailable, LMError
 
 

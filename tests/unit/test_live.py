@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from rlm_sandbox.live import LiveTree
+from rlm_sandbox.trace.live import LiveTree
 
 
 def draw(tree: LiveTree) -> str:
@@ -105,7 +105,7 @@ def test_the_model_router_waits_for_calls_in_flight() -> None:
     import time
     from types import SimpleNamespace
 
-    from rlm_sandbox.models import ModelRouter
+    from rlm_sandbox.rlm.models import ModelRouter
 
     root, sub = SimpleNamespace(model="a"), SimpleNamespace(model="b")
     router = ModelRouter(root, sub, {1: "c"}, make_client=lambda m: SimpleNamespace(model=m))
@@ -143,3 +143,16 @@ def test_a_session_node_shows_each_question_and_answer() -> None:
     )
     text = draw(t)
     assert "failed" in text and "out of steps" in text
+
+
+def test_a_node_ended_without_a_container_does_not_count_as_one_going_down() -> None:
+    """A child refused by a budget is begun and ended, never started: the root still holds
+    the one container that is up."""
+    t = make()
+    t.on_event({"event": "run_start", "model": "m", "limits": {"max_containers": 4}})
+    t.on_event({"event": "node_begin", "node": "root", "parent": None, "depth": 0})
+    t.on_event({"event": "node_start", "node": "root", "depth": 0})
+    t.on_event({"event": "node_begin", "node": "n2", "parent": "root", "depth": 1})
+    t.on_event({"event": "node_end", "node": "n2", "status": "error", "error": "BudgetExhausted: max_nodes"})
+    assert t.alive == 1
+    assert "1 containers up" in draw(t) and "containers 3" in draw(t)

@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from rlm_sandbox.errors import LMError
-from rlm_sandbox.lm import LiteLLMClient, LMResponse, litellm_loaded, preload_litellm
-from rlm_sandbox.scripted_model import (
+from rlm_sandbox.rlm.lm import LiteLLMClient, LMResponse, litellm_loaded, preload_litellm
+from rlm_sandbox.testing import (
     ScriptedModelServer,
     always_status,
     fail_then,
@@ -49,7 +49,7 @@ def client(srv: ScriptedModelServer, **kw: object) -> LiteLLMClient:
 
 
 def test_import_does_not_import_litellm() -> None:
-    code = "import rlm_sandbox.lm, sys; assert 'litellm' not in sys.modules, 'litellm imported eagerly'"
+    code = "import rlm_sandbox.rlm.lm, sys; assert 'litellm' not in sys.modules, 'litellm imported eagerly'"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LITELLM_")}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 
-from rlm_sandbox.config import SandboxConfig
+from rlm_sandbox.sandbox.config import SandboxConfig
 from rlm_sandbox.sandbox.pool import SandboxPool
 
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from rlm_sandbox.parsing import find_code_blocks, find_final
-from rlm_sandbox.scripted_model import (
+from rlm_sandbox.rlm.parsing import find_code_blocks, find_final
+from rlm_sandbox.testing import (
     DEFAULT_NEEDLE,
     HTTPReply,
     LogStats,
@@ -154,6 +154,26 @@ def test_http_errors_and_broken_policy() -> None:
         status, raw, _ = post(srv.url, chat("x"))
         assert status == 500 and "policy bug" in json.loads(raw)["error"]["message"]
         assert srv.requests.count == 2
+
+
+def test_arrival_times_are_recorded_at_the_server(server: ScriptedModelServer) -> None:
+    """scripts/bench.py measures an engine's first model request at the server: from its own
+    spawn time to the first arrival after it. Ordering only, no timed assertion."""
+    assert server.requests.arrivals == [] and server.requests.first_after(0.0) is None
+    before = time.perf_counter()
+    post(server.url, chat("one"))
+    between = time.perf_counter()
+    post(server.url, chat("two"))
+    post(server.url + "/nowhere", chat("x"))  # not a chat completion: no arrival
+    after = time.perf_counter()
+    first, second = server.requests.arrivals
+    assert before <= first <= between <= second <= after
+    assert server.requests.first_after(before) == first
+    assert server.requests.first_after(between) == second
+    assert server.requests.first_after(after) is None
+    server.requests.record({"late": True}, arrived=before)  # an out-of-order record stays sorted
+    assert server.requests.arrivals == [before, first, second]
+    assert server.requests.count == 3
 
 
 def test_many_concurrent_requests_with_latency() -> None:

@@ -1,0 +1,41 @@
+"""``rlm-sandbox image build``: build the sandbox image (also done on first use)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.group("image")
+def image() -> None:
+    """Build or inspect the sandbox image."""
+
+
+@image.command("build")
+@click.option("--base", default=None, help="base image (default: the offline Debian base)")
+@click.option("--force", is_flag=True, help="rebuild even if the image exists")
+def image_build(base: str | None, force: bool) -> None:
+    """Build the sandbox image (and the offline base) if missing; print its tag."""
+    from rich.console import Console
+
+    from rlm_sandbox.errors import RLMSandboxError
+    from rlm_sandbox.safe_text import line, text
+    from rlm_sandbox.sandbox.config import SandboxConfig
+    from rlm_sandbox.sandbox.docker_backend import docker_client
+    from rlm_sandbox.sandbox.image import ensure_image
+
+    err = Console(stderr=True)
+    cfg = SandboxConfig(base_image=base) if base else SandboxConfig()
+    try:
+        with err.status("checking the sandbox image") as status:
+            tag = ensure_image(
+                docker_client(cfg.docker_url),
+                cfg,
+                progress=lambda m: status.update(text(m[:100])),
+                force=force,
+            )
+    except RLMSandboxError as exc:
+        err.print(line(("error:", "red"), f" {exc}"))
+        sys.exit(4)
+    click.echo(tag)

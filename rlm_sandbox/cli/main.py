@@ -1,0 +1,103 @@
+"""The ``rlm-sandbox`` command group: a registry of commands, each imported only when it runs.
+
+``rlm-sandbox --help`` lists the commands from the registry's one-line summaries without
+importing any of them, so it stays fast however heavy a command's own imports are (docker,
+LiteLLM, pydantic-settings). Whatever goes wrong reaches a person as one line and a hint.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any
+
+import click
+
+from rlm_sandbox.cli.output import fail
+from rlm_sandbox.errors import RLMSandboxError
+
+#: name -> (module, attribute, summary for --help). One line per command; the order is --help's.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "run": ("rlm_sandbox.cli.run", "run", "Answer TASK over a large input with a Recursive Language Model."),
+    "chat": (
+        "rlm_sandbox.cli.chat",
+        "chat",
+        "Ask questions about one input, one per line; the REPL carries over.",
+    ),
+    "demo": ("rlm_sandbox.cli.demo", "demo", "A real RLM run on a built-in generated log (no key needed)."),
+    "trace": ("rlm_sandbox.cli.trace", "trace_group", "Read a run's trace: tree, cost tables, HTML page."),
+    "replay": (
+        "rlm_sandbox.cli.replay",
+        "replay",
+        "Run a recorded run again from its recorded model answers.",
+    ),
+    "config": ("rlm_sandbox.cli.config", "config", "Inspect the settings run/demo would use."),
+    "doctor": (
+        "rlm_sandbox.cli.doctor",
+        "doctor",
+        "Check that a run would work here, with a fix for each problem.",
+    ),
+    "gc": ("rlm_sandbox.cli.gc", "gc", "Remove sandbox containers left behind by controllers that died."),
+    "image": ("rlm_sandbox.cli.image", "image", "Build the sandbox image."),
+}
+
+
+class CommandRegistry(click.Group):
+    """Commands found in :data:`COMMANDS` and imported on use (pip's layout, on click)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        entry = COMMANDS.get(name)
+        if entry is None:
+            return None
+        module, attr, _summary = entry
+        command = getattr(importlib.import_module(module), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, summary) for name, (_m, _a, summary) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Typed errors as one line and a hint, never a traceback, unless asked for one
+        (``--debug`` anywhere on the line, or RLM_SANDBOX_DEBUG=1)."""
+        debug = "--debug" in sys.argv[1:] or os.environ.get("RLM_SANDBOX_DEBUG", "") not in ("", "0")
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except RLMSandboxError as exc:
+            fail(exc, debug)
+        except Exception as exc:
+            if debug:
+                raise
+            from rlm_sandbox.safe_text import visible
+
+            click.echo(f"error: unexpected {type(exc).__name__}: {visible(exc)}", err=True)
+            click.echo("hint: rerun with --debug for the traceback, and please report it", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=CommandRegistry, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rlm-sandbox")
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Recursive Language Models whose code runs in hardened Docker containers."""
+    if ctx.invoked_subcommand in ("run", "demo") and not any(a in ("-h", "--help") for a in sys.argv):
+        # LiteLLM's import takes seconds: start it now, so it overlaps option parsing,
+        # container start and input load instead of adding to them. The engine's own modules
+        # are imported first (a third of a second), or they would queue behind LiteLLM's.
+        import rlm_sandbox.rlm.api
+        import rlm_sandbox.sandbox.core  # noqa: F401
+        from rlm_sandbox.rlm.lm import start_preload
+
+        start_preload()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""``rlm-sandbox run``: answer a task over an input with a Recursive Language Model."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rlm_sandbox.cli.execute import execute
+from rlm_sandbox.cli.options import MODEL_FLAGS, budget_options, setting_options
+from rlm_sandbox.cli.output import fail
+from rlm_sandbox.errors import RLMSandboxError
+
+
+@click.command("run")
+@setting_options(*MODEL_FLAGS)
+@click.option("--task", required=True, help="what to find or compute over the input")
+@click.option("-i", "--input", "input_path", default=None, help="input file ('-' or absent: standard input)")
+@click.option(
+    "--tools",
+    "tools_spec",
+    default=None,
+    help="module:attr of host functions the code may call (they run on THIS machine, with your rights)",
+)
+@click.option(
+    "--schema",
+    "schema_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="JSON Schema file the answer must match (it is checked and sent back to fix)",
+)
+@budget_options
+def run(
+    model: str | None,
+    sub_model: str | None,
+    task: str,
+    input_path: str | None,
+    tools_spec: str | None,
+    schema_path: str | None,
+    **o: Any,
+) -> None:
+    """Answer TASK over a large input with a Recursive Language Model.
+
+    Every option except --task, --input and the output flags can also come from
+    RLM_SANDBOX_* variables or rlm-sandbox.toml (see `rlm-sandbox config show`).
+    """
+    from rlm_sandbox.inputs import open_input
+
+    if not model:
+        raise click.UsageError(
+            "Missing option '--model' (or set model in rlm-sandbox.toml, or RLM_SANDBOX_MODEL)."
+        )
+    try:
+        tools, output = None, None
+        if tools_spec:
+            from rlm_sandbox.rlm.tools import load_tools
+
+            # --tools mymodule:TOOLS from the current project: that module only, the
+            # directory never goes on sys.path (it would shadow every later import).
+            tools = load_tools(tools_spec, directory=os.getcwd())
+        if schema_path:
+            import json
+
+            from rlm_sandbox.errors import ConfigError
+
+            try:
+                output = json.loads(Path(schema_path).read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise ConfigError(f"{schema_path} is not JSON: {exc}") from None
+        context = open_input(input_path)
+        code = execute(model, sub_model, task, context, o, tools=tools, output=output)
+    except RLMSandboxError as exc:
+        fail(exc, o["debug"])
+    sys.exit(code)

@@ -1,0 +1,184 @@
+"""The kernel's protocol loop: a reader thread routes the host's frames (context chunks straight
+into place, replies to waiting cells, everything else to a queue) and the loop runs one job
+at a time: build ``context``, run a cell, stop. Standard library only.
+
+It knows nothing of processes: ``run_cell`` is handed in. Inside the container that is the
+kernel process's (output captured at the file-descriptor level, a watchdog, forks handled);
+in the host's in-memory test backend it runs the same REPL in a thread.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Callable
+
+if __package__:  # imported by the host (the in-memory test backend)
+    from . import protocol as P
+    from .repl import CellOutcome, CellTimeoutError, HostLink, Repl
+else:  # the container's script: the kernel's directory is sys.path[0]
+    import protocol as P  # type: ignore[no-redef]
+    from repl import CellOutcome, CellTimeoutError, HostLink, Repl  # type: ignore[no-redef]
+
+DEFAULT_OUTPUT_CAP = 64 * 1024
+
+#: What running one cell gives: its outcome, then stdout (capped) and its total size, stderr too.
+CellRun = tuple[CellOutcome, bytes, int, bytes, int]
+
+
+class KernelLoop:
+    def __init__(
+        self, chan: object, link: HostLink, repl: Repl, run_cell: Callable[[str, int, float, int], CellRun]
+    ) -> None:
+        self.chan = chan
+        self.link = link
+        self.repl = repl
+        self._run_cell = run_cell
+        self.jobs: list = []
+        self.jobs_cond = threading.Condition()
+        self._ctx_kind = "str"
+        self._ctx_buf: bytearray | None = None
+        self._ctx_chunks: list[bytes] | None = None
+        self._ctx_pos = 0
+        self._ctx_error: str | None = None
+
+    # ---- reader thread
+
+    def reader(self) -> None:
+        try:
+            while True:
+                header = self.chan.read_frame_header()
+                t, n = header["t"], header["len"]
+                if t == P.CONTEXT_CHUNK:
+                    self._read_context_chunk(n)
+                    continue
+                if t == P.CONTEXT_BEGIN:
+                    self._context_begin(header)
+                    if n:
+                        self.chan.read_exact(n)
+                    continue
+                payload = self.chan.read_exact(n) if n else b""
+                if t == P.LLM_REPLY:
+                    self.link.deliver(header, payload)
+                    continue
+                self._post((header, payload))
+                if t == P.SHUTDOWN:
+                    return
+        except (EOFError, OSError, P.FrameError) as exc:
+            self._post(({"t": "_eof", "id": 0, "len": 0, "why": str(exc)}, b""))
+        finally:
+            self.link.close()
+
+    def _read_context_chunk(self, n: int) -> None:
+        if self._ctx_buf is not None:
+            if self._ctx_pos + n > len(self._ctx_buf):
+                self._ctx_error = "context chunks exceed the announced size"
+                self.chan.read_exact(n)
+                return
+            self.chan.read_into(memoryview(self._ctx_buf)[self._ctx_pos : self._ctx_pos + n])
+            self._ctx_pos += n
+        elif self._ctx_chunks is not None:
+            self._ctx_chunks.append(self.chan.read_exact(n))
+        else:
+            self.chan.read_exact(n)
+            self._ctx_error = "context chunk without context_begin"
+
+    def _post(self, job: tuple) -> None:
+        with self.jobs_cond:
+            self.jobs.append(job)
+            self.jobs_cond.notify()
+
+    def _next_job(self) -> tuple:
+        with self.jobs_cond:
+            while not self.jobs:
+                self.jobs_cond.wait()
+            return self.jobs.pop(0)
+
+    # ---- main loop
+
+    def serve(self) -> int:
+        threading.Thread(target=self.reader, name="rlm-reader", daemon=True).start()
+        self.chan.send(
+            {
+                "t": P.READY,
+                "id": 1,
+                "version": P.PROTOCOL_VERSION,
+                "pid": os.getpid(),
+                "uid": os.getuid(),
+                "python": sys.version.split()[0],
+            }
+        )
+        self.link.next_id = 3
+        while True:
+            header, payload = self._next_job()
+            t = header["t"]
+            if t in ("_eof", P.SHUTDOWN):
+                return 0
+            try:
+                if t == P.EXEC_REQUEST:
+                    self.run_cell(header, payload)
+                elif t == P.CONTEXT_END:
+                    self._context_end(header)
+            except CellTimeoutError:
+                pass  # a late interrupt between cells: nothing to stop
+
+    def _context_begin(self, header: dict) -> None:
+        kind, size = header.get("kind"), header.get("size", -1)
+        self._ctx_kind = kind if kind in P.CONTEXT_KINDS else "str"
+        self._ctx_error = None
+        self._ctx_pos = 0
+        if type(size) is int and size >= 0:
+            self._ctx_buf, self._ctx_chunks = bytearray(size), None
+        else:
+            self._ctx_buf, self._ctx_chunks = None, []
+
+    def _context_end(self, header: dict) -> None:
+        reply = {"t": P.CONTEXT_REPLY, "id": header["id"], "status": "ok"}
+        try:
+            if self._ctx_error:
+                raise ValueError(self._ctx_error)
+            if self._ctx_buf is not None:
+                if self._ctx_pos != len(self._ctx_buf):
+                    raise ValueError(f"context ended after {self._ctx_pos} of {len(self._ctx_buf)} bytes")
+                raw: bytes | bytearray = self._ctx_buf
+            else:
+                raw = b"".join(self._ctx_chunks or [])
+            self._ctx_buf = self._ctx_chunks = None
+            kind_name, length = self.repl.set_context(self._ctx_kind, raw)
+            del raw
+            reply.update(type=kind_name, length=length)
+        except (ValueError, TypeError, MemoryError, RecursionError) as exc:
+            self._ctx_buf = self._ctx_chunks = None
+            reply.update(status="error", error=f"{type(exc).__name__}: {exc}"[:2000])
+        self.chan.send(reply)
+
+    def run_cell(self, header: dict, payload: bytes) -> None:
+        code = payload.decode("utf-8", errors="replace")
+        timeout = header.get("timeout")
+        timeout = float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else 60.0
+        cap = header.get("output_cap")
+        cap = cap if type(cap) is int and cap >= 0 else DEFAULT_OUTPUT_CAP
+        for key, attr in (("max_header", "max_header"), ("max_payload", "max_payload")):
+            value = header.get(key)
+            if type(value) is int and value > 0:
+                setattr(self.link, attr, value)
+        outcome, out, out_total, err, err_total = self._run_cell(code, header["id"], timeout, cap)
+        final = outcome.final.encode("utf-8", errors="replace") if outcome.final is not None else b""
+        self.chan.send(
+            {
+                "t": P.EXEC_REPLY,
+                "id": header["id"],
+                "status": outcome.status,
+                "ename": outcome.ename,
+                "evalue": (outcome.evalue or "")[:4000] if outcome.ename else None,
+                "traceback": (outcome.traceback or "")[-8000:] if outcome.ename else None,
+                "duration_s": outcome.duration_s,
+                "sizes": [len(out), len(err), len(final)],
+                "totals": [out_total, err_total],
+                "has_final": outcome.final is not None,
+            },
+            out,
+            err,
+            final,
+        )

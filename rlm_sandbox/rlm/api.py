@@ -1,0 +1,179 @@
+"""The public entry points: ``RLM(...).run(context=..., task=...)``, ``RLM.session(...)``, and
+the names users of the paper's reference scripts reach for (``RecursiveLanguageModel``).
+
+Outcomes are typed: ``ok``, ``budget_exhausted``, ``sandbox_error``, ``lm_error``, ``error``
+(see :mod:`rlm_sandbox.errors`); a run never ends in a lost result or a leaked container.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rlm_sandbox.errors import BudgetExhausted, ConfigError, LMError, RLMSandboxError, SandboxError
+from rlm_sandbox.rlm.answers import AnswerSpec
+from rlm_sandbox.rlm.config import RLMConfig
+from rlm_sandbox.rlm.lm import LiteLLMClient, start_preload
+from rlm_sandbox.rlm.models import ModelRouter
+from rlm_sandbox.rlm.node import Node
+from rlm_sandbox.rlm.result import RLMResult
+from rlm_sandbox.rlm.run import Outcome, Run, RunSetup
+from rlm_sandbox.rlm.session import Session
+from rlm_sandbox.rlm.tools import ToolSet
+from rlm_sandbox.sandbox.backend import Backend
+from rlm_sandbox.trace.writer import Listener
+
+
+class RLM:
+    """``RLM(model=..., sub_model=..., config=RLMConfig(...)).run(context=..., task=...)``."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        sub_model: str | None = None,
+        config: RLMConfig | None = None,
+        *,
+        root_lm: Any = None,
+        sub_lm: Any = None,
+        api_key: str | None = None,
+        tools: dict[str, Callable[..., Any]] | None = None,
+        backend: Backend | None = None,
+        **overrides: Any,
+    ) -> None:
+        cfg = config or RLMConfig()
+        self.backend = backend  # a test seam (rlm_sandbox.sandbox.fake.FakeBackend); None: Docker
+        self.tools = ToolSet(tools)
+        if overrides:
+            cfg = RLMConfig.model_validate({**cfg.model_dump(), **overrides})
+        self.config = cfg
+        if root_lm is None and not model:
+            raise ConfigError("no model given", hint="pass model='provider/model', e.g. openai/gpt-4o-mini")
+        self._root_lm = root_lm
+        self._sub_lm = sub_lm
+        self.model = model or getattr(root_lm, "model", None)
+        self.sub_model = (
+            sub_model or (getattr(sub_lm, "model", None) if sub_lm is not None else None) or self.model
+        )
+        self._api_key = api_key
+        self.listeners: list[Listener] = []
+
+    def setup(self) -> RunSetup:
+        """What every run and session of this RLM is made of."""
+        return RunSetup(
+            config=self.config,
+            make_models=self._models,
+            tools=self.tools,
+            listeners=tuple(self.listeners),
+            model=self.model,
+            sub_model=self.sub_model,
+            backend=self.backend,
+        )
+
+    def session(self, context: Any = None, *, run_id: str | None = None) -> Session:
+        """``with rlm.session(context=...) as s: s.ask(...); s.ask(...)``: one container, one
+        REPL and one conversation across questions (see :mod:`rlm_sandbox.rlm.session`)."""
+        return Session(self.setup(), context, run_id=run_id)
+
+    def _models(self) -> ModelRouter:
+        """The clients of a run: the ones given, else LiteLLM clients by model name. LiteLLM's
+        import (seconds) starts in the background when the first such client is made, so it
+        overlaps the container start; a run whose clients were all given never imports it."""
+        cfg = self.config
+
+        def make(model: str) -> LiteLLMClient:
+            start_preload()
+            return LiteLLMClient(
+                model,
+                api_base=cfg.api_base,
+                api_key=self._api_key,
+                timeout_s=cfg.lm_timeout,
+                max_retries=cfg.lm_retries,
+            )
+
+        root = self._root_lm or make(self.model or "")
+        if self._sub_lm is not None:
+            sub = self._sub_lm
+        elif self.sub_model == self.model:
+            sub = root
+        else:
+            sub = make(self.sub_model or "")
+        return ModelRouter(root, sub, cfg.depth_models, make_client=make)
+
+    def run(
+        self, context: Any = None, task: str = "", *, run_id: str | None = None, output: Any = None
+    ) -> RLMResult:
+        """Answer ``task`` over ``context`` (str, bytes, Path, file object, list or dict).
+
+        ``output`` (a pydantic model class or a JSON Schema dict) makes the answer typed: it
+        is validated, sent back to the model to fix when it does not match, and returned
+        as ``result.output`` (the model instance, or the parsed JSON)."""
+        spec = AnswerSpec(output) if output is not None else None
+        if not task or not task.strip():
+            raise ConfigError(
+                "the task is empty", hint="say what to find or compute, e.g. --task 'How many ...?'"
+            )
+        if context is None:
+            context = ""
+        if isinstance(context, Path) and not context.is_file():
+            raise ConfigError(f"input file not found: {context}", hint="check the path given to -i/--input")
+        run_id = run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        run = Run.begin(self.setup(), run_id, task)
+        root = Node(run, depth=0, parent=None, context=context, task=task, output=spec)
+        answer, outcome = None, Outcome()
+        try:
+            run.start_containers()
+            answer = root.solve()
+        except (KeyboardInterrupt, SystemExit) as exc:
+            run.interrupt(exc)
+            raise
+        except BaseException as exc:
+            outcome = run.outcome(exc)
+        finally:
+            run.stop()
+        result = run.result(answer, outcome, output=root.typed)
+        run.end_with(result)
+        return result
+
+
+class RecursiveLanguageModel:
+    """The names users of the paper's reference scripts reach for.
+
+    ``RecursiveLanguageModel(root_lm=LiteLLMClient(model=...), config=RLMConfig(max_steps=10))``
+    with ``.run(prompt=..., task=...)`` (a result object) and ``.completion(context=...,
+    query=...)`` (the answer as a string, or the typed error).
+    """
+
+    def __init__(
+        self,
+        root_lm: Any = None,
+        sub_lm: Any = None,
+        config: RLMConfig | None = None,
+        *,
+        model: str | None = None,
+        sub_model: str | None = None,
+        backend: Backend | None = None,
+    ) -> None:
+        self._rlm = RLM(
+            model=model, sub_model=sub_model, config=config, root_lm=root_lm, sub_lm=sub_lm, backend=backend
+        )
+        self.config = self._rlm.config
+
+    def run(self, prompt: Any = None, task: str = "", **kw: Any) -> RLMResult:
+        return self._rlm.run(context=prompt, task=task, **kw)
+
+    def completion(self, context: Any = None, query: str = "") -> str:
+        result = self._rlm.run(context=context, task=query)
+        if result.ok and result.answer is not None:
+            return result.answer
+        if result.status == "budget_exhausted":
+            raise BudgetExhausted(
+                result.budget or "unknown", result.error or "a budget ran out", hint=result.hint
+            )
+        error_type = _ERROR_OF_STATUS.get(result.status, RLMSandboxError)
+        raise error_type(result.error or result.status, hint=result.hint)
+
+
+_ERROR_OF_STATUS: dict[str, type[RLMSandboxError]] = {"sandbox_error": SandboxError, "lm_error": LMError}

@@ -1,0 +1,338 @@
+"""One RLM node: its own sandbox, its own loop, a branch of the trace.
+
+A node's model writes ```repl code; the node runs it in its own sandbox and shows the model
+the (truncated) output, until the model gives a final answer. ``llm_query`` from a node at
+depth ``d`` becomes a child node (own container, own loop) while ``d + 1 < depth``, and a
+plain call to the sub model below that. Children run in the sandbox's handler pool, so
+``llm_query_batched`` fans out into parallel containers, bounded by the container budget.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rlm_sandbox.errors import AnswerInvalid, BudgetExhausted
+from rlm_sandbox.rlm import conversation
+from rlm_sandbox.rlm.answers import AnswerSpec
+from rlm_sandbox.rlm.compaction import compact_if_needed, known_window
+from rlm_sandbox.rlm.context import ContextLoader, describe_context, host_context_info, preview
+from rlm_sandbox.rlm.fallback import FALLBACK_TIMEOUT_S, best_answer
+from rlm_sandbox.rlm.parsing import find_code_blocks, find_final, truncate_output
+from rlm_sandbox.rlm.prompts import render
+from rlm_sandbox.rlm.run import Run
+from rlm_sandbox.sandbox.channel import RequestHandler, SubRequest
+from rlm_sandbox.sandbox.core import Sandbox
+
+Messages = list[dict[str, str]]
+#: A tenant's caps are the operator's, hard: no call past them, not even the fallback.
+NO_FALLBACK_BUDGETS = frozenset({"cancelled", "tenant_max_cost", "tenant_max_containers"})
+
+
+class Node:
+    def __init__(
+        self,
+        run: Run,
+        *,
+        depth: int,
+        parent: str | None,
+        context: Any,
+        task: str,
+        output: AnswerSpec | None = None,
+    ) -> None:
+        self.run = run
+        self.output = output
+        self.typed: Any = None  # the validated value, when ``output`` is set
+        self.schema_failures = 0
+        self.handler = RequestHandler(self.handle_request)
+        self.depth = depth
+        self.parent = parent
+        self.context = context
+        self.task = task
+        self.id = run.new_node_id(parent)
+        self.lm = run.models.for_node(depth)
+        self.steps = 0
+        self.answer: str | None = None
+        self.messages: Messages = []
+        self._loader: ContextLoader | None = None
+
+    # ---- what a cell asks the host
+
+    def handle_request(self, req: SubRequest) -> str:
+        """Everything a cell can ask the host: llm_query, rlm_query (typed or not), tools."""
+        run = self.run
+        run.budget.check()
+        if req.kind == "tool":
+            return run.tools.call(
+                req.name or "",
+                req.text,
+                reserve=run.budget.reserve_tool_call,
+                trace=lambda fields: run.tracer.emit("tool_call", node=self.id, depth=self.depth, **fields),
+            )
+        spec = AnswerSpec.from_cell(req.output) if req.output is not None else None
+        child_allowed = self.depth + 1 < run.config.depth
+        wants_child = req.kind == "rlm" or run.config.recursion == "auto"
+        if child_allowed and wants_child:
+            run.tracer.emit(
+                "sub_call", node=self.id, depth=self.depth, kind="rlm", prompt_chars=len(req.text)
+            )
+            child = Node(
+                run,
+                depth=self.depth + 1,
+                parent=self.id,
+                context=req.text,
+                task=render("child_task"),
+                output=spec,
+            )
+            return child.solve()
+        run.tracer.emit("sub_call", node=self.id, depth=self.depth, kind="lm", prompt_chars=len(req.text))
+        leaf = run.models.for_leaf(self.depth)
+        if spec is not None:
+            return self._typed_leaf(leaf, req.text, spec)
+        return run.calls.call(leaf, [{"role": "user", "content": req.text}], self.id, self.depth, "sub_call")
+
+    def _typed_leaf(self, leaf: Any, prompt: str, spec: AnswerSpec) -> str:
+        """A plain call whose answer must match a schema: checked, sent back to fix, bounded."""
+        run = self.run
+        messages = [{"role": "user", "content": render("typed_leaf", prompt=prompt, schema=spec.describe())}]
+        problem = None
+        for _attempt in range(run.config.schema_retries + 1):
+            text = run.calls.call(leaf, messages, self.id, self.depth, "sub_call")
+            value, problem = spec.check(text, seconds=run.check_seconds())
+            if problem is None:
+                return spec.dump(value)
+            messages += [
+                {"role": "assistant", "content": text},
+                {"role": "user", "content": render("schema_retry", problem=problem)},
+            ]
+        raise AnswerInvalid(f"the helper's answer did not match the schema: {problem}")
+
+    # ---- the node's life
+
+    def solve(self) -> str:
+        """Run this node to its answer in a sandbox of its own; raises a typed error when it
+        cannot give one (the root's budget stop carries the model's best answer, if any)."""
+        with self.run.node_sandbox(self) as sandbox:
+            try:
+                self.start_history(self.begin_load(sandbox))
+                self.answer = self.run_steps(sandbox)
+                return self.answer
+            except BudgetExhausted as exc:
+                if self._may_fall_back(exc):
+                    exc.fallback_answer = self._fallback(sandbox, exc)
+                raise
+
+    def begin_load(self, sandbox: Sandbox) -> Any:
+        """Send ``context`` to the sandbox; returns what the prompt may say of it. When the
+        host already knows that (a file's size, a string's length) the load goes on in the
+        background while the first model call is made (seconds at 1 GB); cells wait for it."""
+        info = host_context_info(self.context)
+        progress = self.run.load_progress(self.id)
+        if info is None:
+            return sandbox.load_context(self.context, progress=progress)
+        self._loader = ContextLoader(sandbox, self.context, progress)
+        return info
+
+    def _loaded(self) -> None:
+        """Block until ``context`` is in the sandbox; re-raise a failed load."""
+        if self._loader is not None:
+            self._loader.join()
+
+    def start_history(self, info: Any) -> None:
+        """The conversation a node starts with: the system prompt and the task."""
+        facts = self._prompt_facts(describe_context(self.context, info))
+        self.messages = conversation.opening(facts, self.task, preview(self.context))
+
+    def _prompt_facts(self, desc: str) -> conversation.PromptFacts:
+        run, cfg = self.run, self.run.config
+        snap = run.budget.snapshot()
+        note = conversation.budget_note(
+            max_lm_calls=cfg.max_lm_calls,
+            lm_calls=snap["lm_calls"],
+            max_tokens=cfg.max_tokens,
+            tokens=snap["tokens"]["prompt"] + snap["tokens"]["completion"],
+            max_cost=cfg.max_cost,
+            cost_usd=snap["cost_usd"],
+            wall_left=run.budget.wall_left(),
+        )
+        return conversation.PromptFacts(
+            context_desc=desc,
+            depth=self.depth,
+            max_depth=cfg.depth,
+            max_steps=cfg.max_steps,
+            output_limit=cfg.output_limit,
+            recursion=cfg.recursion,
+            tools_description=run.tools.describe() if run.tools else "",
+            schema=self.output.describe() if self.output is not None else None,
+            budget_note=note,
+        )
+
+    def run_steps(self, sandbox: Sandbox) -> str:
+        """Steps until an answer, from whatever history the node has (a session's follow-up
+        question continues the same conversation, REPL and all)."""
+        run, cfg = self.run, self.run.config
+        for step in range(1, cfg.max_steps + 1):
+            run.budget.check()
+            self.steps = step
+            run.budget.add_step()
+            self._compact()
+            text = run.calls.call(self.lm, self.messages, self.id, self.depth, "step")
+            self.messages.append({"role": "assistant", "content": text})
+            self._loaded()
+            outputs, answer = self._run_blocks(sandbox, text, step)
+            if answer is None:
+                answer, note = self._final_from_text(sandbox, text)
+                if note:
+                    outputs.append(note)
+            if answer is not None:
+                problem = self._check_answer(answer)
+                if problem is None:
+                    return self._typed_text(answer)
+                outputs.append(render("schema_retry", problem=problem))
+            self.messages.append(conversation.step_feedback(outputs, step, cfg.max_steps))
+        return self._last_word(sandbox)
+
+    def _last_word(self, sandbox: Sandbox) -> str:
+        """Out of steps: one last turn to answer with what it has. A child's last word is
+        still an answer for its parent; the root's becomes the fallback of its budget stop."""
+        run, cfg = self.run, self.run.config
+        run.budget.check()
+        text = run.calls.call(self.lm, self.messages, self.id, self.depth, "last_answer")
+        self.messages.append({"role": "assistant", "content": text})
+        self._loaded()
+        answer = self._accepted_final(sandbox, text)
+        if answer is not None and self.depth > 0:
+            return answer
+        raise BudgetExhausted(
+            "max_steps",
+            f"node {self.id} (depth {self.depth}) used all {cfg.max_steps} steps without a final answer",
+            hint="raise --max-steps",
+            fallback_answer=answer if cfg.fallback_answer else None,
+        )
+
+    def _compact(self) -> None:
+        """Keep the history inside the model's context window (the namespace is untouched)."""
+        run, cfg = self.run, self.run.config
+        compacted, stats = compact_if_needed(
+            self.messages,
+            window=cfg.context_window or known_window(self.lm.model),
+            compact_at=cfg.compact_at,
+            summarize=lambda request: run.calls.call(self.lm, request, self.id, self.depth, "compaction"),
+        )
+        if stats is not None:
+            self.messages = compacted
+            run.tracer.emit("compaction", node=self.id, depth=self.depth, **stats)
+
+    def _run_blocks(self, sandbox: Sandbox, text: str, step: int) -> tuple[list[str], str | None]:
+        run, cfg = self.run, self.run.config
+        outputs: list[str] = []
+        for index, code in enumerate(find_code_blocks(text)):
+            run.budget.check()
+            limit = run.kernel_limit()  # a cell may not outlive the run's wall budget
+            run.tracer.emit(
+                "cell_start", node=self.id, depth=self.depth, step=step, index=index, code=code[:4000]
+            )
+            result = sandbox.execute(code, timeout=limit)
+            if run.first_cell_s is None:
+                run.first_cell_s = time.monotonic() - run.budget.started
+            shown = conversation.format_result(result, cfg.output_limit)
+            run.tracer.emit(
+                "cell",
+                node=self.id,
+                depth=self.depth,
+                step=step,
+                index=index,
+                code=code[:4000],
+                output=truncate_output(shown, 2000),
+                error=result.error,
+                duration_s=round(result.duration_s, 6),
+                wall_s=round(result.wall_s, 6),
+                timed_out=result.timed_out,
+            )
+            outputs.append(conversation.cell_output_block(index, shown))
+            if result.final is not None:
+                return outputs, result.final
+        return outputs, None
+
+    # ---- answers
+
+    def _check_answer(self, answer: str, *, retry: bool = True) -> str | None:
+        """None if ``answer`` is acceptable; otherwise what is wrong (and count the attempt)."""
+        if self.output is None:
+            return None
+        value, problem = self.output.check(answer, seconds=self.run.check_seconds())
+        if problem is None:
+            self.typed = value
+            return None
+        self.run.tracer.emit("schema_mismatch", node=self.id, depth=self.depth, problem=problem[:1000])
+        if retry:
+            self.schema_failures += 1
+            retries = self.run.config.schema_retries
+            if self.schema_failures > retries:
+                raise AnswerInvalid(
+                    f"node {self.id}'s answer did not match the schema after {retries} retries: {problem}"
+                )
+        return problem
+
+    def _typed_text(self, answer: str) -> str:
+        return self.output.dump(self.typed) if self.output is not None and self.typed is not None else answer
+
+    def _accepted_final(self, sandbox: Sandbox, text: str) -> str | None:
+        """The final answer in ``text`` if it is one the run accepts (a typed run: only one
+        that matches its schema), else None; no retry is asked for."""
+        answer, _note = self._final_from_text(sandbox, text)
+        if answer is None or self._check_answer(answer, retry=False) is not None:
+            return None
+        return self._typed_text(answer)
+
+    def _final_from_text(self, sandbox: Sandbox, text: str) -> tuple[str | None, str | None]:
+        final = find_final(text)
+        if final is None:
+            return None, None
+        if final.kind == "value":
+            return final.value, None
+        name = final.value
+        if not name.isidentifier():
+            return (
+                None,
+                f"FINAL_VAR needs a variable name, got {name!r}; use FINAL(...) for a literal answer.",
+            )
+        limit = self.run.kernel_limit()
+        result = sandbox.execute(f"FINAL_VAR({name!r})", timeout=limit)
+        if result.timed_out:
+            return None, (
+                f"FINAL_VAR({name}): turning {name!r} into text took longer than {limit:g} s and was "
+                "stopped. Make its str() cheap, or answer with FINAL(...)."
+            )
+        value = result.final if result.ok else None
+        if value is None:
+            return None, (
+                f"FINAL_VAR({name}): there is no variable named {name!r} in the REPL. "
+                "Assign it in a ```repl block first, or answer with FINAL(...)."
+            )
+        return value, None
+
+    # ---- the best answer after a budget stop
+
+    def _may_fall_back(self, exc: BudgetExhausted) -> bool:
+        return (
+            self.depth == 0
+            and self.run.config.fallback_answer
+            and exc.budget not in NO_FALLBACK_BUDGETS
+            and exc.fallback_answer is None
+        )
+
+    def _fallback(self, sandbox: Sandbox, exc: BudgetExhausted) -> str | None:
+        """Ask the root's model once (bounded, outside the spent budget) for its best answer."""
+        run = self.run
+
+        def ask(request: Messages) -> str:
+            run.budget.count_unchecked_call()
+            timeout = min(FALLBACK_TIMEOUT_S, run.config.lm_timeout)
+            return run.calls.call_unchecked(
+                self.lm, request, self.id, self.depth, "fallback", timeout, fatal=False
+            )
+
+        found = best_answer(self.messages, exc.message, ask, lambda text: self._accepted_final(sandbox, text))
+        run.tracer.emit("fallback", node=self.id, budget=exc.budget, answered=found is not None)
+        return found

@@ -1,0 +1,61 @@
+"""The outcome of a run (or of one question of a session): exactly the keys of ``--json``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlm_sandbox.errors import exit_code
+
+
+@dataclass
+class RLMResult:
+    """The outcome of a run; ``to_json()`` has exactly the keys of ``--json``."""
+
+    answer: str | None
+    status: str
+    error: str | None
+    steps: int
+    lm_calls: int
+    tokens: dict[str, int]
+    cost_usd: float
+    wall_s: float
+    nodes: int
+    containers: int
+    max_depth_reached: int
+    trace: str | None
+    budget: str | None = None
+    hint: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    unsafe_backend: str | None = None  # "local": the code ran with no sandbox at all
+    fallback: bool = False  # the answer came from the model's last word after a budget stop
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # usage and cost per model
+    output: Any = None  # the validated typed answer, when a schema was given
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code(self.status)
+
+    def to_json(self) -> dict[str, Any]:
+        return (
+            {
+                "answer": self.answer,
+                "status": self.status,
+                "error": self.error,
+                "steps": self.steps,
+                "lm_calls": self.lm_calls,
+                "tokens": dict(self.tokens),
+                "cost_usd": self.cost_usd,
+                "wall_s": self.wall_s,
+                "nodes": self.nodes,
+                "containers": self.containers,
+                "max_depth_reached": self.max_depth_reached,
+                "trace": self.trace,
+            }
+            | ({"unsafe_backend": self.unsafe_backend} if self.unsafe_backend else {})
+            | ({"fallback": True} if self.fallback else {})
+        )

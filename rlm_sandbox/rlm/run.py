@@ -1,0 +1,399 @@
+"""One run's lifecycle, shared by ``RLM.run`` and by sessions.
+
+A run is opened (the trace, ``run_start``, the budget, the containers), gives each node a
+sandbox for as long as the node lives (``node_sandbox``), turns whatever stopped it into a
+typed outcome (``outcome``), builds the result from the budget's counters (``result``), is
+stopped (every container closed, children unwinding waited for, calls in flight drained) and
+ended (``run_end``, the trace closed). ``RLM.run`` does that once around a root node; a
+session opens once, asks many questions of one node, and ends when it is closed. Writing the
+lifecycle once is what keeps the two from drifting apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from rlm_sandbox.errors import BudgetExhausted, ConfigError, RLMSandboxError, SandboxError, outcome_of
+from rlm_sandbox.rlm.budget import Budget
+from rlm_sandbox.rlm.calls import ModelCalls
+from rlm_sandbox.rlm.config import RLMConfig
+from rlm_sandbox.rlm.containers import Lease, RunContainers
+from rlm_sandbox.rlm.models import ModelRouter
+from rlm_sandbox.rlm.result import RLMResult
+from rlm_sandbox.rlm.tenants import ledger
+from rlm_sandbox.rlm.tools import ToolSet
+from rlm_sandbox.sandbox.backend import Backend
+from rlm_sandbox.sandbox.channel import LLMHandler
+from rlm_sandbox.sandbox.core import Sandbox
+from rlm_sandbox.trace.writer import Listener, Tracer, answer_fields
+from rlm_sandbox.untrusted import CHECK_SECONDS
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class NodeLike(Protocol):
+        """What the lifecycle needs of a node to give it a sandbox and trace it."""
+
+        id: str
+        parent: str | None
+        depth: int
+        task: str
+        steps: int
+        answer: str | None
+        handler: LLMHandler
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """What a run (or a session) is made of before it has a task: built once by ``RLM``."""
+
+    config: RLMConfig
+    make_models: Callable[[], ModelRouter]
+    tools: ToolSet
+    listeners: Sequence[Listener] = ()
+    model: str | None = None
+    sub_model: str | None = None
+    backend: Backend | None = None  # None: the engine the sandbox config names (Docker)
+
+
+@dataclass
+class Outcome:
+    """How a run (or one question) ended, before it is turned into a result."""
+
+    status: str = "ok"
+    error: str | None = None
+    budget: str | None = None
+    hint: str | None = None
+    fallback_answer: str | None = None
+
+
+class Run:
+    """What every node of one run shares: budget, trace, model calls, containers, tools."""
+
+    def __init__(
+        self,
+        config: RLMConfig,
+        models: ModelRouter,
+        tracer: Tracer,
+        run_id: str,
+        tools: ToolSet | None = None,
+        backend: Backend | None = None,
+    ) -> None:
+        self.config = config
+        self.models = models
+        self.tracer = tracer
+        self.run_id = run_id
+        self.tools = tools or ToolSet(None)
+        self.budget = Budget(
+            config.limits(), ledger.account(config.tenant, config.tenants.get(config.tenant))
+        )
+        self.fatal: BaseException | None = None
+        self.first_cell_s: float | None = None
+        self.calls = ModelCalls(
+            models, self.budget, tracer, lm_timeout=config.lm_timeout, on_fatal=self.fail_run
+        )
+        self.containers = RunContainers(
+            config,
+            run_id,
+            self.budget,
+            warn=lambda message, fields: tracer.emit("engine_warning", message=message, **fields),
+            progress=self.image_progress,
+            backend=backend,
+        )
+        self._ids = 0
+        self._lock = threading.Lock()
+        self._nodes_cond = threading.Condition()
+        self._active_nodes = 0
+
+    # ---- opening
+
+    @classmethod
+    def begin(cls, setup: RunSetup, run_id: str, task: str, *, session: bool = False) -> Run:
+        """Open a run: refuse what is unsafe, start the trace and say ``run_start``."""
+        cfg = setup.config
+        if cfg.sandbox.backend == "local" and cfg.tenant != "default":
+            raise ConfigError(
+                "the local backend runs model-written code with no sandbox: it is refused for tenants",
+                hint="drop --backend local (the default, docker, is the sandbox), or drop --tenant",
+            )
+        models = setup.make_models()
+        tracer = Tracer(run_id, cfg.trace)
+        try:
+            run = cls(cfg, models, tracer, run_id, setup.tools, setup.backend)
+        except BaseException:
+            tracer.close()
+            raise
+        for listener in setup.listeners:
+            tracer.subscribe(listener)
+        tracer.emit(
+            "run_start",
+            model=setup.model,
+            sub_model=setup.sub_model,
+            task=task[:2000],
+            depth=cfg.depth,
+            max_steps=cfg.max_steps,
+            tenant=cfg.tenant,
+            limits=dataclasses.asdict(cfg.limits()),
+            backend=cfg.sandbox.backend,
+            unsafe=cfg.sandbox.backend == "local",
+            levels=models.levels(cfg.depth),
+            **({"session": True} if session else {}),
+        )
+        return run
+
+    def start_containers(self) -> None:
+        """Engines probed and warm pools filling; inside the run's error handling."""
+        self.containers.start()
+        if self.containers.placement is not None:
+            self.tracer.emit(
+                "engines",
+                engines=self.containers.engines_summary(),
+                max_containers=self.budget.limits.max_containers,
+            )
+
+    # ---- nodes
+
+    def new_node_id(self, parent: str | None) -> str:
+        with self._lock:
+            self._ids += 1
+            return f"n{self._ids}" if parent else "root"
+
+    @contextmanager
+    def node_sandbox(self, node: NodeLike) -> Iterator[Sandbox]:
+        """A sandbox for ``node`` while the block runs: a container slot of the budget, an
+        engine, a sandbox (pooled or new) with the run's tools, traced from ``node_begin`` to
+        ``node_end`` and released whatever happens."""
+        tracer = self.tracer
+        tracer.emit("node_begin", node=node.id, parent=node.parent, depth=node.depth)
+        self._node_entered()
+        t0 = time.monotonic()
+        admitted = False
+        lease: Lease | None = None
+        status, error = "error", None
+        try:
+            self.budget.admit_node(node.depth)  # a container slot: released below, whatever happens
+            admitted = True
+            lease = self.containers.acquire(node.id, node.handler)
+            tracer.emit(
+                "node_start",
+                node=node.id,
+                parent=node.parent,
+                depth=node.depth,
+                container=lease.sandbox.id,
+                engine=lease.engine_url,
+                start_s=round(lease.start_s, 4),
+                pooled=lease.pooled,
+                task=node.task[:500],
+            )
+            self.offer_tools(lease.sandbox)
+            yield lease.sandbox
+            status = "done"
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if lease is not None:
+                self.containers.fail_engine(lease.engine, exc)
+            raise
+        finally:
+            if lease is not None:
+                self.containers.release(lease)
+            if admitted:
+                self.budget.release_container()
+            # Every node_begin gets its node_end, even for a node the budget never admitted:
+            # trace readers would show it as still running otherwise.
+            tracer.emit(
+                "node_end",
+                node=node.id,
+                depth=node.depth,
+                status=status,
+                steps=node.steps,
+                answer=None if node.answer is None else node.answer[:2000],
+                error=error,
+                wall_s=round(time.monotonic() - t0, 4),
+            )
+            self._node_left()
+
+    def offer_tools(self, sandbox: Sandbox) -> None:
+        """Give the kernel a proxy per host tool; they live in its engine names, so they are
+        restored after every cell."""
+        if self.tools:
+            setup = sandbox.execute(
+                f"_rlm_register_tools({self.tools.names()!r})", timeout=self.kernel_limit()
+            )
+            if setup.error:
+                raise SandboxError(f"could not offer the tools to the sandbox: {setup.error}")
+
+    def _node_entered(self) -> None:
+        with self._nodes_cond:
+            self._active_nodes += 1
+
+    def _node_left(self) -> None:
+        with self._nodes_cond:
+            self._active_nodes -= 1
+            self._nodes_cond.notify_all()
+
+    def _wait_nodes(self, timeout_s: float) -> bool:
+        """Wait until no node is running: after a stop, children still unwinding in handler
+        threads may be starting or closing containers; the run must not return before them."""
+        deadline = time.monotonic() + timeout_s
+        with self._nodes_cond:
+            while self._active_nodes > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._nodes_cond.wait(left)
+        return True
+
+    def kernel_limit(self) -> float:
+        """How long the host may wait on a kernel (a cell, FINAL_VAR's str(), the tools'
+        set-up): the cell timeout, and never past the run's wall time (1 s at least, so a
+        last word can still be read)."""
+        limit = self.config.sandbox.cell_timeout
+        left = self.budget.wall_left()
+        return limit if left is None else max(1.0, min(limit, left))
+
+    def check_seconds(self) -> float:
+        """How long checking one answer against a schema may take: a bound of its own, and
+        never past the run's wall time."""
+        left = self.budget.wall_left()
+        return CHECK_SECONDS if left is None else max(0.5, min(CHECK_SECONDS, left))
+
+    # ---- progress for the live view
+
+    def image_progress(self, message: str) -> None:
+        """The first run on a machine builds the image (about a minute): say what it is doing."""
+        self.tracer.notify("image_progress", message=message)
+
+    def load_progress(self, node: str) -> Callable[[int, int], None]:
+        """Tell the live view how far a node's input load has got, a few times a second."""
+        last = [0.0]
+
+        def tick(sent: int, size: int) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 0.1 or sent == size:
+                last[0] = now
+                self.tracer.notify("load_progress", node=node, sent=sent, size=size)
+
+        return tick
+
+    # ---- stopping and ending
+
+    def fail_run(self, exc: BaseException) -> None:
+        """An error no node can recover from (the model is unreachable): stop the tree."""
+        with self._lock:
+            if self.fatal is None:
+                self.fatal = exc
+        self.budget.cancel(exc)
+
+    def outcome(self, exc: BaseException) -> Outcome:
+        """What stopped the run, as ``--json`` reports it: the first cause, not its echoes (a
+        child's budget stop surfaces in its parent as a failed ``llm_query``)."""
+        if not isinstance(exc, RLMSandboxError):  # a bug of ours: still a typed outcome, never a lost run
+            return Outcome("error", f"{type(exc).__name__}: {exc}")
+        reason = self.budget.cancel_reason if self.budget.cancelled.is_set() else None
+        cause: BaseException = reason if isinstance(reason, RLMSandboxError) else exc
+        if self.fatal is not None:
+            cause = self.fatal
+        status, budget = outcome_of(cause)
+        message = cause.message if isinstance(cause, RLMSandboxError) else str(cause)
+        hint = getattr(cause, "hint", None) or None
+        fallback = None
+        if status == "budget_exhausted":
+            for candidate in (exc, cause):
+                if isinstance(candidate, BudgetExhausted) and candidate.fallback_answer is not None:
+                    fallback = candidate.fallback_answer
+                    break
+        return Outcome(status, message, budget, hint, fallback)
+
+    def stop(self) -> None:
+        """Close every container of the run and wait for what is still unwinding."""
+        self.containers.close_all()
+        # Children cut short are still unwinding in their threads (a cold start may be
+        # finishing): wait for them, then close whatever they opened after the sweep.
+        sb = self.config.sandbox
+        self._wait_nodes(max(10.0, sb.start_timeout + sb.kill_grace))
+        self.containers.close_all()
+        # Calls still in flight (a fan-out the stop cut short) cost money: wait for them.
+        self.models.drain(min(30.0, self.config.lm_timeout))
+
+    def interrupt(self, exc: BaseException) -> None:
+        """Ctrl-C or SIGTERM: stop the tree, remove every container, close the trace with the
+        reason; the caller then lets the signal end the process."""
+        why = "interrupted (SIGINT)" if isinstance(exc, KeyboardInterrupt) else "terminated (SIGTERM)"
+        self.budget.cancel(exc)
+        self.containers.close_all()
+        error = f"{why}: the run was stopped and its containers removed"
+        self.end(status="error", error=error, reason=why, **self.budget.snapshot())
+
+    def result(
+        self,
+        answer: str | None,
+        outcome: Outcome,
+        *,
+        output: Any = None,
+        since: dict[str, Any] | None = None,
+        steps: int | None = None,
+        wall_s: float | None = None,
+    ) -> RLMResult:
+        """The result from the budget's counters: the whole run, or since the ``since``
+        snapshot (one question of a session)."""
+        if outcome.status != "ok":
+            self.tracer.emit(
+                "budget" if outcome.status == "budget_exhausted" else "error",
+                status=outcome.status,
+                budget=outcome.budget,
+                error=outcome.error,
+            )
+        fallback = answer is None and outcome.fallback_answer is not None
+        if fallback:
+            answer = outcome.fallback_answer
+        now = self.budget.snapshot()
+        base = since or {"lm_calls": 0, "tokens": {"prompt": 0, "completion": 0}, "cost_usd": 0.0}
+        cfg = self.config
+        timings = {
+            k: round(v, 4)
+            for k, v in (("first_lm_call_s", self.calls.first_call_s), ("first_cell_s", self.first_cell_s))
+            if v is not None
+        }
+        return RLMResult(
+            answer=answer,
+            status=outcome.status,
+            error=outcome.error,
+            steps=now["steps"] if steps is None else steps,
+            lm_calls=now["lm_calls"] - base["lm_calls"],
+            tokens={k: now["tokens"][k] - base["tokens"][k] for k in ("prompt", "completion")},
+            cost_usd=round(now["cost_usd"] - base["cost_usd"], 6),
+            wall_s=now["wall_s"] if wall_s is None else wall_s,
+            nodes=now["nodes"] - (since or {}).get("nodes", 0),
+            containers=now["containers"] - (since or {}).get("containers", 0),
+            max_depth_reached=now["max_depth_reached"],
+            trace=str(cfg.trace) if cfg.trace else None,
+            budget=outcome.budget,
+            hint=outcome.hint,
+            unsafe_backend=cfg.sandbox.backend if cfg.sandbox.backend != "docker" else None,
+            fallback=fallback,
+            models=self.models.report(),
+            output=output if answer is not None else None,
+            timings=timings if since is None else {},
+        )
+
+    def end_with(self, result: RLMResult) -> None:
+        """``run_end`` for a run that produced a result, then close the trace."""
+        self.end(
+            **(result.to_json() | answer_fields(result.answer)),
+            budget=result.budget,
+            timings=result.timings,
+            pool=self.containers.pool_stats(),
+            engines=self.containers.engines_summary(),
+            models=result.models,
+            levels=self.models.levels(self.config.depth),
+        )
+
+    def end(self, **fields: Any) -> None:
+        self.tracer.emit("run_end", **fields)
+        self.tracer.close()

@@ -1,0 +1,131 @@
+"""Multi-turn RLM sessions: several questions over one input, one container, one REPL.
+
+Re-loading a 500 MB input and re-discovering its shape for every question wastes minutes;
+a session keeps the root node's container, its namespace and its conversation across
+questions, so a follow-up can use the variables the first answer computed. Budgets of
+model calls, tokens and cost span the whole session; the wall-time limit and the steps
+limit apply to each question. The container is removed when the session ends, however it
+ends (``with``, ``close()``, an exception, the process's exit handlers).
+
+A session is the run lifecycle of :mod:`rlm_sandbox.rlm.run` held open: opened once, one
+node's sandbox kept for its whole life, a result per question, ended on close.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from contextlib import ExitStack
+from typing import Any
+
+from rlm_sandbox.errors import SandboxClosed
+from rlm_sandbox.rlm import conversation
+from rlm_sandbox.rlm.answers import AnswerSpec
+from rlm_sandbox.rlm.node import Node
+from rlm_sandbox.rlm.result import RLMResult
+from rlm_sandbox.rlm.run import Outcome, Run, RunSetup
+from rlm_sandbox.sandbox.core import Sandbox
+from rlm_sandbox.trace.writer import answer_fields
+
+
+class Session:
+    def __init__(self, setup: RunSetup, context: Any, *, run_id: str | None = None) -> None:
+        self.setup = setup
+        self.context = "" if context is None else context
+        self.run_id = run_id or f"session-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.questions = 0
+        self.run: Run | None = None
+        self.node: Node | None = None
+        self._sandbox: Sandbox | None = None
+        self._info: Any = None
+        self._opened: dict[str, Any] | None = None  # the budget before the root node started
+        self._stack = ExitStack()
+        self._closed = False
+
+    # ---- lifecycle
+
+    def __enter__(self) -> Session:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> Session:
+        if self.run is not None:
+            return self
+        run = self.run = Run.begin(self.setup, self.run_id, "(session)", session=True)
+        self._opened = run.budget.snapshot()
+        node = self.node = Node(run, depth=0, parent=None, context=self.context, task="(session)")
+        try:
+            run.start_containers()
+            self._sandbox = self._stack.enter_context(run.node_sandbox(node))
+            self._info = node.begin_load(self._sandbox)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Remove the container and close the trace; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        run = self.run
+        if run is None:
+            return
+        try:
+            self._stack.close()  # the root's sandbox, its engine room and its budget slot
+        finally:
+            run.stop()  # children a question left unwinding, calls in flight
+            run.end(
+                status="closed", questions=self.questions, **run.budget.snapshot(), models=run.models.report()
+            )
+
+    # ---- questions
+
+    def ask(self, question: str, *, output: Any = None) -> RLMResult:
+        """Answer one more question; the REPL and the conversation carry over."""
+        if self._closed:
+            raise SandboxClosed("this session is closed; start a new one")
+        if not question or not question.strip():
+            raise ValueError("the question is empty")
+        self.open()
+        run, node, sandbox = self.run, self.node, self._sandbox
+        assert run is not None and node is not None and sandbox is not None
+        self.questions += 1
+        before = self._opened if self.questions == 1 else run.budget.snapshot()
+        run.budget.started = time.monotonic()  # the wall-time limit is per question
+        node.steps = 0
+        node.schema_failures = 0
+        node.output = AnswerSpec(output) if output is not None else None
+        node.typed = None
+        node.task = question
+        run.tracer.emit("question", node=node.id, number=self.questions, task=question[:2000])
+        if not node.messages:
+            node.start_history(self._info)
+        else:
+            node.messages.append(conversation.followup(question))
+        answer, outcome = None, Outcome()
+        t0 = time.monotonic()
+        try:
+            answer = node.run_steps(sandbox)
+        except Exception as exc:
+            outcome = run.outcome(exc)
+            if not sandbox.healthy:
+                self.close()  # the container died: this session cannot go on
+        result = run.result(
+            answer,
+            outcome,
+            output=node.typed,
+            since=before,
+            steps=node.steps,
+            wall_s=round(time.monotonic() - t0, 3),
+        )
+        fields = result.to_json() | answer_fields(result.answer)
+        run.tracer.emit("answer", node=node.id, number=self.questions, **fields)
+        return result
+
+    def totals(self) -> dict[str, Any]:
+        """What the whole session has used so far (for ``/cost``)."""
+        assert self.run is not None
+        return self.run.budget.snapshot() | {"questions": self.questions, "models": self.run.models.report()}

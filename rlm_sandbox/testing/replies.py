@@ -1,0 +1,84 @@
+"""What a scripted policy may answer: text, or an HTTP failure, so a test can script rate limits,
+5xx storms or a broken key; and small combinators of policies (a sequence, failures first)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+
+@dataclass(frozen=True)
+class HTTPReply:
+    """A non-200 answer, so a policy can script provider failures (429, 500, 401 ...)."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Reply: TypeAlias = str | HTTPReply
+Policy: TypeAlias = Callable[[dict[str, Any]], Reply]
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_api_key",
+    403: "permission_denied",
+    404: "model_not_found",
+    429: "rate_limit_exceeded",
+}
+
+
+def error_body(status: int, message: str | None = None) -> dict[str, Any]:
+    """An OpenAI-style error body: LiteLLM maps errors by status, but shows this message."""
+    kind = _ERROR_TYPES.get(status, "server_error")
+    return {
+        "error": {
+            "message": message or f"scripted error {status}",
+            "type": kind,
+            "param": None,
+            "code": kind,
+        }
+    }
+
+
+def sequence_policy(*replies: Reply) -> Policy:
+    """The nth request gets the nth reply and the last one repeats: scripts a conversation."""
+    if not replies:
+        raise ValueError("sequence_policy needs at least one reply")
+    lock = threading.Lock()
+    state = {"n": 0}
+
+    def policy(request: dict[str, Any]) -> Reply:
+        with lock:
+            i = state["n"]
+            state["n"] += 1
+        return replies[min(i, len(replies) - 1)]
+
+    return policy
+
+
+def fail_then(policy: Policy, status: int, times: int, *, headers: dict[str, str] | None = None) -> Policy:
+    """The first ``times`` calls fail with ``status``; then ``policy`` answers (retry tests)."""
+    lock = threading.Lock()
+    state = {"n": 0}
+
+    def wrapped(request: dict[str, Any]) -> Reply:
+        with lock:
+            failing = state["n"] < times
+            state["n"] += 1
+        if failing:
+            return HTTPReply(status, error_body(status), dict(headers or {}))
+        return policy(request)
+
+    return wrapped
+
+
+def always_status(status: int, message: str | None = None) -> Policy:
+    """Every call fails the same way (a dead provider, a revoked key)."""
+
+    def policy(request: dict[str, Any]) -> Reply:
+        return HTTPReply(status, error_body(status, message))
+
+    return policy

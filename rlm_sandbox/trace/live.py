@@ -1,0 +1,282 @@
+"""The live recursion tree a person watches on a terminal while a run works.
+
+It is fed by the same events as the trace (plus listener-only progress ticks), keeps a small
+model of every node, and redraws a few times a second from that model, so a burst of events
+from a 256-way fan-out costs a dictionary update each, not a redraw each. Big fan-outs are
+folded: running nodes are always shown, finished siblings are summarised, and the tree never
+grows past the terminal's height. Every event is made visible (:mod:`rlm_sandbox.safe_text`)
+as it arrives, so node ids, model names and errors a model or a cell chose can only show.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.text import Text
+from rich.tree import Tree
+
+from rlm_sandbox.safe_text import visible_data
+from rlm_sandbox.trace.view import TraceView
+
+STATUS_STYLE = {
+    "starting": "cyan",
+    "thinking": "magenta",
+    "running a cell": "yellow",
+    "waiting": "blue",
+    "done": "green",
+    "failed": "red",
+}
+SHOWN_FINISHED = 3  # finished children shown per parent (the most recent); the rest are folded
+
+
+@dataclass
+class NodeState:
+    id: str
+    parent: str | None
+    depth: int
+    began: float
+    status: str = "starting"
+    steps: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+    ended: float | None = None
+    pending: int = 0
+    loaded: int = 0
+    size: int = 0
+    loading: bool = False
+    note: str = ""
+    children: list[str] = field(default_factory=list)
+    started: bool = False  # it got a container (a node refused by a budget never does)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("done", "failed")
+
+
+def _human_tokens(n: int) -> str:
+    return f"{n / 1000:.1f}k" if n >= 1000 else str(n)
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+class LiveTree:
+    """A listener for a run's events that draws the tree with rich's ``Live``."""
+
+    def __init__(self, console: Console, *, verbose: bool = False) -> None:
+        self.console = console
+        self.nodes: dict[str, NodeState] = {}
+        self.lock = threading.Lock()
+        self.t0 = time.monotonic()
+        self.limits: dict[str, Any] = {}
+        self.model = ""
+        self.lm_calls = 0
+        self.tokens = 0
+        self.cost = 0.0
+        self.alive = 0
+        self.image_note = ""
+        self.final: dict[str, Any] | None = None
+        self._fits = True
+        self.unsafe = False
+        self._lines = TraceView(console) if verbose else None
+        self._live = Live(
+            get_renderable=self.render,
+            console=console,
+            refresh_per_second=6,
+            transient=False,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+
+    # ---- lifecycle
+
+    def __enter__(self) -> LiveTree:
+        self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._live.is_started:
+            self._live.refresh()
+            self._live.stop()
+
+    # ---- events
+
+    def on_event(self, raw: dict[str, Any]) -> None:
+        ev = visible_data(raw)
+        kind = ev.get("event")
+        node_id = str(ev.get("node") or "")
+        with self.lock:
+            node = self.nodes.get(node_id)
+            if kind == "run_start":
+                self.limits = dict(ev.get("limits") or {})
+                self.model = str(ev.get("model") or "")
+                self.unsafe = bool(ev.get("unsafe"))
+            elif kind == "node_begin":
+                parent = ev.get("parent")
+                self.nodes[node_id] = NodeState(node_id, parent, int(ev.get("depth") or 0), time.monotonic())
+                if parent in self.nodes:
+                    self.nodes[parent].children.append(node_id)
+            elif node is None:
+                pass
+            elif kind == "node_start":
+                node.status = "thinking"
+                if not node.started:
+                    node.started = True
+                    self.alive += 1
+            elif kind == "lm_start" and ev.get("purpose") != "sub_call":
+                node.status = "thinking"
+                node.note = ""
+            elif kind == "lm_call":
+                self.lm_calls += 1
+                used = int(ev.get("prompt_tokens") or 0) + int(ev.get("completion_tokens") or 0)
+                cost = float(ev.get("cost_usd") or 0.0)
+                self.tokens += used
+                self.cost += cost
+                node.tokens += used
+                node.cost += cost
+                if ev.get("purpose") == "sub_call":
+                    node.pending = max(0, node.pending - 1)
+                else:
+                    node.steps += 1
+            elif kind == "question":
+                node.status = "thinking"
+                node.note = ""
+            elif kind == "answer":
+                node.status = "done" if ev.get("status") == "ok" else "failed"
+                node.note = "" if ev.get("status") == "ok" else str(ev.get("error") or "")[:80]
+            elif kind == "cell_start":
+                node.status = "running a cell"
+            elif kind == "cell":
+                if ev.get("error"):
+                    node.note = str(ev.get("error")).splitlines()[0][:60]
+            elif kind == "sub_call":
+                node.pending += 1
+            elif kind == "load_progress":
+                node.loaded, node.size = int(ev.get("sent") or 0), int(ev.get("size") or 0)
+                node.loading = node.size < 0 or node.loaded < node.size
+            elif kind == "node_end":
+                node.status = "done" if ev.get("status") == "done" else "failed"
+                node.ended = time.monotonic()
+                node.loading = False
+                if node.status == "failed":
+                    error = str(ev.get("error") or "")
+                    stopped = error.startswith(("KeyboardInterrupt", "SystemExit"))
+                    node.note = "interrupted" if stopped else error[:80]
+                if node.started:
+                    node.started = False
+                    self.alive = max(0, self.alive - 1)
+                parent = self.nodes.get(node.parent or "")
+                if parent is not None:
+                    parent.pending = max(0, parent.pending - 1)
+            if kind == "image_progress":
+                self.image_note = str(ev.get("message") or "")[:100]
+            elif kind == "node_start":
+                self.image_note = ""
+            elif kind == "run_end":
+                self.final = ev
+        if self._lines is not None and kind in ("cell", "lm_error", "budget", "error"):
+            self._lines.on_event(ev)
+
+    # ---- drawing
+
+    def _label(self, n: NodeState) -> Text:
+        status = n.status
+        if status in ("thinking", "running a cell") and n.pending:
+            status = f"waiting on {n.pending} sub-call{'s' if n.pending != 1 else ''}"
+        style = STATUS_STYLE.get(n.status if not status.startswith("waiting") else "waiting", "white")
+        elapsed = (n.ended or time.monotonic()) - n.began
+        text = Text()
+        text.append(f"{n.id:<6}", style="bold")
+        text.append(f" d{n.depth} ")
+        text.append(f"{status:<22}", style=style)
+        text.append(f" {n.steps:>2} steps  {_human_tokens(n.tokens):>6} tok  ${n.cost:.4f}  {elapsed:6.1f} s")
+        if n.loading:
+            total = _human_bytes(n.size) if n.size > 0 else "?"
+            text.append(f"  loading {_human_bytes(n.loaded)}/{total}", style="cyan")
+        if n.note:
+            text.append(f"  {n.note}", style="red" if n.status == "failed" else "dim")
+        return text
+
+    def _add(self, tree: Tree, n: NodeState, budget: list[int]) -> None:
+        label: RenderableType = self._label(n)
+        if n.loading and n.size > 0:
+            bar = ProgressBar(total=n.size, completed=n.loaded, width=30)
+            label = Group(label, bar)
+        branch = tree.add(label)
+        budget[0] -= 1
+        kids = [self.nodes[c] for c in n.children if c in self.nodes]
+        active = [k for k in kids if not k.finished]
+        finished = [k for k in kids if k.finished]
+        keep = len(finished) if self._fits else SHOWN_FINISHED
+        shown = active + finished[len(finished) - keep :] if keep else active
+        hidden = finished[: len(finished) - keep]
+        for k in sorted(shown, key=lambda k: k.began):
+            if budget[0] <= 1:
+                hidden.append(k)
+                continue
+            self._add(branch, k, budget)
+        if hidden:
+            done = sum(1 for k in hidden if k.status == "done")
+            failed = sum(1 for k in hidden if k.status == "failed")
+            running = len(hidden) - done - failed
+            parts = (
+                [f"{done} done"]
+                + [f"{failed} failed"] * bool(failed)
+                + [f"{running} running"] * bool(running)
+            )
+            branch.add(Text(f"… {len(hidden)} more: {', '.join(parts)}", style="dim"))
+            budget[0] -= 1
+
+    def _footer(self) -> RenderableType:
+        lim = self.limits
+        elapsed = time.monotonic() - self.t0
+        totals = Text(
+            f"{self.lm_calls} LM calls · {_human_tokens(self.tokens)} tokens · ${self.cost:.4f} · "
+            f"{len(self.nodes)} nodes · {self.alive} containers up · {elapsed:.1f} s",
+            style="bold",
+        )
+        left = []
+        if lim.get("max_lm_calls"):
+            left.append(f"LM calls {max(0, lim['max_lm_calls'] - self.lm_calls)}")
+        if lim.get("max_tokens"):
+            left.append(f"tokens {max(0, lim['max_tokens'] - self.tokens)}")
+        if lim.get("max_cost"):
+            left.append(f"cost ${max(0.0, lim['max_cost'] - self.cost):.4f}")
+        if lim.get("timeout_s"):
+            left.append(f"time {max(0.0, lim['timeout_s'] - elapsed):.0f} s")
+        if lim.get("max_containers"):
+            left.append(f"containers {max(0, lim['max_containers'] - self.alive)}")
+        return Group(totals, Text("budget left: " + (", ".join(left) or "no limits set"), style="dim"))
+
+    def render(self) -> RenderableType:
+        with self.lock:
+            title = Text(f"rlm-sandbox · {self.model}", style="bold")
+            if self.unsafe:
+                title.append(
+                    "  ⚠ UNSAFE: --backend local, code runs on this machine with no sandbox", style="bold red"
+                )
+            tree = Tree(title, guide_style="dim")
+            root = self.nodes.get("root")
+            room = max(6, self.console.size.height - 6)
+            self._fits = len(self.nodes) <= room
+            if root is not None:
+                self._add(tree, root, [room])
+            parts: list[RenderableType] = [tree]
+            if self.image_note:
+                parts.append(Text(f"⧗ {self.image_note}", style="cyan"))
+            parts.append(self._footer())
+            return Group(*parts)
