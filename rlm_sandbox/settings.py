@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator
@@ -33,6 +34,7 @@ from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
     InitSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
@@ -44,11 +46,12 @@ from rlm_sandbox.project_trust import Ignored, Trust, config_dir, judge, read_pr
 from rlm_sandbox.rlm.config import RLMConfig
 from rlm_sandbox.rlm.tenants import TenantLimits
 from rlm_sandbox.sandbox.config import SandboxConfig
+from rlm_sandbox.sandbox.packages import check_package_names, split_package_list
 
 FILE_NAME = "rlm-sandbox.toml"
 ENV_PREFIX = "RLM_SANDBOX_"
 _PROJECT_MARKERS = (".git", "pyproject.toml")
-SANDBOX_FIELDS = ("cell_timeout", "memory", "runtime", "tenant", "cpus", "docker_url")
+SANDBOX_FIELDS = ("cell_timeout", "memory", "runtime", "tenant", "cpus", "docker_url", "image_packages")
 RLM_FIELDS = (
     "max_steps",
     "depth",
@@ -56,6 +59,9 @@ RLM_FIELDS = (
     "max_tokens",
     "max_cost",
     "timeout",
+    "lm_timeout",
+    "lm_retries",
+    "lm_max_tokens",
     "max_containers",
     "max_concurrency",
     "pool_size",
@@ -89,6 +95,9 @@ class Settings(BaseSettings):
     max_tokens: int | None = _same_as(RLMConfig, "max_tokens")
     max_cost: float | None = _same_as(RLMConfig, "max_cost")
     timeout: float | None = _same_as(RLMConfig, "timeout")
+    lm_timeout: float = _same_as(RLMConfig, "lm_timeout")
+    lm_retries: int = _same_as(RLMConfig, "lm_retries")
+    lm_max_tokens: int = _same_as(RLMConfig, "lm_max_tokens")
     max_containers: int = _same_as(RLMConfig, "max_containers")
     max_concurrency: int = _same_as(RLMConfig, "max_concurrency")
     pool_size: int | None = _same_as(RLMConfig, "pool_size")
@@ -97,6 +106,8 @@ class Settings(BaseSettings):
     cpus: float = _same_as(SandboxConfig, "cpus")
     runtime: str | None = _same_as(SandboxConfig, "runtime")
     docker_url: str | None = _same_as(SandboxConfig, "docker_url")
+    # NoDecode: a variable holds names ("a b" or "a,b"), which the validator below splits.
+    image_packages: Annotated[list[str], NoDecode] = _same_as(SandboxConfig, "image_packages")
     recursion: Literal["auto", "explicit"] = _same_as(RLMConfig, "recursion")
     depth_models: dict[int, str] = Field(
         default_factory=dict,
@@ -123,6 +134,21 @@ class Settings(BaseSettings):
                 out[depth.strip()] = model.strip()
             return out
         return value
+
+    @field_validator("image_packages", mode="before")
+    @classmethod
+    def _image_packages(cls, value: Any) -> Any:
+        """``--image-packages a,b`` (repeatable), ``RLM_SANDBOX_IMAGE_PACKAGES="a b"`` or a
+        TOML list; names checked here so that a bad one is reported with its source."""
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError("not a JSON list of names; or give them as 'a b' or 'a,b'") from None
+        try:
+            return list(check_package_names(split_package_list(value)))
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
 
     @classmethod
     def settings_customise_sources(

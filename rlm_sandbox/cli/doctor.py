@@ -21,6 +21,7 @@ DOCTOR_FLAGS = (
     "memory",
     "cpus",
     "docker_url",
+    "image_packages",
     "engines",
     "tenant",
 )

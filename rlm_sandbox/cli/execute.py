@@ -31,7 +31,10 @@ def build_config(o: dict[str, Any]) -> Any:
     try:
         config = build_rlm_config(values)
         if o.get("backend", "docker") != "docker":
-            config.sandbox = config.sandbox.model_copy(update={"backend": o["backend"]})
+            # validated, not copied: the local backend refuses what it cannot do (image_packages)
+            config.sandbox = type(config.sandbox).model_validate(
+                config.sandbox.model_dump() | {"backend": o["backend"]}
+            )
         return config
     except ValidationError as exc:
         origin = loaded.origin if loaded is not None else (lambda *_p: "default")

@@ -39,7 +39,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Check that a run would work here, with a fix for each problem.",
     ),
     "gc": ("rlm_sandbox.cli.gc", "gc", "Remove sandbox containers left behind by controllers that died."),
-    "image": ("rlm_sandbox.cli.image", "image", "Build the sandbox image."),
+    "image": ("rlm_sandbox.cli.image", "image", "Build, list and remove the sandbox images."),
 }
 
 

@@ -65,6 +65,7 @@ def replay(
     from rlm_sandbox.cli.output import fail, fast_exit
     from rlm_sandbox.inputs import open_input
     from rlm_sandbox.replay import load_recording, run_replay
+    from rlm_sandbox.safe_text import line
     from rlm_sandbox.settings import build_rlm_config
     from rlm_sandbox.trace.view import TraceView
 
@@ -74,6 +75,19 @@ def replay(
         recording = load_recording(trace_file)
         context = open_input(input_path)
         base = build_rlm_config(loaded.settings.model_dump())
+        recorded = recording.start.get("image_packages") or []
+        recorded_packages = [str(p) for p in recorded] if isinstance(recorded, list) else [str(recorded)]
+        if recorded_packages != list(base.sandbox.image_packages):
+            # Not taken from the trace (a file is not trusted to choose what runs in the sandbox).
+            shown = " ".join(recorded_packages)[:200] or "none"
+            err.print(
+                line(
+                    ("note:", "yellow"),
+                    f" the recorded run's image packages were: {shown}; this replay uses the settings' "
+                    "(--image-packages is a setting: RLM_SANDBOX_IMAGE_PACKAGES)",
+                ),
+                soft_wrap=True,
+            )
         if task is None and len(recording.task) >= 2000:
             err.print("[yellow]note:[/] the recorded task may be cut at 2000 characters; give --task if so")
         target = new_trace or _temp_trace()

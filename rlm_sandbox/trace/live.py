@@ -32,6 +32,7 @@ STATUS_STYLE = {
     "done": "green",
     "failed": "red",
 }
+WAIT_SHOWN_S = 10.0  # a node's own model call waiting longer than this is shown, with its limit
 SHOWN_FINISHED = 3  # finished children shown per parent (the most recent); the rest are folded
 
 
@@ -53,6 +54,9 @@ class NodeState:
     note: str = ""
     children: list[str] = field(default_factory=list)
     started: bool = False  # it got a container (a node refused by a budget never does)
+    call: Any = None  # the node's own model call in flight (its id), when one is
+    call_since: float = 0.0
+    call_limit: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -140,7 +144,15 @@ class LiveTree:
             elif kind == "lm_start" and ev.get("purpose") != "sub_call":
                 node.status = "thinking"
                 node.note = ""
+                node.call, node.call_since = ev.get("call"), time.monotonic()
+                node.call_limit = (
+                    ev.get("timeout_s") if isinstance(ev.get("timeout_s"), int | float) else None
+                )
+            elif kind in ("lm_error", "lm_abandoned", "lm_cut") and ev.get("call", node.call) == node.call:
+                node.call = None
             elif kind == "lm_call":
+                if ev.get("call") is not None and ev.get("call") == node.call:
+                    node.call = None
                 self.lm_calls += 1
                 used = int(ev.get("prompt_tokens") or 0) + int(ev.get("completion_tokens") or 0)
                 cost = float(ev.get("cost_usd") or 0.0)
@@ -204,6 +216,11 @@ class LiveTree:
         text.append(f" d{n.depth} ")
         text.append(f"{status:<22}", style=style)
         text.append(f" {n.steps:>2} steps  {_human_tokens(n.tokens):>6} tok  ${n.cost:.4f}  {elapsed:6.1f} s")
+        waited = time.monotonic() - n.call_since
+        if n.call is not None and not n.finished and waited >= WAIT_SHOWN_S:
+            # A model that does not answer must be visible, not a silent "thinking".
+            limit = f" (limit {n.call_limit:.0f} s)" if n.call_limit else ""
+            text.append(f"  waiting for the model {waited:.0f} s{limit}", style="yellow")
         if n.loading:
             total = _human_bytes(n.size) if n.size > 0 else "?"
             text.append(f"  loading {_human_bytes(n.loaded)}/{total}", style="cyan")

@@ -39,6 +39,9 @@ KNOWN_EVENTS = frozenset(
         "tool_call",
         # Known, and shown elsewhere or not needed for the tree: the run's own detail.
         "lm_cut",
+        "lm_abandoned",  # the caller stopped waiting at a deadline (an lm_error follows)
+        "lm_late",  # an abandoned call's usage, recorded when its thread ended
+        "lm_overrun",  # a call used more than its reserved worst case
         "fallback",
         "compaction",
         "schema_mismatch",

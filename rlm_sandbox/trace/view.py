@@ -8,6 +8,7 @@ rich ``Text`` built through :mod:`rlm_sandbox.safe_text`, never a markup string,
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from rich.console import Console
@@ -29,6 +30,7 @@ class TraceView:
         self.console = console
         self.quiet = quiet
         self._lock = threading.Lock()
+        self._image_said: float | None = None
 
     def on_event(self, ev: dict[str, Any]) -> None:
         line = self.render(ev)
@@ -45,6 +47,13 @@ class TraceView:
         except (TypeError, ValueError):
             pad = ""
         node = str(ev.get("node", ""))
+        if kind == "image_progress":
+            # A first build (minutes for a derived image): one line every 10 s, not each apt line.
+            now = time.monotonic()
+            if self._image_said is not None and now - self._image_said < 10.0:
+                return None
+            self._image_said = now
+            return safe_line(("image", "cyan"), f" {_first_line(ev.get('message'), 110)}")
         if kind == "run_start":
             out = safe_line(
                 ("run", "bold"), f" {ev.get('run')} model={ev.get('model')} depth={ev.get('depth')}"
