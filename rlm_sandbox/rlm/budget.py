@@ -8,7 +8,7 @@ naming that budget -- never a hang, never a traceback.
 **Model calls are reserved before they are sent.** Counting a call's usage when it returns
 lets every call in flight pass the cap at once (a 16-way fan-out of 500 KB prompts spent 4x
 ``--max-cost``). So a call first reserves its worst case -- one call, its prompt's tokens
-counted by :func:`prompt_token_bound`, its completion bounded by the ``max_tokens`` it is
+counted by :func:`rlm_sandbox.rlm.worst_case.prompt_token_bound`, its completion bounded by the ``max_tokens`` it is
 sent with, and the cost of both at the model's highest rate (:mod:`rlm_sandbox.rlm.prices`)
 -- against what is used *and* what is reserved by every other call in flight, in this run and
 (for cost) in every run of its tenant. A call that would fit once the calls in flight have
@@ -17,26 +17,6 @@ is not sent: the run ends ``budget_exhausted`` naming the budget. When the call 
 real usage the provider reported, and the unused part is free again. So the real spend never
 passes a cap, as long as the provider counts no more than the bound below and honours
 ``max_tokens`` (a provider that does not is recorded honestly, and the run stops at once).
-
-*The prompt bound.* A byte-level BPE tokenizer (GPT-4o's o200k, cl100k, Llama 3, Qwen,
-Mistral's tekken; Claude's is BPE too) partitions the UTF-8 bytes of a text into tokens of at
-least one byte each, so a text never has more tokens than bytes; SentencePiece with byte
-fallback (Llama 2, Gemma) is the same plus a dummy-prefix token. Around the text, chat
-templates add a few special tokens per message (OpenAI: 3, plus 3 to prime the reply; Llama
-3: about 5; Gemma: about 5) and some a preamble per request (Llama 3.1's date lines, about
-25). The bound is therefore UTF-8 bytes of every role and content, plus
-:data:`TOKENS_PER_MESSAGE` per message and :data:`TOKENS_PER_REQUEST` per request. It is
-provider-independent (an ``--api-base`` server's tokenizer is unknown) and holds against a
-hostile prompt (a model-written ``llm_query`` text is hostile input: control characters
-reach one token per byte, emoji 1.3 bytes per token). A model's tokenizer would be exact for
-that model only (none is at hand for most providers); a guessed ratio would not be a cap.
-
-Its price is pessimism: GPT-4o counts 3.5 bytes per token in English, 4.5 in code, 2.3 in a
-typical log, so a prompt is reserved at 1.5-4.5x its real count (4x the scripted test
-server's count). A reservation only lasts while its call is in flight, and a call that does
-not fit waits for the calls in flight rather than end the run, so this costs a run at its
-margin: it stops when what is left no longer covers the next call's worst case, about one
-worst-case call earlier than exact counts would.
 
 **The fallback answer** (:mod:`rlm_sandbox.rlm.fallback`) is one call after a stop. The cap
 wins: the fallback is sent only when its worst case fits in what is left. To make that
@@ -61,32 +41,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
 
 from rlm_sandbox.errors import BudgetExhausted, ConfigError
+from rlm_sandbox.rlm.limits import COMPLETION_HINT, FLAGS, Limits
 from rlm_sandbox.rlm.tenants import TenantAccount
-
-FLAGS = {
-    "max_steps": "--max-steps",
-    "max_lm_calls": "--max-lm-calls",
-    "max_tokens": "--max-tokens",
-    "max_cost": "--max-cost",
-    "timeout": "--timeout",
-    "max_containers": "--max-containers",
-    "max_nodes": "--max-nodes",
-    "max_tool_calls": "max_tool_calls (RLMConfig)",
-    "tenant_max_cost": "the tenant's max_cost setting",
-    "tenant_max_containers": "the tenant's max_containers setting",
-}
-#: Budgets a call's completion share counts against: lowering it lets more calls fit.
-_COMPLETION_HINT = " or lower --lm-max-tokens (the completion reserved for every call)"
-
-#: Special tokens a chat template may add around one message (role markers, separators).
-TOKENS_PER_MESSAGE = 16
-#: Tokens a chat template may add once per request (reply priming, a default preamble).
-TOKENS_PER_REQUEST = 64
+from rlm_sandbox.rlm.worst_case import NO_HOLD, Hold, Reservation, Worst
 
 #: How long past the run's wall-time budget the fallback answer may take.
 FALLBACK_GRACE_S = 10.0
@@ -96,80 +55,6 @@ STOP_GRACE_S = 10.0
 TIMEOUT_GRACE_S = FALLBACK_GRACE_S + STOP_GRACE_S
 
 _EPS = 1e-12  # float sums of costs: a cap reached exactly is not passed
-
-
-def text_bytes(value: Any) -> int:
-    """UTF-8 bytes of a message field: an upper bound of its tokens under any byte-level BPE."""
-    if value is None:
-        return 0
-    if not isinstance(value, str):
-        value = str(value)
-    if value.isascii():  # O(1) in CPython: no copy for the common case
-        return len(value)
-    return len(value.encode("utf-8", errors="surrogatepass"))
-
-
-def prompt_token_bound(messages: Iterable[Mapping[str, Any]]) -> int:
-    """Tokens a provider can count for this prompt at most (see the module's docstring)."""
-    total = TOKENS_PER_REQUEST
-    for message in messages:
-        total += TOKENS_PER_MESSAGE + text_bytes(message.get("role")) + text_bytes(message.get("content"))
-    return total
-
-
-@dataclass(frozen=True, slots=True)
-class Worst:
-    """What one model call may use at most: it is reserved before the call is sent."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float = 0.0
-
-    @property
-    def tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-@dataclass(slots=True)
-class Reservation:
-    """One call's share of the budgets while it is in flight."""
-
-    worst: Worst
-    call_open: bool = True  # its call slot is reserved, not yet counted as a call made
-    usage_open: bool = True  # its tokens and cost are reserved, not yet turned into usage
-    abandoned: bool = False  # nobody waits for it: its thread may take long to end
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """What is kept back for the root's fallback answer (see the module's docstring)."""
-
-    calls: int = 0
-    tokens: int = 0
-    cost_usd: float = 0.0
-
-
-NO_HOLD = Hold()
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    depth: int = 1
-    max_lm_calls: int | None = 500
-    max_tokens: int | None = None
-    max_cost: float | None = None
-    timeout_s: float | None = 1800.0
-    max_containers: int = 16
-    max_nodes: int | None = 1000
-    max_tool_calls: int | None = 1000
-
-    def check(self) -> None:
-        if self.max_containers < self.depth:
-            raise ConfigError(
-                f"max_containers ({self.max_containers}) must be at least depth ({self.depth}): "
-                "every level of the recursion needs a container of its own",
-                hint="raise --max-containers or lower --depth",
-            )
 
 
 _TENANT_LOCK = threading.Lock()
@@ -351,7 +236,7 @@ class Budget:
                     f"of prompt, counted as its bytes, + {worst.completion_tokens:,} of completion); "
                     f"{max(0, left):,} of the limit of {lim.max_tokens:,} are left ({used:,} used, "
                     f"{self.reserved_tokens + hold.tokens:,} reserved)",
-                    "raise --max-tokens" + _COMPLETION_HINT,
+                    "raise --max-tokens" + COMPLETION_HINT,
                 )
         if lim.max_cost is not None:
             left = lim.max_cost - self.cost_usd - self.reserved_cost - hold.cost_usd
@@ -361,7 +246,7 @@ class Budget:
                     f"the next model call could cost up to ${worst.cost_usd:.4f}; ${max(0.0, left):.4f} of "
                     f"the ${lim.max_cost:g} limit is left (${self.cost_usd:.4f} spent, "
                     f"${self.reserved_cost + hold.cost_usd:.4f} reserved)",
-                    "raise --max-cost" + _COMPLETION_HINT,
+                    "raise --max-cost" + COMPLETION_HINT,
                 )
         return None
 

@@ -32,11 +32,12 @@ from collections.abc import Callable
 from typing import Any
 
 from rlm_sandbox.errors import BudgetExhausted, LMError
-from rlm_sandbox.rlm.budget import FALLBACK_GRACE_S, Budget, Reservation, Worst, prompt_token_bound
+from rlm_sandbox.rlm.budget import FALLBACK_GRACE_S, Budget
 from rlm_sandbox.rlm.digest import request_digest
 from rlm_sandbox.rlm.fallback import FALLBACK_MAX_TOKENS, FALLBACK_TIMEOUT_S
 from rlm_sandbox.rlm.models import ModelRouter
 from rlm_sandbox.rlm.prices import Price, price_of
+from rlm_sandbox.rlm.worst_case import Reservation, Worst, prompt_token_bound
 from rlm_sandbox.trace.writer import Tracer
 
 Messages = list[dict[str, str]]

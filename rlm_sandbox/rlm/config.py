@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rlm_sandbox.rlm.budget import Limits
+from rlm_sandbox.rlm.limits import Limits
 from rlm_sandbox.rlm.tenants import TenantLimits
 from rlm_sandbox.sandbox.config import SandboxConfig
 from rlm_sandbox.sandbox.engines import EngineSpec

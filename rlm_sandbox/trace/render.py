@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from rlm_sandbox.trace.tree import Cell, Node, Question, RunTrace, Totals
+from rlm_sandbox.trace.model import Cell, Exchange, Node, RunTrace, Totals
 
 STATUS_STYLE = {"done": "green", "ok": "green", "error": "red", "running": "yellow", "incomplete": "yellow"}
 
@@ -150,9 +150,9 @@ def _node_branch(parent: Tree, node: Node, run: RunTrace, seen: set[str]) -> Non
         branch.add(Text.assemble(("answer: ", "bold green"), excerpt(node.answer, 4, 160)))
 
 
-def _question_branch(parent: Tree, node: Node, q: Question, run: RunTrace, seen: set[str]) -> None:
+def _question_branch(parent: Tree, node: Node, q: Exchange, run: RunTrace, seen: set[str]) -> None:
     """A session's question, the cells that worked on it, and its answer (or why none)."""
-    branch = parent.add(Text.assemble((f"question {q.number}: ", "bold"), excerpt(q.task, 3, 160)))
+    branch = parent.add(Text.assemble((f"question {q.number}: ", "bold"), excerpt(q.question, 3, 160)))
     for cell in node.cells:
         if cell.question == q.number:
             _cell_branch(branch, cell, run, seen)

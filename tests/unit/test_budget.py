@@ -14,15 +14,10 @@ from pathlib import Path
 import pytest
 
 from rlm_sandbox.errors import BudgetExhausted, LMError
-from rlm_sandbox.rlm.budget import (
-    TOKENS_PER_MESSAGE,
-    TOKENS_PER_REQUEST,
-    Budget,
-    Limits,
-    Worst,
-    prompt_token_bound,
-)
+from rlm_sandbox.rlm.budget import Budget
+from rlm_sandbox.rlm.limits import Limits
 from rlm_sandbox.rlm.tenants import TenantAccount, TenantLimits
+from rlm_sandbox.rlm.worst_case import TOKENS_PER_MESSAGE, TOKENS_PER_REQUEST, Worst, prompt_token_bound
 from rlm_sandbox.testing import ScriptedModelServer, generate_log, never_answers, trickles
 
 

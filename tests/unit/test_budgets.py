@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from rlm_sandbox.errors import BudgetExhausted, ConfigError
-from rlm_sandbox.rlm.budget import Budget, Limits
+from rlm_sandbox.rlm.budget import Budget
 from rlm_sandbox.rlm.config import RLMConfig
+from rlm_sandbox.rlm.limits import Limits
 from rlm_sandbox.rlm.tenants import TenantLimits, ledger
 from rlm_sandbox.testing import generate_log, rlm_policy
 
