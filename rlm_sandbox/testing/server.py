@@ -197,10 +197,19 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read the log object
         pass
 
-    def _send_json(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode()
+    def _send_json(
+        self,
+        status: int,
+        payload: dict[str, Any] | str | bytes,
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> None:
+        if isinstance(payload, dict):
+            data = json.dumps(payload).encode()
+        else:
+            data = payload.encode() if isinstance(payload, str) else bytes(payload)
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
@@ -249,7 +258,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(500, error_body(500, f"policy failed: {type(exc).__name__}: {exc}"))
             return
         if isinstance(reply, HTTPReply):
-            self._send_json(reply.status, reply.body, reply.headers)
+            self._send_json(reply.status, reply.body, reply.headers, reply.content_type)
             return
         if isinstance(reply, Stall):
             self._stall(reply)

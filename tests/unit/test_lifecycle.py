@@ -402,4 +402,6 @@ def test_litellm_is_preloaded_only_for_a_model_that_needs_it(seam, monkeypatch: 
     assert h.run("abc").status == "ok"
     assert started == []
     RLM(model="openai/gpt-4o-mini", backend=FakeBackend()).setup().make_models()
-    assert started == [True]
+    assert started == []  # OpenAI-compatible: called over httpx, never through LiteLLM (issue 16)
+    RLM(model="openai/gpt-4o-mini", sub_model="anthropic/claude-sonnet-4-5", backend=FakeBackend())
+    assert started == [True]  # started as soon as the models are named
