@@ -212,8 +212,9 @@ def _garbage_detail(text: str) -> str:
         body = text.split("Received: '", 1)[1].rsplit("'. Check", 1)[0]
         return f"it answered {body[:160]!r}"
     if "no 'choices'" in text:
-        keys = text.split("Raw keys:", 1)[1].split("Traceback", 1)[0].strip() if "Raw keys:" in text else "?"
-        return f"it answered a JSON object without 'choices' (keys: {keys})"
+        raw = text.split("Raw keys:", 1)[1].split("Traceback", 1)[0] if "Raw keys:" in text else ""
+        keys = ", ".join(k.strip(" '\"") for k in raw.strip().strip("[]").split(",") if k.strip(" '\""))
+        return f"it answered a JSON object without choices (keys: {keys or 'none'})"
     if "Received response - <APIResponse" in text:
         why = text.split("error - ", 1)[1].split(", Received response", 1)[0] if "error - " in text else ""
         return "it answered a body that is not valid JSON" + (f" ({why})" if why else "")
