@@ -165,6 +165,9 @@ class OpenAICompatClient:
         self.retry_max_wait_s = retry_max_wait_s
         self._client: httpx.Client | None = None
         self._client_lock = threading.Lock()
+        # Now, in the thread that makes the run: the first call (sent in a thread of its own
+        # while the container starts) then has nothing left to import but the request.
+        self._http()
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAICompatClient(model={self.model!r}, api_base={self.api_base!r}, timeout_s={self.timeout_s})"
@@ -206,7 +209,7 @@ class OpenAICompatClient:
             )
 
     def prepare(self) -> None:
-        """Nothing to wait for: ``httpx`` is imported with the first call."""
+        """Nothing to prepare: the HTTP client was made with this client."""
 
     def _http(self) -> httpx.Client:
         if self._client is None:
