@@ -326,3 +326,20 @@ import os; os._exit(0)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["started"] is imports
+
+
+def test_a_missing_key_of_a_litellm_provider_is_refused_without_importing_it(no_keys: None) -> None:
+    code = (
+        "import sys, os\n"
+        "from rlm_sandbox.errors import LMError\n"
+        "from rlm_sandbox.rlm.lm.litellm_client import LiteLLMClient\n"
+        "client = LiteLLMClient.__new__(LiteLLMClient)\n"  # made without starting the import
+        "client.model, client.api_base, client._api_key = 'groq/llama3-8b-8192', None, None\n"
+        "try:\n"
+        "    client.check_credentials()\n"
+        "except LMError as exc:\n"
+        "    print(exc.kind, exc.attempts, 'GROQ_API_KEY' in str(exc), 'litellm' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in NO_KEYS}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.split() == ["auth", "0", "True", "False"], out.stderr

@@ -14,6 +14,7 @@ it says. Keys are read from the environment by LiteLLM and never appear in a mes
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from types import ModuleType
@@ -28,6 +29,7 @@ from rlm_sandbox.rlm.lm.base import (
     RetryPolicy,
     key_env,
     lm_error,
+    missing_key,
     scrub,
 )
 from rlm_sandbox.untrusted import valid_text
@@ -266,6 +268,18 @@ class LiteLLMClient:
     @property
     def policy(self) -> RetryPolicy:
         return RetryPolicy(self.max_retries, self.retry_wait_s, self.retry_max_wait_s)
+
+    def check_credentials(self) -> None:
+        """Raise :class:`LMError` (kind ``auth``) when the provider's key is certainly missing
+        (providers of :data:`~rlm_sandbox.rlm.lm.base.KEY_ENV` only: no import needed, so this
+        runs before any container starts). Nothing is sent."""
+        litellm = sys.modules.get("litellm")
+        if litellm is not None and isinstance(getattr(litellm, "api_key", None), str) and litellm.api_key:
+            return  # a key set on LiteLLM itself serves every provider
+        if missing_key(self.model, api_base=self.api_base, api_key=self._api_key) is not None:
+            raise lm_error(
+                Failure("auth", no_key=True), model=self.model, api_base=None, attempts=0, timeout_s=0
+            )
 
     def prepare(self) -> None:
         """What must happen once before a first request: LiteLLM's import (seconds, more on
