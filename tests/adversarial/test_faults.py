@@ -17,6 +17,7 @@ from rlm_sandbox.rlm.api import RLM
 from rlm_sandbox.rlm.config import RLMConfig
 from rlm_sandbox.sandbox.config import SandboxConfig
 from rlm_sandbox.sandbox.gc import collect_garbage
+from rlm_sandbox.testing import HTTPReply, ScriptedModelServer
 
 from ..conftest import containers_of
 from ..helpers import cells_then_final, cli, json_out
@@ -188,3 +189,30 @@ def test_a_silent_model_server_cannot_hold_a_run_past_its_timeout(scripted, tmp_
     # The root's call was sent to the model (or was still preparing: LiteLLM's import can
     # take 20 s on a loaded machine) and the run stopped waiting for it at the deadline.
     assert any(e["event"] == "lm_abandoned" for e in events)
+
+
+HOSTILE_ANSWERS = {
+    # A server that answers with terminal escapes (retitle the window, clear the screen) and
+    # echoes the key it was sent, in an HTML page instead of a completion.
+    "escapes_and_key_echo": lambda key: HTTPReply(
+        200, f"\x1b]0;owned\x07\x1b[2J<html>key {key} \x1b[31mrejected</html>", content_type="text/html"
+    ),
+    # A server that floods: 40 MB where a completion is a few KB.
+    "flood": lambda key: HTTPReply(200, b'{"choices": "' + b"A" * (40 << 20) + b'"}'),
+}
+
+
+@pytest.mark.parametrize("answer", sorted(HOSTILE_ANSWERS))
+def test_a_hostile_model_server_is_read_as_untrusted(attack, answer: str) -> None:
+    """What a model server answers reaches the person as a short, clean excerpt: no escape
+    sequence, no key, no unbounded read (the body is cut at 32 MB), and no retry of garbage."""
+    make = HOSTILE_ANSWERS[answer]
+    out = attack("print('never runs')", policy=lambda request: make(ScriptedModelServer.api_key))
+    result = out.result
+    assert result.status == "lm_error" and result.exit_code == 5, result
+    assert result.lm_calls == 1 and len(out.bodies) == 1  # not retried
+    error = result.error or ""
+    assert "did not answer with a chat completion" in error and len(error) < 600
+    assert "\x1b" not in error and "\x07" not in error and ScriptedModelServer.api_key not in error
+    assert "--api-base" in (result.hint or "")
+    assert out.seconds < 30  # generous (noisy machine): contained at the first answer
