@@ -343,3 +343,25 @@ def test_a_missing_key_of_a_litellm_provider_is_refused_without_importing_it(no_
     env = {k: v for k, v in os.environ.items() if k not in NO_KEYS}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.stdout.split() == ["auth", "0", "True", "False"], out.stderr
+
+
+def test_urls_in_messages_lose_their_secrets(server: ScriptedModelServer) -> None:
+    from rlm_sandbox.rlm.lm.base import shown_url
+
+    assert shown_url("https://user:hunter2@gw.example.com:8443/v1?api-key=abc123&x") == (
+        "https://user:***@gw.example.com:8443/v1?api-key=***&x"
+    )
+    server.policy = always_status(500)
+    url = server.url.replace("http://", "http://me:hunter2@")
+    with pytest.raises(LMError) as info:
+        OpenAICompatClient(server.model_name, api_base=url, max_retries=1).completion(PROMPT)
+    assert "hunter2" not in str(info.value) and "me:***@" in str(info.value)
+
+
+def test_a_prompt_that_is_not_utf8_is_still_sent(server: ScriptedModelServer) -> None:
+    text = "half a pair: \udc80 and the code is AB-12"
+    resp = OpenAICompatClient(server.model_name, api_base=server.url).completion(
+        [{"role": "user", "content": text}]
+    )
+    assert resp.text
+    assert server.requests.last()["messages"][0]["content"] == text  # type: ignore[index]

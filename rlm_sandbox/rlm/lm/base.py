@@ -46,6 +46,7 @@ __all__ = [
     "missing_key",
     "provider_of",
     "scrub",
+    "shown_url",
 ]
 
 Messages = Sequence[dict[str, str]]
@@ -289,6 +290,24 @@ def scrub(text: str, key: str | None = None, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def shown_url(url: str) -> str:
+    """A server's URL as it may be shown: no password, no query values (some gateways take
+    their key as ``?api-key=...``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+        query = "&".join(
+            f"{kv.split('=', 1)[0]}=***" if "=" in kv else kv for kv in parts.query.split("&") if kv
+        )
+        return scrub(urlunsplit(parts._replace(netloc=netloc, query=query)), limit=200)
+    except ValueError:
+        return scrub(url, limit=200)
+
+
 def excerpt(body: bytes | str, key: str | None = None, limit: int = 160) -> str:
     """A short, sanitised look at a body that was not what was expected (for error messages)."""
     text = body.decode("utf-8", errors="replace") if isinstance(body, bytes | bytearray) else body
@@ -313,9 +332,9 @@ def lm_error(
     what to change. One table for both clients, so their messages cannot drift apart."""
     kind = failure.kind
     tries = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
-    if deadline and kind in RETRYABLE_KINDS:
+    if deadline and kind in RETRYABLE_KINDS and kind != "timeout":
         tries += f" (the call's {timeout_s:g} s were up)"
-    where = f" at {api_base}" if api_base else ""
+    where = f" at {shown_url(api_base)}" if api_base else ""
     detail = failure.detail
     status = failure.status_code
     env = key_name or key_env(model)

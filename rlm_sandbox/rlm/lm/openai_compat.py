@@ -241,7 +241,7 @@ class OpenAICompatClient:
         body = request_body(
             self.model, messages, max_tokens=max_tokens, temperature=self.temperature, extra=self.extra
         )
-        data = json.dumps(body, ensure_ascii=False).encode("utf-8")  # built once, sent by every attempt
+        data = _encode(body)  # built once, sent by every attempt
         del body
         url = self.base_url() + "/chat/completions"
         key = self._key()
@@ -357,6 +357,14 @@ class OpenAICompatClient:
             timeout_s=timeout,
             deadline=gave_up.deadline,
         )
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    """The request as UTF-8 JSON; text that cannot be UTF-8 (a lone surrogate) is escaped."""
+    try:
+        return json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(body, ensure_ascii=True).encode("ascii")
 
 
 def _count(value: Any) -> int:
