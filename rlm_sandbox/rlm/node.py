@@ -38,6 +38,10 @@ class _FirstStep:
     def __init__(self, node: Node) -> None:
         self._text: str | None = None
         self._error: BaseException | None = None
+        # In flight from now on, not only once the request is sent: a run that stops (its
+        # container failed to start) waits for this call and counts its cost.
+        self._models = node.run.models
+        self._models.started()
         self._thread = threading.Thread(
             target=self._run, args=(node,), name=f"first-step-{node.id}", daemon=True
         )
@@ -48,6 +52,8 @@ class _FirstStep:
             self._text = node.step_call(1)
         except BaseException as exc:
             self._error = exc
+        finally:
+            self._models.finished(None)
 
     def result(self) -> str:
         self._thread.join()

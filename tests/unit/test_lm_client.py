@@ -202,7 +202,7 @@ def test_timeout_is_one_deadline_for_every_attempt_and_wait(server: ScriptedMode
     elapsed = time.perf_counter() - start
     assert info.value.kind in ("server", "timeout")  # the last attempt may be cut by the deadline
     assert 1 <= info.value.attempts < 20 and server.requests.count == info.value.attempts
-    assert "were up" in str(info.value)
+    assert "were up" in str(info.value) or "did not answer within 1.5 s" in str(info.value)
     assert elapsed < 6.0, elapsed  # generous (noisy machine): 20 attempts could not fit
 
 
