@@ -142,6 +142,7 @@ def test_retry_after_lengthens_the_wait_up_to_the_cap() -> None:
         ("bedrock/anthropic.claude-3-sonnet-20240229-v1:0", None, None, {}, None),  # profiles, roles
         ("anthropic/claude-sonnet-4-5", None, None, {}, None),  # workload identity
         ("ollama/llama3", None, None, {}, None),
+        ("llama3", None, None, {}, None),  # unknown to LiteLLM: its own error says so
     ],
 )
 def test_missing_key(

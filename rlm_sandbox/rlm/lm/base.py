@@ -194,7 +194,7 @@ class RetryPolicy:
 # the first is the one to name). Only providers whose credentials cannot come from anywhere
 # else are listed: for them a missing key is certain before any request. Bedrock, Vertex,
 # Azure, Anthropic (workload identity) and local providers have other ways in, so for them
-# the provider's own 401/403 is the signal. tests/unit/test_lm_keys.py checks this table
+# the provider's own 401/403 is the signal. tests/unit/test_lm_base.py checks this table
 # against LiteLLM's ``validate_environment``.
 KEY_ENV: dict[str, tuple[str, ...]] = {
     "openai": ("OPENAI_API_KEY",),
@@ -255,6 +255,11 @@ def missing_key(
     environ = os.environ if env is None else env
     if (api_key or "").strip() or (api_base or "").strip():
         return None
+    if "/" not in model:
+        from rlm_sandbox.rlm.prices import model_entry
+
+        if model_entry(model) is None:
+            return None  # a name nobody knows: LiteLLM's own error says more than a key would
     provider = provider_of(model)
     names = KEY_ENV.get(provider)
     if names is None:
