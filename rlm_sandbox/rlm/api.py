@@ -65,12 +65,14 @@ class RLM:
             start_preload()
 
     def _model_names(self) -> list[str]:
-        """The model strings this RLM makes clients for (not the clients given to it)."""
+        """The model strings this RLM makes clients for, as ``_models`` does: not the clients
+        given to it, nor a name one of them already serves."""
+        given = {getattr(c, "model", None) for c in (self._root_lm, self._sub_lm) if c is not None}
         names = [] if self._root_lm is not None else [self.model or ""]
-        if self._sub_lm is None:
+        if self._sub_lm is None and self.sub_model != self.model:
             names.append(self.sub_model or "")
         names += list(self.config.depth_models.values())
-        return [n for n in names if n]
+        return [n for n in dict.fromkeys(names) if n and n not in given]
 
     def setup(self) -> RunSetup:
         """What every run and session of this RLM is made of."""
