@@ -99,9 +99,6 @@ PROJECT_RULES: dict[str, Rule] = {
     "timeout": Rule(Kind.LIMIT, _BUDGET),
     "max_containers": Rule(Kind.LIMIT, _BUDGET),
     "max_concurrency": Rule(Kind.LIMIT, _BUDGET),
-    # a model call's bounds: more time or more attempts can spend more
-    "lm_timeout": Rule(Kind.LIMIT, "a model call's limit"),
-    "lm_retries": Rule(Kind.LIMIT, "a model call's limit"),
     # unset means "automatic" (up to 4 warm containers): a project may only turn it off
     "pool_size": Rule(Kind.LIMIT, "the warm pool", unset=0.0),
     "lm_timeout": Rule(Kind.LIMIT, "a model call's limit"),

@@ -318,9 +318,10 @@ class ModelCalls:
             if isinstance(exc, LMError):
                 left = self.budget.wall_left()
                 if exc.kind == "timeout" and left is not None and left <= 0.5:
-                    # The call was cut by the run's wall budget, not by the model: say so.
+                    # The call was cut by the run's wall budget, not by the model: say so. (The
+                    # client stops at its deadline, so the clock may have a moment left.)
                     self.tracer.emit("lm_cut", node=node, depth=depth, model=client.model, reason="timeout")
-                    self.budget.check()
+                    raise self.budget.out_of_time() from exc
                 self.tracer.emit(
                     "lm_error", node=node, depth=depth, model=client.model, call=call_id, error=str(exc)
                 )

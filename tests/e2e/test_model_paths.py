@@ -99,10 +99,12 @@ def test_the_first_call_overlaps_the_container_start(scripted, gen_log, run_id: 
     events = [json.loads(line) for line in trace.read_text().splitlines()]
     kinds = [e["event"] for e in events if e.get("node") in (None, "root")]
     # The run was ready to call the model, and did, before the root's container was up.
-    assert kinds.index("lm_ready") < kinds.index("lm_start") < kinds.index("node_start")
-    assert kinds.count("lm_ready") == 1
+    assert (
+        kinds.index("lm_ready") < kinds.index("lm_start") < kinds.index("lm_sent") < kinds.index("node_start")
+    )
+    assert kinds.count("lm_ready") == kinds.count("lm_sent") == 1
     timings = result.timings
-    assert {"lm_ready_s", "first_lm_start_s", "first_lm_call_s", "first_cell_s"} <= set(timings)
-    assert timings["lm_ready_s"] <= timings["first_lm_start_s"] <= timings["first_lm_call_s"]
+    assert {"lm_ready_s", "first_request_s", "first_lm_call_s", "first_cell_s"} <= set(timings)
+    assert timings["lm_ready_s"] <= timings["first_request_s"] <= timings["first_lm_call_s"]
     end = next(e for e in events if e["event"] == "run_end")
     assert end["timings"] == timings

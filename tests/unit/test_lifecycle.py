@@ -117,7 +117,7 @@ def test_an_ok_result_counts_what_the_trace_shows(seam) -> None:
             "cost_usd": 0.0,
         }
     }
-    assert set(result.timings) == {"lm_ready_s", "first_lm_start_s", "first_lm_call_s", "first_cell_s"}
+    assert set(result.timings) == {"lm_ready_s", "first_request_s", "first_lm_call_s", "first_cell_s"}
 
 
 def test_a_budget_stop_is_a_typed_result_with_the_budget_named(seam) -> None:
