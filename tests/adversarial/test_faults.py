@@ -186,9 +186,10 @@ def test_a_silent_model_server_cannot_hold_a_run_past_its_timeout(scripted, tmp_
     # (LiteLLM's import) on a busy machine. Without the abandonment it ran past 150 s.
     assert took < 20 + TIMEOUT_GRACE_S + 30, took
     assert left == [] and not breached
-    # The root's call was sent to the model (or was still preparing: LiteLLM's import can
-    # take 20 s on a loaded machine) and the run stopped waiting for it at the deadline.
-    assert any(e["event"] == "lm_abandoned" for e in events)
+    # The root's call was sent to the model and ended at the run's deadline: the client gives
+    # up there itself (its timeout is the run's time left), or the run abandons it.
+    kinds = {e["event"] for e in events}
+    assert "lm_sent" in kinds and ({"lm_cut", "lm_abandoned"} & kinds)
 
 
 HOSTILE_ANSWERS = {
