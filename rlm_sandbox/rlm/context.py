@@ -17,17 +17,24 @@ class ContextLoader:
     """Loads ``context`` in a thread while the node's first model call is under way."""
 
     def __init__(
-        self, sandbox: Any, context: Any, progress: Callable[[int, int], None] | None = None
+        self,
+        sandbox: Any,
+        context: Any,
+        progress: Callable[[int, int], None] | None = None,
+        held: Any = None,
     ) -> None:
         self.error: BaseException | None = None
         self._thread = threading.Thread(
-            target=self._run, args=(sandbox, context, progress), name="context-load", daemon=True
+            target=self._run, args=(sandbox, context, progress, held), name="context-load", daemon=True
         )
         self._thread.start()
 
-    def _run(self, sandbox: Any, context: Any, progress: Callable[[int, int], None] | None) -> None:
+    def _run(
+        self, sandbox: Any, context: Any, progress: Callable[[int, int], None] | None, held: Any
+    ) -> None:
         try:
-            sandbox.load_context(context, progress=progress)
+            # ``held``: the host's count of a parent's prompt, released once the kernel has it.
+            sandbox.load_context(context, progress=progress, held=held)
         except BaseException as exc:
             self.error = exc
 

@@ -23,6 +23,7 @@ from rlm_sandbox.rlm.prompts import render
 from rlm_sandbox.rlm.run import Run
 from rlm_sandbox.sandbox.channel import RequestHandler, SubRequest
 from rlm_sandbox.sandbox.core import Sandbox
+from rlm_sandbox.sandbox.held import Hold
 
 Messages = list[dict[str, str]]
 #: A tenant's caps are the operator's, hard: no call past them, not even the fallback.
@@ -39,15 +40,18 @@ class Node:
         context: Any,
         task: str,
         output: AnswerSpec | None = None,
+        context_held: Hold | None = None,
     ) -> None:
         self.run = run
         self.output = output
         self.typed: Any = None  # the validated value, when ``output`` is set
         self.schema_failures = 0
-        self.handler = RequestHandler(self.handle_request)
+        # The bytes of this node's requests count against the run's bound, at this depth.
+        self.handler = RequestHandler(self.handle_request, held=run.held.scope(depth))
         self.depth = depth
         self.parent = parent
         self.context = context
+        self.context_held = context_held  # a parent's prompt: released once our kernel has it
         self.task = task
         self.id = run.new_node_id(parent)
         self.lm = run.models.for_node(depth)
@@ -81,9 +85,10 @@ class Node:
                 run,
                 depth=self.depth + 1,
                 parent=self.id,
-                context=req.text,
+                context=req.take_text(),  # the child's copy is the only one: freed once loaded
                 task=render("child_task"),
                 output=spec,
+                context_held=req.held,
             )
             return child.solve()
         run.tracer.emit("sub_call", node=self.id, depth=self.depth, kind="lm", prompt_chars=len(req.text))
@@ -117,6 +122,7 @@ class Node:
         with self.run.node_sandbox(self) as sandbox:
             try:
                 self.start_history(self.begin_load(sandbox))
+                self.context = None  # the kernel has it (or its loader does): the host keeps no copy
                 self.answer = self.run_steps(sandbox)
                 return self.answer
             except BudgetExhausted as exc:
@@ -131,8 +137,8 @@ class Node:
         info = host_context_info(self.context)
         progress = self.run.load_progress(self.id)
         if info is None:
-            return sandbox.load_context(self.context, progress=progress)
-        self._loader = ContextLoader(sandbox, self.context, progress)
+            return sandbox.load_context(self.context, progress=progress, held=self.context_held)
+        self._loader = ContextLoader(sandbox, self.context, progress, self.context_held)
         return info
 
     def _loaded(self) -> None:
