@@ -83,14 +83,13 @@ from dataclasses import dataclass
 
 from rlm_sandbox.errors import HostMemoryExceeded, SandboxClosed
 
+from .messages import MAX_BATCH
+
 PROMPT_WEIGHT = 2
 """A prompt's bytes are held about twice: the text, and the request body or the encoded
 bytes streaming into a child's container."""
 PROMPT_OVERHEAD = 1024
 """Bytes counted per prompt beyond its text: the ``str`` object, its work item and future."""
-MAX_PROMPTS = 4096
-"""The most prompts one request may carry (``messages.MAX_BATCH``; repeated here so that this
-module stands alone)."""
 RUN_FLOOR = 1 << 30
 """The smallest default run bound: 1 GiB."""
 
@@ -102,7 +101,7 @@ def request_cost(payload: int, prompts: int) -> int:
 
 def largest_request(max_frame_payload: int) -> int:
     """The cost of the largest request a frame can carry."""
-    return request_cost(max_frame_payload, MAX_PROMPTS)
+    return request_cost(max_frame_payload, MAX_BATCH)
 
 
 _MALLOPT_DONE = False

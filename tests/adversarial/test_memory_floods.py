@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -62,10 +63,22 @@ def slow_leaves(node_policy: Any, latency_s: float) -> Any:
     return policy
 
 
+def contained_after(trace: Path) -> float | None:
+    """Seconds from the root's first cell starting to the root node ending: how long the
+    attack ran before the run had it contained (throttled to its end, or killed)."""
+    if not trace.exists():
+        return None
+    events = [json.loads(line) for line in trace.read_text().splitlines() if line.strip()]
+    start = next((e["t"] for e in events if e["event"] == "cell_start" and e["node"] == "root"), None)
+    end = next((e["t"] for e in events if e["event"] == "node_end" and e["node"] == "root"), None)
+    return None if start is None or end is None else round(end - start, 2)
+
+
 def run_isolated(
     policy: Any,
     run_id: str,
     sandbox_runtime: str | None,
+    tmp_path: Path,
     attack: str,
     *,
     sandbox: dict[str, Any] | None = None,
@@ -77,6 +90,7 @@ def run_isolated(
     """One run in a child process against a scripted model served from here; the report
     (result, ``vmhwm_kb``, seconds) is checked for planted secrets and recorded as a row."""
     server = ScriptedModelServer(policy, keep_bodies=4).start()
+    trace = tmp_path / "trace.jsonl"
     spec: dict[str, Any] = {
         "model": server.model_name,
         "api_base": server.url,
@@ -84,7 +98,7 @@ def run_isolated(
         "run_id": run_id,
         "task": "Summarise the input.",
         "sandbox": {"kill_grace": 1, "memory": "256m", "runtime": sandbox_runtime, **(sandbox or {})},
-        "rlm": {"max_steps": 3, "timeout": 120, **(rlm or {})},
+        "rlm": {"max_steps": 3, "timeout": 120, "trace": str(trace), **(rlm or {})},
     }
     if context_bytes is not None:
         spec["context_bytes"] = context_bytes
@@ -105,17 +119,19 @@ def run_isolated(
     seconds = time.monotonic() - t0
     assert proc.returncode == 0, f"the run's process failed ({proc.returncode}): {proc.stderr[-3000:]}"
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    blob = json.dumps([report, proc.stderr, bodies])
+    blob = json.dumps([report, proc.stderr, bodies]) + (trace.read_text() if trace.exists() else "")
     breached = any(v in blob for v in SECRET_VARS.values())
     result = report["result"]
     report["peak_mb"] = round(report["vmhwm_kb"] / 1024)
+    contained = contained_after(trace)
     ROWS.append(
         {
             "attack": attack,
             "runtime": RUNTIME,
             "status": result["status"],
             "outcome": (result["error"] or str(result["answer"]))[:160],
-            "seconds": round(seconds, 2),
+            # From the attack's first cell to its node's end; the whole run when untraced.
+            "seconds": contained if contained is not None else round(seconds, 2),
             "breached": breached,
             "peak_rss_mb": report["peak_mb"],
         }
@@ -138,7 +154,9 @@ def assert_contained(report: dict[str, Any], *, peak_mb: int) -> None:
     )
 
 
-def test_forged_request_flood_is_held_to_the_bound(run_id: str, sandbox_runtime: str | None) -> None:
+def test_forged_request_flood_is_held_to_the_bound(
+    run_id: str, sandbox_runtime: str | None, tmp_path: Path
+) -> None:
     """300 forged 10 MB requests while every leaf takes 10 s: on b2b2e77 the host read them
     all (3.2-3.5 GB peak); now its reader stops at the sandbox's bound and the kernel's
     writes block, so the run's process stays well under 1.5 GB."""
@@ -147,13 +165,14 @@ def test_forged_request_flood_is_held_to_the_bound(run_id: str, sandbox_runtime:
         policy,
         run_id,
         sandbox_runtime,
+        tmp_path,
         "forged_request_flood_depth1",
         sandbox={"cell_timeout": 45},
     )
     assert_contained(report, peak_mb=1500)
 
 
-def test_forged_request_flood_at_depth_2(run_id: str, sandbox_runtime: str | None) -> None:
+def test_forged_request_flood_at_depth_2(run_id: str, sandbox_runtime: str | None, tmp_path: Path) -> None:
     """The same flood from the root of a depth-2 run: each forged request becomes a child
     whose context is the 10 MB buffer, and every child floods the host with its context in
     turn. The whole tree shares one bound: the root's prompts leave room for the children
@@ -168,6 +187,7 @@ def test_forged_request_flood_at_depth_2(run_id: str, sandbox_runtime: str | Non
         policy,
         run_id,
         sandbox_runtime,
+        tmp_path,
         "forged_request_flood_depth2",
         sandbox={"cell_timeout": 45},
         rlm={"depth": 2, "max_containers": 8, "timeout": 150},
@@ -177,7 +197,7 @@ def test_forged_request_flood_at_depth_2(run_id: str, sandbox_runtime: str | Non
 
 
 def test_a_flood_with_no_progress_is_killed_with_a_typed_error(
-    run_id: str, sandbox_runtime: str | None
+    run_id: str, sandbox_runtime: str | None, tmp_path: Path
 ) -> None:
     """When the model answers nothing for longer than ``held_stall_timeout`` while the bound
     is full, the flooding sandbox is killed with HostMemoryExceeded naming that setting."""
@@ -186,6 +206,7 @@ def test_a_flood_with_no_progress_is_killed_with_a_typed_error(
         policy,
         run_id,
         sandbox_runtime,
+        tmp_path,
         "forged_request_flood_stalled",
         sandbox={"cell_timeout": 60, "held_stall_timeout": 5, "max_held_bytes": 128 * MB},
         rlm={"lm_timeout": 90},
@@ -196,13 +217,16 @@ def test_a_flood_with_no_progress_is_killed_with_a_typed_error(
     assert report["peak_mb"] < 1000, report
 
 
-def test_a_request_larger_than_the_bound_is_refused(run_id: str, sandbox_runtime: str | None) -> None:
+def test_a_request_larger_than_the_bound_is_refused(
+    run_id: str, sandbox_runtime: str | None, tmp_path: Path
+) -> None:
     """One request that could never fit is refused before its payload is read."""
     policy = slow_leaves(cells_then_final("r = llm_query('x' * (40 << 20))"), latency_s=0)
     report = run_isolated(
         policy,
         run_id,
         sandbox_runtime,
+        tmp_path,
         "request_larger_than_the_bound",
         sandbox={"cell_timeout": 30, "max_held_bytes": 32 * MB},
     )
@@ -213,7 +237,9 @@ def test_a_request_larger_than_the_bound_is_refused(run_id: str, sandbox_runtime
 
 
 @pytest.mark.parametrize("depth", [1, 2])
-def test_a_250_mb_prompt_works_end_to_end(run_id: str, sandbox_runtime: str | None, depth: int) -> None:
+def test_a_250_mb_prompt_works_end_to_end(
+    run_id: str, sandbox_runtime: str | None, tmp_path: Path, depth: int
+) -> None:
     """A legitimate 250 MB ``llm_query`` prompt passes under the default bounds: at depth 1
     it is a leaf call (answered with its length); at depth 2 it becomes a child's context
     (released once loaded), and the child reports its length."""
@@ -226,6 +252,7 @@ def test_a_250_mb_prompt_works_end_to_end(run_id: str, sandbox_runtime: str | No
         policy,
         run_id,
         sandbox_runtime,
+        tmp_path,
         f"legit_250mb_prompt_depth{depth}",
         sandbox={"cell_timeout": 120, "memory": "1536m", "io_timeout": 120},
         rlm={"depth": depth, "lm_timeout": 300, "timeout": 400},

@@ -23,6 +23,7 @@ from rlm_sandbox.sandbox.held import (
     SandboxHeld,
     largest_request,
     request_cost,
+    return_freed_memory,
 )
 from rlm_sandbox.sandbox.messages import ExecReply
 
@@ -188,6 +189,24 @@ def test_split_hands_each_prompt_its_share() -> None:
     for part in parts:
         part.release()
     assert run.held == a.held == 0
+
+
+def test_freed_buffers_go_back_to_the_system() -> None:
+    """Counted bytes must be real bytes: a large buffer, once freed, leaves the process
+    (glibc would otherwise keep it in an arena after raising its mmap threshold)."""
+
+    def rss_kb() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+    assert return_freed_memory()
+    for _ in range(3):  # without it, the second 16 MB buffer stays resident once freed
+        before = rss_kb()
+        buf = bytearray(16 * MB)
+        buf[:] = b"x" * (16 * MB)
+        assert rss_kb() - before > 12 * 1024
+        del buf
+        assert rss_kb() - before < 4 * 1024
 
 
 # ---- the decoder asks before it buffers
