@@ -34,7 +34,8 @@ class ContextLoader:
     ) -> None:
         try:
             # ``held``: the host's count of a parent's prompt, released once the kernel has it.
-            sandbox.load_context(context, progress=progress, held=held)
+            extra = {"held": held} if held is not None else {}
+            sandbox.load_context(context, progress=progress, **extra)
         except BaseException as exc:
             self.error = exc
 

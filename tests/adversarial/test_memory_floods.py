@@ -1,6 +1,6 @@
 """Floods against the host's memory: what a cell's requests can make the host hold.
 
-A cell can forge ``llm_request`` frames on its own channel (``llm_query.__self__.chan``), many
+A cell can forge ``llm_request`` frames on its own channel (``llm_query.__self__.link``), many
 and large, while the model is slow to answer them. Each run here happens in a process of its
 own (``memrun.py``) so that the peak resident set asserted on (``VmHWM``) is the run's alone;
 the scripted model stays in the test's process. On b2b2e77 the depth-1 flood took that
@@ -30,21 +30,22 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 
 MB = 1 << 20
 
-# The reproduction of the issue: one 10 MB buffer, re-sent as fresh requests.
+# The reproduction of the issue: one 10 MB buffer, re-sent as fresh requests on the kernel's
+# own link to the host (the issue's ``llm_query.__self__.chan.send`` before the kernel split).
 FLOOD = """
 buf = b'x' * (10 << 20)
-k = llm_query.__self__
+link = llm_query.__self__.link
 for i in range({n}):
-    k.chan.send({{"t": "llm_request", "id": k._new_id(), "cell": k.current_cell, "sizes": [len(buf)]}}, buf)
+    link.send({{"t": "llm_request", "id": link._new_id(), "cell": link.current_cell, "sizes": [len(buf)]}}, buf)
 print('sent', {n})
 """
 
 # A child re-sends its own context (a parent's prompt) the same way.
 CHILD_FLOOD = """
 buf = context.encode()
-k = llm_query.__self__
+link = llm_query.__self__.link
 for i in range({n}):
-    k.chan.send({{"t": "llm_request", "id": k._new_id(), "cell": k.current_cell, "sizes": [len(buf)]}}, buf)
+    link.send({{"t": "llm_request", "id": link._new_id(), "cell": link.current_cell, "sizes": [len(buf)]}}, buf)
 print('sent', {n})
 """
 

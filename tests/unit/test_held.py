@@ -352,3 +352,68 @@ def test_a_prompt_taken_by_a_child_is_released_when_the_child_has_it() -> None:
     eventually(lambda: stream.replies() == 1)
     assert run.held == 0 and not fatal
     ch.close()
+
+
+# ---- the controller: the run's shared bound, and a prompt released once a child has it
+
+
+@pytest.fixture
+def runs_held(monkeypatch: pytest.MonkeyPatch) -> list[RunHeld]:
+    """Every run-level account created during the test (the Run makes one)."""
+    made: list[RunHeld] = []
+    original = RunHeld.__init__
+
+    def record(self: RunHeld, *args, **kw) -> None:
+        original(self, *args, **kw)
+        made.append(self)
+
+    monkeypatch.setattr(RunHeld, "__init__", record)
+    return made
+
+
+def test_a_parents_prompt_is_released_once_its_child_has_loaded_it(seam, runs_held) -> None:
+    """The root sends a 4 MB prompt; it becomes a child's context. Once the child's first cell
+    has run (so its context is loaded), the run holds nothing of it, although the root's
+    request is still waiting for the child's answer."""
+    from ..helpers import cells_then_final, root_then_policy
+
+    size = 4 * MB
+    seen: dict[str, int] = {}
+    child_cells = cells_then_final("n = len(context)", final="FINAL_VAR(n)")
+
+    def child(request: dict) -> str:
+        if sum(m.get("role") == "assistant" for m in request["messages"]) == 1:
+            seen["held_after_load"] = runs_held[0].held  # the child's first cell has run
+        return child_cells(request)
+
+    root = cells_then_final(f"r = llm_query('c' * {size})", final="FINAL_VAR(r)")
+    h = seam(root_then_policy(root, child), depth=2, pool_size=0)
+    result = h.run("abc")
+    assert (result.status, result.answer) == ("ok", str(size)), result
+    run = runs_held[0]
+    assert run.levels == 2 and run.peak >= request_cost(size, 1)  # the prompt was counted...
+    assert seen["held_after_load"] == 0  # ...and released once the child had it
+    assert run.held == 0
+
+
+def test_every_sandbox_of_a_run_counts_against_the_runs_bound(seam, runs_held) -> None:
+    """Two children at once, each asked for a 3 MB leaf call: both count in the one bound."""
+    from ..helpers import cells_then_final, root_then_policy
+
+    gate = threading.Event()
+    peaks: list[int] = []
+
+    def leaf_or_child(request: dict) -> str:
+        if request["messages"][0]["role"] == "system":  # a child node
+            return cells_then_final(f"a = llm_query('l' * {3 * MB})", final="FINAL(ok)")(request)
+        peaks.append(runs_held[0].held)
+        if len(peaks) == 2:
+            gate.set()
+        gate.wait(10)  # both leaf calls are in flight at once
+        return "leaf"
+
+    root = cells_then_final("r = llm_query_batched(['a', 'b'])", final="FINAL(done)")
+    h = seam(root_then_policy(root, leaf_or_child), depth=2, pool_size=0)
+    assert h.run("abc").status == "ok"
+    assert max(peaks) >= 2 * request_cost(3 * MB, 1)
+    assert runs_held[0].held == 0
