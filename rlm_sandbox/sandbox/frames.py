@@ -3,8 +3,9 @@
 Bytes arrive in whatever pieces the engine's stream gives; :class:`FrameDecoder` turns them
 into whole frames, enforcing the header and payload limits *before* buffering anything a
 lying header asks for, and letting the channel validate a header and wait for room for its
-payload before any of it is read (see ``held.py``). Every violation raises :class:`ProtocolViolation`; nothing here can
-crash the host or wait for more bytes than the limits allow.
+payload before any of it is read (see ``held.py``). Every violation raises
+:class:`ProtocolViolation`; nothing here can crash the host or wait for more bytes than the
+limits allow.
 """
 
 from __future__ import annotations
