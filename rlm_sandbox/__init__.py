@@ -33,6 +33,7 @@ _ERRORS = [
     "SandboxCrashed",
     "CellTimeout",
     "ProtocolViolation",
+    "HostMemoryExceeded",
     "SandboxClosed",
     "LMError",
     "BudgetExhausted",

@@ -11,6 +11,7 @@
     │   ├── SandboxCrashed          the container exited (OOM, signal, exit code)
     │   ├── CellTimeout             a cell did not yield within timeout + grace: killed
     │   ├── ProtocolViolation       the kernel sent something it must not: killed
+    │   ├── HostMemoryExceeded      its requests would make the host hold too much: killed
     │   └── SandboxClosed           the sandbox was used after it was closed
     ├── LMError                     the model failed after retries ("lm_error")
     ├── BudgetExhausted             a shared budget ran out ("budget_exhausted")
@@ -109,6 +110,27 @@ class ProtocolViolation(SandboxError):
     """The kernel sent a frame that breaks the protocol (size, schema, type, id, flood)."""
 
     hint = "the code in the sandbox tampered with the kernel's channel; the container was killed"
+
+
+class HostMemoryExceeded(SandboxError):
+    """The host would have to hold more of a sandbox's requests than its bounds allow: killed.
+
+    ``setting`` names the bound that could not be honoured (``max_held_bytes``,
+    ``max_run_held_bytes`` or ``held_stall_timeout``); ``needed`` and ``limit`` are bytes."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        setting: str,
+        needed: int | None = None,
+        limit: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint or f"raise {setting} if the cell legitimately needs this")
+        self.setting = setting
+        self.needed = needed
+        self.limit = limit
 
 
 class SandboxClosed(SandboxError):

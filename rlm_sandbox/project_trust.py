@@ -112,6 +112,11 @@ PROJECT_RULES: dict[str, Rule] = {
     "memory": Rule(Kind.LIMIT, "a container limit", measure=size_bytes),
     "cpus": Rule(Kind.LIMIT, "a container limit"),
     "runtime": Rule(Kind.RUNTIME, "the container runtime"),
+    # what the host holds of a sandbox's requests (sandbox/held.py); unset = automatic, at
+    # least 1 GiB: compared against that floor, so a project file can only go below it
+    "max_held_bytes": Rule(Kind.LIMIT, "a bound on the host's memory"),
+    "max_run_held_bytes": Rule(Kind.LIMIT, "a bound on the host's memory", unset=float(1 << 30)),
+    "held_stall_timeout": Rule(Kind.LIMIT, "a bound on the host's memory"),
     "image_packages": Rule(Kind.USER, "packages change what is installed in the sandbox image"),
     # behaviour only: every budget above still holds
     "recursion": Rule(Kind.FREE, "how llm_query starts children"),

@@ -51,7 +51,17 @@ from rlm_sandbox.sandbox.packages import check_package_names, split_package_list
 FILE_NAME = "rlm-sandbox.toml"
 ENV_PREFIX = "RLM_SANDBOX_"
 _PROJECT_MARKERS = (".git", "pyproject.toml")
-SANDBOX_FIELDS = ("cell_timeout", "memory", "runtime", "tenant", "cpus", "docker_url", "image_packages")
+SANDBOX_FIELDS = (
+    "cell_timeout",
+    "memory",
+    "runtime",
+    "tenant",
+    "cpus",
+    "docker_url",
+    "image_packages",
+    "max_held_bytes",
+    "held_stall_timeout",
+)
 RLM_FIELDS = (
     "max_steps",
     "depth",
@@ -64,6 +74,7 @@ RLM_FIELDS = (
     "lm_max_tokens",
     "max_containers",
     "max_concurrency",
+    "max_run_held_bytes",
     "pool_size",
     "api_base",
     "tenant",
@@ -109,6 +120,9 @@ class Settings(BaseSettings):
     docker_url: str | None = _same_as(SandboxConfig, "docker_url")
     # NoDecode: a variable holds names ("a b" or "a,b"), which the validator below splits.
     image_packages: Annotated[list[str], NoDecode] = _same_as(SandboxConfig, "image_packages")
+    max_held_bytes: int = _same_as(SandboxConfig, "max_held_bytes")
+    max_run_held_bytes: int | None = _same_as(RLMConfig, "max_run_held_bytes")
+    held_stall_timeout: float = _same_as(SandboxConfig, "held_stall_timeout")
     recursion: Literal["auto", "explicit"] = _same_as(RLMConfig, "recursion")
     schema_retries: int = _same_as(RLMConfig, "schema_retries")
     depth_models: dict[int, str] = Field(

@@ -5,7 +5,8 @@ Usage: uv run python scripts/security_report.py [--runtime runc,runsc]
 Each row: the attack, the runtime, the run's status, how it was contained (the error or the
 cell's last line), seconds to contain, and whether a planted host secret leaked. Attacks on
 the terminal (escape sequences and markup from models, cells, kernels and traces) also say
-what reached the terminal. Exit status 1 if any test failed or anything leaked.
+what reached the terminal; attacks on the host's memory (floods of forged requests) give the
+peak resident memory of the run's process. Exit status 1 if any test failed or anything leaked.
 """
 
 from __future__ import annotations
@@ -42,11 +43,15 @@ def main() -> int:
         if report.exists() and report.stat().st_size:
             rows += json.loads(report.read_text())["rows"]
     width = max((len(r["attack"]) for r in rows), default=10)
-    print(f"\n{'attack':<{width}}  {'runtime':<7}  {'status':<16}  {'secs':>5}  breached  contained by")
+    print(
+        f"\n{'attack':<{width}}  {'runtime':<7}  {'status':<16}  {'secs':>5}  {'peak MB':>7}  "
+        "breached  contained by"
+    )
     for r in rows:
+        peak = r.get("peak_rss_mb")
         print(
             f"{r['attack']:<{width}}  {r['runtime']:<7}  {r['status']:<16}  {r['seconds']:>5.1f}  "
-            f"{'YES' if r['breached'] else 'no':<8}  {r['outcome'][:90]}"
+            f"{'' if peak is None else peak:>7}  {'YES' if r['breached'] else 'no':<8}  {r['outcome'][:90]}"
         )
     terminal = [r for r in rows if "terminal" in r]
     if terminal:
@@ -55,8 +60,10 @@ def main() -> int:
             print(f"  {r['attack']:<{width}}  {r['runtime']:<7}  {r['terminal']}")
     breaches = sum(r["breached"] for r in rows)
     slowest = max((r["seconds"] for r in rows), default=0.0)
+    peaks = [r["peak_rss_mb"] for r in rows if r.get("peak_rss_mb") is not None]
     print(
         f"\n{len(rows)} attack runs, {breaches} breaches, slowest contained in {slowest:.1f} s"
+        + (f", host peak under a flood {max(peaks)} MB" if peaks else "")
         + ("; SOME TESTS FAILED" if failed else "; all checks passed")
     )
     return 1 if failed or breaches else 0

@@ -26,6 +26,13 @@ class RLMConfig(BaseModel):
     max_containers: int = Field(16, ge=1, le=4096, description="containers alive at once")
     max_nodes: int | None = Field(1000, ge=1)
     max_concurrency: int = Field(16, ge=1, le=1024, description="sub-calls in flight per node")
+    max_run_held_bytes: int | None = Field(
+        None,
+        ge=1 << 20,
+        le=1 << 44,
+        description="bytes of requests the host may hold for the whole tree (a prompt counts twice its "
+        "size); None = max(1 GiB, depth x the largest request a frame can carry)",
+    )
     pool_size: int | None = Field(
         None,
         ge=0,

@@ -15,29 +15,39 @@ from typing import Any
 from rlm_sandbox.input_check import BinaryInput
 
 
-def load_into(sandbox: Any, context: Any, progress: Callable[[int, int], None] | None = None) -> Any:
+def load_into(
+    sandbox: Any, context: Any, progress: Callable[[int, int], None] | None = None, held: Any = None
+) -> Any:
     """Send ``context`` to ``sandbox``: an input that is not UTF-8 text as it is, as ``bytes``;
-    anything else as the sandbox makes it (:meth:`Sandbox.load_context`)."""
+    anything else as the sandbox makes it (:meth:`Sandbox.load_context`). ``held`` is the
+    host's count of a parent's prompt, released once the kernel has it."""
+    extra = {"held": held} if held is not None else {}
     if isinstance(context, BinaryInput):
-        return sandbox.load_context(context.source, kind="bytes", progress=progress)
-    return sandbox.load_context(context, progress=progress)
+        return sandbox.load_context(context.source, kind="bytes", progress=progress, **extra)
+    return sandbox.load_context(context, progress=progress, **extra)
 
 
 class ContextLoader:
     """Loads ``context`` in a thread while the node's first model call is under way."""
 
     def __init__(
-        self, sandbox: Any, context: Any, progress: Callable[[int, int], None] | None = None
+        self,
+        sandbox: Any,
+        context: Any,
+        progress: Callable[[int, int], None] | None = None,
+        held: Any = None,
     ) -> None:
         self.error: BaseException | None = None
         self._thread = threading.Thread(
-            target=self._run, args=(sandbox, context, progress), name="context-load", daemon=True
+            target=self._run, args=(sandbox, context, progress, held), name="context-load", daemon=True
         )
         self._thread.start()
 
-    def _run(self, sandbox: Any, context: Any, progress: Callable[[int, int], None] | None) -> None:
+    def _run(
+        self, sandbox: Any, context: Any, progress: Callable[[int, int], None] | None, held: Any
+    ) -> None:
         try:
-            load_into(sandbox, context, progress)
+            load_into(sandbox, context, progress, held)
         except BaseException as exc:
             self.error = exc
 

@@ -25,6 +25,7 @@ from rlm_sandbox.rlm.prompts import render
 from rlm_sandbox.rlm.run import Run
 from rlm_sandbox.sandbox.channel import RequestHandler, SubRequest
 from rlm_sandbox.sandbox.core import Sandbox
+from rlm_sandbox.sandbox.held import Hold
 
 Messages = list[dict[str, str]]
 #: A tenant's caps are the operator's, hard: no call past them, not even the fallback.
@@ -74,15 +75,18 @@ class Node:
         context: Any,
         task: str,
         output: AnswerSpec | None = None,
+        context_held: Hold | None = None,
     ) -> None:
         self.run = run
         self.output = output
         self.typed: Any = None  # the validated value, when ``output`` is set
         self.schema_failures = 0
-        self.handler = RequestHandler(self.handle_request)
+        # The bytes of this node's requests count against the run's bound, at this depth.
+        self.handler = RequestHandler(self.handle_request, held=run.held.scope(depth))
         self.depth = depth
         self.parent = parent
         self.context = context
+        self.context_held = context_held  # a parent's prompt: released once our kernel has it
         self.task = task
         self.id = run.new_node_id(parent)
         self.lm = run.models.for_node(depth)
@@ -116,9 +120,10 @@ class Node:
                 run,
                 depth=self.depth + 1,
                 parent=self.id,
-                context=req.text,
+                context=req.take_text(),  # the child's copy is the only one: freed once loaded
                 task=render("child_task"),
                 output=spec,
+                context_held=req.held,
             )
             return child.solve()
         run.tracer.emit("sub_call", node=self.id, depth=self.depth, kind="lm", prompt_chars=len(req.text))
@@ -170,6 +175,7 @@ class Node:
                     self.start_history(self.begin_load(sandbox))
                 else:
                     self.begin_load(sandbox)
+                self.context = None  # the kernel has it (or its loader does): the host keeps no copy
                 self.answer = self.run_steps(sandbox, first=first)
                 return self.answer
             except BudgetExhausted as exc:
@@ -184,8 +190,8 @@ class Node:
         info = host_context_info(self.context)
         progress = self.run.load_progress(self.id)
         if info is None:
-            return load_into(sandbox, self.context, progress)
-        self._loader = ContextLoader(sandbox, self.context, progress)
+            return load_into(sandbox, self.context, progress, self.context_held)
+        self._loader = ContextLoader(sandbox, self.context, progress, self.context_held)
         return info
 
     def _loaded(self) -> None:

@@ -32,6 +32,7 @@ from rlm_sandbox.rlm.tools import ToolSet
 from rlm_sandbox.sandbox.backend import Backend
 from rlm_sandbox.sandbox.channel import LLMHandler
 from rlm_sandbox.sandbox.core import Sandbox
+from rlm_sandbox.sandbox.held import RunHeld
 from rlm_sandbox.trace.writer import Listener, Tracer, answer_fields
 from rlm_sandbox.untrusted import CHECK_SECONDS
 
@@ -98,6 +99,10 @@ class Run:
         self.tools = tools or ToolSet(None)
         self.budget = Budget(
             config.limits(), ledger.account(config.tenant, config.tenants.get(config.tenant))
+        )
+        # One bound on the bytes the host holds for the whole tree's requests (sandbox/held.py).
+        self.held = RunHeld(
+            config.max_run_held_bytes, levels=config.depth, max_frame_payload=config.sandbox.max_frame_payload
         )
         self.fatal: BaseException | None = None
         self.first_cell_s: float | None = None

@@ -6,6 +6,10 @@ goes to a bounded pool that runs the user's handler. Anything that breaks the pr
 a malformed or oversized frame, an unknown type, a reply nobody asked for, a flood of
 requests -- ends the channel with :class:`ProtocolViolation`; the owner then kills the
 container. Every waiter is woken with the error: nothing waits on a dead kernel.
+
+Every frame is validated from its header and given room (``held.py``) before the reader reads
+its payload: while the host already holds as much of this sandbox's (or this run's) requests
+as it may, the reader stops reading, and the kernel's writes block until answers free room.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from rlm_sandbox.kernel import protocol as P
 from .attach import AttachStream
 from .demux import Demuxer
 from .frames import FrameDecoder, FrameLimits, RawFrame
-from .messages import ExecReply, LlmRequest, Ready, validate
+from .held import HeldScope, Hold, SandboxHeld, request_cost, return_freed_memory
+from .messages import ExecReply, KernelMessage, LlmRequest, Ready, validate_header
 
 LLMHandler = Callable[[str], str]
 _DIAG_KEEP = 8192
@@ -88,13 +93,17 @@ class KernelChannel:
         max_pending_llm: int,
         on_fatal: Callable[[BaseException], None],
         name: str = "sandbox",
+        max_held: int = 768 << 20,
+        held_stall_s: float = 600.0,
     ) -> None:
         self.stream = stream
         self.io_timeout = io_timeout
         self.llm_handler = llm_handler
         self.max_pending_llm = max_pending_llm
         self.name = name
-        self._decoder = FrameDecoder(limits)
+        self.held = SandboxHeld(max_held, name=name, stall_s=held_stall_s)
+        return_freed_memory()
+        self._decoder = FrameDecoder(limits, admit=self._admit)
         # Docker multiplexes stdout and stderr on one stream; a pipe carries stdout alone.
         self._demux = Demuxer() if getattr(stream, "multiplexed", True) else None
         self._on_fatal = on_fatal
@@ -222,13 +231,15 @@ class KernelChannel:
                         self.fail(SandboxError(f"{self.name}: the kernel's stream ended{partial}"))
                     return
                 pieces = self._demux.feed(data) if self._demux is not None else ((1, data),)
+                del data
                 for stream_id, piece in pieces:
                     if stream_id == 1:
-                        for frame in self._decoder.feed(piece):
+                        for frame in self._decoder.frames(piece):
                             self._dispatch(frame)
                     elif stream_id == 2:
                         self._note_diag(piece)
-        except ProtocolViolation as exc:
+                del pieces
+        except SandboxError as exc:  # a violation, a bound that cannot be honoured, a close
             self.fail(exc)
         except BaseException as exc:  # the reader must never die silently
             self.fail(SandboxError(f"{self.name}: reader failed: {type(exc).__name__}: {exc}"))
@@ -252,8 +263,45 @@ class KernelChannel:
     def diagnostics(self) -> str:
         return self._diag.decode("utf-8", errors="replace")
 
+    def _admit(self, header: dict) -> tuple[KernelMessage, Hold | None]:
+        """A frame's header is in, its payload not yet: validate it, then wait for room.
+
+        Waiting is host-side time for the cell, as an ``llm_query`` answer is: the clock of
+        the cell's limit pauses meanwhile (the kernel pauses its own for a real request)."""
+        msg = validate_header(header)
+        if isinstance(msg, LlmRequest):
+            cost, what = request_cost(msg.len, len(msg.sizes)), f"a request of {len(msg.sizes)} prompt(s)"
+        else:
+            cost, what = msg.len, f"a {msg.t!r} frame"
+        scope = getattr(self.llm_handler, "held", None)
+        try:
+            hold = self.held.reserve(
+                cost,
+                scope if isinstance(scope, HeldScope) else None,
+                what=what,
+                stop=lambda: self._closed or self.error is not None,
+                on_wait=self._waiting_for_room,
+            )
+        finally:
+            self.last_rx = time.monotonic()  # the stall clock starts again when reading does
+        return msg, hold
+
+    def _waiting_for_room(self, waiting: bool) -> None:
+        if waiting:
+            self.clock.begin()
+        else:
+            self.clock.end()
+
     def _dispatch(self, frame: RawFrame) -> None:
-        msg = validate(frame)
+        msg, hold = frame.ticket  # type: ignore[misc]
+        try:
+            self._route(msg, frame.payload, hold)
+        finally:
+            frame.payload = b""  # the reader's loop keeps the frame while it waits for the next one
+            if not isinstance(msg, LlmRequest) and hold is not None:
+                hold.release()
+
+    def _route(self, msg: KernelMessage, payload: bytes | bytearray, hold: Hold | None) -> None:
         if isinstance(msg, Ready):
             if self._ready.is_set():
                 raise ProtocolViolation(f"{self.name} announced itself ready twice")
@@ -265,7 +313,7 @@ class KernelChannel:
         if not self._ready.is_set():
             raise ProtocolViolation(f"{self.name} sent {msg.t!r} before it was ready")
         if isinstance(msg, LlmRequest):
-            self._on_llm_request(msg, frame.payload)
+            self._on_llm_request(msg, payload, hold)
             return
         with self._lock:
             waiter = self._waiter
@@ -273,41 +321,50 @@ class KernelChannel:
                 raise ProtocolViolation(
                     f"{self.name} sent a {msg.t!r} for id {msg.id}, which was never asked"
                 )
-            waiter.reply = (msg, frame.payload)
+            waiter.reply = (msg, payload)
             self._waiter = None
         waiter.event.set()
 
-    def _on_llm_request(self, msg: LlmRequest, payload: bytes) -> None:
-        with self._lock:
-            if self._pending_llm >= self.max_pending_llm:
-                raise ProtocolViolation(
-                    f"{self.name} has more than {self.max_pending_llm} llm_query requests in flight",
-                    hint="raise max_pending_llm if a cell legitimately needs that many threads",
+    def _on_llm_request(self, msg: LlmRequest, payload: bytes | bytearray, hold: Hold | None) -> None:
+        """Decode the prompts and hand them to the pool; each keeps its share of the frame's
+        hold until it is answered (or taken by a child, which releases it once loaded)."""
+        try:
+            with self._lock:
+                if self._pending_llm >= self.max_pending_llm:
+                    raise ProtocolViolation(
+                        f"{self.name} has more than {self.max_pending_llm} llm_query requests in flight",
+                        hint="raise max_pending_llm if a cell legitimately needs that many threads",
+                    )
+                live_cell = self._waiter is not None and self._waiter.expect is ExecReply
+                cell_ok = live_cell and msg.cell == self.current_cell
+                self._pending_llm += 1
+            if not cell_ok:
+                self._reply_llm_error(
+                    msg.id, "llm_query was called outside a running cell (the cell has finished)"
                 )
-            live_cell = self._waiter is not None and self._waiter.expect is ExecReply
-            cell_ok = live_cell and msg.cell == self.current_cell
-            self._pending_llm += 1
-        if not cell_ok:
-            self._reply_llm_error(
-                msg.id, "llm_query was called outside a running cell (the cell has finished)"
-            )
-            return
-        if self.llm_handler is None:
-            self._reply_llm_error(
-                msg.id,
-                "llm_query is not available: this sandbox has no llm_handler (Sandbox(llm_handler=fn))",
-            )
-            return
-        try:
-            prompts = [p.decode("utf-8") for p in P.split_sizes(payload, msg.sizes)]
-        except (UnicodeDecodeError, P.FrameError) as exc:
-            self._reply_llm_error(msg.id, f"prompts are not valid UTF-8 text: {exc}")
-            return
+                return
+            if self.llm_handler is None:
+                self._reply_llm_error(
+                    msg.id,
+                    "llm_query is not available: this sandbox has no llm_handler (Sandbox(llm_handler=fn))",
+                )
+                return
+            try:
+                prompts = _decode(payload, msg.sizes)
+            except UnicodeDecodeError as exc:
+                self._reply_llm_error(msg.id, f"prompts are not valid UTF-8 text: {exc}")
+                return
+            holds = hold.split([request_cost(n, 1) for n in msg.sizes]) if hold is not None else []
+            hold = None
+        finally:
+            if hold is not None:
+                hold.release()
         self.clock.begin()
-        batch = _Batch(self, msg.id, len(prompts), msg.kind, msg.name, msg.output)
+        batch = _Batch(self, msg.id, prompts, holds, msg.kind, msg.name, msg.output)
+        del prompts
         try:
-            for i, prompt in enumerate(prompts):
-                self._pool.submit(batch.run, i, prompt)
+            for i in range(len(batch.prompts)):
+                self._pool.submit(batch.run, i)
         except RuntimeError:  # pool shut down: the sandbox is closing
             batch.abandon()
 
@@ -340,24 +397,74 @@ class KernelChannel:
         self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.stream.close()
+        self.held.close()  # whatever is still held for this sandbox is not any more
 
 
-@dataclass(frozen=True, slots=True)
+def _decode(payload: bytes | bytearray, sizes: list[int]) -> list[str]:
+    """The prompts of a request, decoded straight from the frame's buffer (no copy between)."""
+    view = memoryview(payload)
+    try:
+        out, pos = [], 0
+        for n in sizes:
+            out.append(str(view[pos : pos + n], "utf-8"))
+            pos += n
+        return out
+    finally:
+        view.release()
+
+
 class SubRequest:
-    """What a cell asked the host for: see :class:`LlmRequest`."""
+    """What a cell asked the host for: see :class:`LlmRequest`.
 
-    kind: str
-    text: str
-    name: str | None = None
-    output: dict[str, object] | None = None
+    ``held`` is what the host counts for the prompt (``held.py``); it is released when the
+    request is answered. A consumer that keeps the text longer -- a child node, whose
+    ``context`` it becomes -- takes it with :meth:`take_text` and hands ``held`` to
+    ``Sandbox.load_context(..., held=...)``, which releases it once the child's kernel has
+    the text: from then on the host keeps no copy of it.
+    """
+
+    __slots__ = ("_text", "held", "kind", "name", "output")
+
+    def __init__(
+        self,
+        kind: str,
+        text: str,
+        name: str | None = None,
+        output: dict[str, object] | None = None,
+        *,
+        held: Hold | None = None,
+    ) -> None:
+        self.kind = kind
+        self._text = text
+        self.name = name
+        self.output = output
+        self.held = held
+
+    @property
+    def text(self) -> str:
+        return self._text
+
+    def take_text(self) -> str:
+        """The prompt, handed over: this request stops referencing it (``text`` is then
+        empty), so the taker's reference is the only one and the text is freed with it."""
+        text, self._text = self._text, ""
+        return text
+
+    def __repr__(self) -> str:
+        return f"SubRequest({self.kind!r}, <{len(self._text)} chars>, name={self.name!r})"
 
 
 class RequestHandler:
     """Marks a handler that answers every kind of request (``llm``, ``rlm``, ``tool``); a
-    plain ``fn(prompt)`` answers only ``llm_query`` without a schema."""
+    plain ``fn(prompt)`` answers only ``llm_query`` without a schema.
 
-    def __init__(self, fn: Callable[[SubRequest], str]) -> None:
+    ``held`` is where the bytes of the requests it answers are counted: its run's shared
+    bound at its node's depth (``RunHeld.scope(depth)``). Without one, a sandbox counts
+    against its own bound (``max_held_bytes``) only."""
+
+    def __init__(self, fn: Callable[[SubRequest], str], *, held: HeldScope | None = None) -> None:
         self.fn = fn
+        self.held = held
 
     def __call__(self, request: SubRequest) -> str:
         return self.fn(request)
@@ -381,13 +488,19 @@ class _Batch:
         self,
         channel: KernelChannel,
         ident: int,
-        n: int,
+        prompts: list[str],
+        holds: list[Hold],
         kind: str = "llm",
         name: str | None = None,
         output: dict[str, object] | None = None,
     ) -> None:
+        n = len(prompts)
         self.channel = channel
         self.ident = ident
+        # Prompts wait here, not in the pool's queue: a worker takes its one out, so that
+        # whoever it is handed to holds the only reference.
+        self.prompts: list[str | None] = prompts
+        self.holds: list[Hold | None] = list(holds) + [None] * (n - len(holds))
         self.kind, self.name, self.output = kind, name, output
         self.ename: str | None = None
         self.answers: list[bytes | None] = [None] * n
@@ -396,18 +509,31 @@ class _Batch:
         self.lock = threading.Lock()
         self.done = False
 
-    def run(self, index: int, prompt: str) -> None:
+    def _take(self, index: int) -> tuple[str, Hold | None]:
+        with self.lock:
+            prompt, hold = self.prompts[index], self.holds[index]
+            self.prompts[index] = self.holds[index] = None
+        return prompt or "", hold.claim() if hold is not None else None
+
+    def run(self, index: int) -> None:
         ch = self.channel
+        prompt, hold = self._take(index)
         try:
             if ch.error is not None or ch._closed:
                 raise RuntimeError("the sandbox is closing")
-            answer = answer_request(ch.llm_handler, SubRequest(self.kind, prompt, self.name, self.output))
+            request = SubRequest(self.kind, prompt, self.name, self.output, held=hold)
+            del prompt
+            answer = answer_request(ch.llm_handler, request)
+            del request
             data = (answer if isinstance(answer, str) else str(answer)).encode("utf-8", errors="replace")
             error = None
         except BaseException as exc:
             data, error = b"", f"{type(exc).__name__}: {exc}"
             with self.lock:
                 self.ename = self.ename or type(exc).__name__
+        finally:
+            if hold is not None:
+                hold.release()  # answered (or failed): the host no longer needs the prompt
         with self.lock:
             self.answers[index] = data
             if error is not None:
@@ -420,6 +546,12 @@ class _Batch:
             self._reply()
 
     def abandon(self) -> None:
+        with self.lock:
+            holds = [h for h in self.holds if h is not None]
+            self.prompts = [None] * len(self.prompts)
+            self.holds = [None] * len(self.holds)
+        for hold in holds:
+            hold.release()
         with self.lock:
             if self.done:
                 return

@@ -48,6 +48,16 @@ class SandboxConfig(BaseModel):
     max_frame_header: Annotated[int, Field(ge=1024, le=16 << 20)] = 64 * 1024
     max_frame_payload: Annotated[int, Field(ge=1 << 16, le=4 << 30)] = 256 << 20
     max_pending_llm: Annotated[int, Field(ge=1, le=65536)] = 1024
+    max_held_bytes: Annotated[int, Field(ge=1 << 20, le=1 << 40)] = Field(
+        768 << 20,
+        description="bytes of its requests the host may hold for one sandbox (a prompt counts twice "
+        "its size: text and request body); past it the host stops reading from the sandbox",
+    )
+    held_stall_timeout: Annotated[float, Field(gt=0, le=86400)] = Field(
+        600.0,
+        description="seconds a sandbox may wait for room with nothing released in its run before "
+        "it is killed; keep it above lm_timeout",
+    )
     llm_concurrency: Annotated[int, Field(ge=1, le=1024)] = 16
     context_chunk: Annotated[int, Field(ge=4096, le=64 << 20)] = 4 << 20
     backend: Literal["docker", "local"] = Field(

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, NoReturn
 from rlm_sandbox.errors import (
     CellTimeout,
     EngineUnavailable,
+    HostMemoryExceeded,
     ProtocolViolation,
     SandboxClosed,
     SandboxCrashed,
@@ -35,6 +36,7 @@ from rlm_sandbox.sandbox.config import SandboxConfig
 from .backend import LABEL, LABEL_NODE, LABEL_OWNER, LABEL_RUN, LABEL_TENANT, Backend
 from .channel import KernelChannel, LLMHandler
 from .frames import FrameLimits
+from .held import Hold
 from .messages import ContextReply, ExecReply
 
 ContextInput = str | bytes | bytearray | memoryview | os.PathLike | list | dict | BinaryIO
@@ -170,6 +172,8 @@ class Sandbox:
                 max_pending_llm=self.config.max_pending_llm,
                 on_fatal=self._on_fatal,
                 name=f"sandbox {started.id[:12]}",
+                max_held=self.config.max_held_bytes,
+                held_stall_s=self.config.held_stall_timeout,
             )
             self._channel.frame_stall_s = self.config.kill_grace
             try:
@@ -225,6 +229,8 @@ class Sandbox:
         """Called by the channel's reader on a violation or EOF: kill now, explain later."""
         if isinstance(exc, ProtocolViolation):
             self._kill("protocol violation")
+        elif isinstance(exc, HostMemoryExceeded):
+            self._kill("host memory bound")
 
     def _kill(self, why: str) -> None:
         self._killed_for = why
@@ -234,7 +240,7 @@ class Sandbox:
     def _raise_failure(self, exc: BaseException) -> NoReturn:
         """Turn what the channel saw into the most precise typed error, then clean up."""
         err = exc
-        if not isinstance(exc, ProtocolViolation | CellTimeout) and self.id is not None:
+        if not isinstance(exc, ProtocolViolation | CellTimeout | HostMemoryExceeded) and self.id is not None:
             err = self._crash_error(exc)
         self._error = err
         self.close()
@@ -333,13 +339,25 @@ class Sandbox:
         *,
         kind: str | None = None,
         progress: Callable[[int, int], None] | None = None,
+        held: Hold | None = None,
     ) -> ContextInfo:
         """Send the input to the kernel, raw and in chunks; it becomes ``context``.
 
         str -> str, bytes -> bytes, list/dict -> the same JSON structure, a path (``Path``)
         or a binary file object -> streamed from disk as text (``kind="bytes"`` keeps bytes).
         ``progress(sent, size)`` follows a large load (size -1 when unknown, as for stdin).
+        ``held`` is the host's count of ``data`` when it is a parent's prompt: released once
+        the load is over (done or failed), when the host needs the text no more.
         """
+        try:
+            return self._load_context(data, kind, progress)
+        finally:
+            if held is not None:
+                held.release()
+
+    def _load_context(
+        self, data: ContextInput, kind: str | None, progress: Callable[[int, int], None] | None
+    ) -> ContextInfo:
         with self._lock:
             channel = self._check_usable()
             source, size, ctx_kind = _context_source(data, kind)

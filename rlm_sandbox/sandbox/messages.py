@@ -81,21 +81,29 @@ _ADAPTER: TypeAdapter[KernelMessage] = TypeAdapter(KernelMessage)
 
 def validate(frame: RawFrame) -> KernelMessage:
     """Parse a frame's header into its message; any mismatch is a protocol violation."""
+    return validate_header(frame.header, len(frame.payload))
+
+
+def validate_header(header: dict, payload_len: int | None = None) -> KernelMessage:
+    """The same checks, from the header alone (its ``len`` stands for the payload): the host
+    validates a frame before it reads, or makes room for, a byte of its payload."""
+    if payload_len is None:
+        payload_len = header.get("len", 0)
     try:
-        msg = _ADAPTER.validate_python(frame.header)
+        msg = _ADAPTER.validate_python(header)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "header"
-        kind = frame.header.get("t")
+        kind = header.get("t")
         raise ProtocolViolation(
             f"kernel sent an invalid {kind!r} frame: {where}: {first.get('msg')}"[:500]
         ) from None
     sizes = getattr(msg, "sizes", None)
-    if sizes is not None and sum(sizes) != len(frame.payload):
+    if sizes is not None and sum(sizes) != payload_len:
         raise ProtocolViolation(
-            f"kernel's {msg.t} frame claims {sum(sizes)} payload bytes but carries {len(frame.payload)}"
+            f"kernel's {msg.t} frame claims {sum(sizes)} payload bytes but carries {payload_len}"
         )
-    if sizes is None and frame.payload:
+    if sizes is None and payload_len:
         raise ProtocolViolation(f"kernel's {msg.t} frame carries an unexpected payload")
     if isinstance(msg, LlmRequest) and msg.id % 2 == 0:
         raise ProtocolViolation(f"kernel started a request with an even id {msg.id} (kernel ids are odd)")
