@@ -38,7 +38,7 @@ from pydantic_settings import (
 )
 
 from rlm_sandbox.errors import ConfigError
-from rlm_sandbox.rlm.config import RLMConfig
+from rlm_sandbox.rlm.config import ByteSize, RLMConfig
 from rlm_sandbox.rlm.tenants import TenantLimits
 from rlm_sandbox.sandbox.config import SandboxConfig
 
@@ -62,6 +62,9 @@ RLM_FIELDS = (
     "trace",
     "depth_models",
     "recursion",
+    "max_input_bytes",
+    "lm_cache",
+    "lm_cache_max_bytes",
 )
 
 
@@ -106,6 +109,9 @@ class Settings(BaseSettings):
     tenant: str = _same_as(SandboxConfig, "tenant")
     tenants: dict[str, TenantLimits] = _same_as(RLMConfig, "tenants")
     trace: str | None = _same_as(RLMConfig, "trace")
+    max_input_bytes: ByteSize = _same_as(RLMConfig, "max_input_bytes")
+    lm_cache: str | None = _same_as(RLMConfig, "lm_cache")
+    lm_cache_max_bytes: ByteSize = _same_as(RLMConfig, "lm_cache_max_bytes")
 
     @field_validator("depth_models", mode="before")
     @classmethod

@@ -8,12 +8,16 @@ reads while waiting goes to stderr. The exit code is the outcome's, from
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from typing import Any
 
 import click
+from rich.markup import escape
 
+from rlm_sandbox.cli.github import commands_stopped as github_commands_stopped
 from rlm_sandbox.cli.output import fast_exit, use_live_view
 from rlm_sandbox.errors import EXIT_CODES
+from rlm_sandbox.rlm.result import RLMResult
 
 
 def build_config(o: dict[str, Any]) -> Any:
@@ -51,9 +55,6 @@ def execute(
     """Run once and report; returns the exit code."""
     from rich.console import Console
 
-    from rlm_sandbox.rlm.api import RLM
-    from rlm_sandbox.trace.view import TraceView
-
     err = Console(stderr=True)
     config = build_config(o)
     loaded = o.get("settings")
@@ -71,6 +72,35 @@ def execute(
             "[bold red]warning:[/] --backend local runs model-written code on this machine with NO "
             "sandbox: no container, your user's rights, your network and files"
         )
+    github = o.get("format") == "github" and not o["as_json"]
+    with github_commands_stopped() if github else nullcontext():
+        for warning in getattr(context, "warnings", ()):  # file names: untrusted text too
+            err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True, highlight=False)
+        code = _build_and_run(model, sub_model, task, context, o, err, config, api_key, tools, output)
+    result = code if isinstance(code, RLMResult) else None
+    if result is None:
+        return int(code)
+    if github:
+        _github_report(result, context, task, err)
+    fast_exit(result.exit_code)
+    return result.exit_code
+
+
+def _build_and_run(
+    model: str,
+    sub_model: str | None,
+    task: str,
+    context: Any,
+    o: dict[str, Any],
+    err: Any,
+    config: Any,
+    api_key: str | None,
+    tools: dict[str, Any] | None,
+    output: Any,
+) -> RLMResult | int:
+    from rlm_sandbox.rlm.api import RLM
+    from rlm_sandbox.trace.view import TraceView
+
     rlm = RLM(model=model, sub_model=sub_model, config=config, api_key=api_key, tools=tools)
     if tools:
         err.print(f"[yellow]note:[/] tools {', '.join(sorted(tools))} run on this machine, with your rights")
@@ -84,6 +114,14 @@ def execute(
         rlm.listeners.append(TraceView(err).on_event)
     elif not o["as_json"]:
         rlm.listeners.append(TraceView(err, quiet=True).on_event)
+    return _run_and_report(rlm, err, live, context, task, output, o)
+
+
+def _run_and_report(
+    rlm: Any, err: Any, live: Any, context: Any, task: str, output: Any, o: dict[str, Any]
+) -> RLMResult | int:
+    """Run, then print the answer, its citations and the outcome; the result (or the exit
+    code of an interrupted run)."""
     try:
         if live is not None:
             with live:
@@ -99,6 +137,7 @@ def execute(
         click.echo(json.dumps(result.to_json(), ensure_ascii=False))
     elif result.ok:
         click.echo(result.answer)
+        _print_citations(result, err)
     if not result.ok:
         label = result.status + (f" ({result.budget})" if result.budget else "")
         err.print(f"[red]{label}[/]: {result.error}")
@@ -109,8 +148,53 @@ def execute(
         err.print(
             f"[dim]{result.status} in {result.wall_s:.2f} s: {result.steps} steps, {result.lm_calls} LM calls, "
             f"{toks} tokens, ${result.cost_usd:.4f}, {result.nodes} nodes, {result.containers} containers"
+            + (f", {result.lm_cache_hits} answered from the cache" if result.lm_cache_hits else "")
             + (f"; trace: {result.trace}" if result.trace else "")
             + "[/]"
         )
-    fast_exit(result.exit_code)
-    return result.exit_code
+    return result
+
+
+#: Citations printed under the answer; all of them are in --json.
+CITATIONS_SHOWN = 50
+
+
+def _print_citations(result: Any, err: Any) -> None:
+    """Under the answer, ``file:line: text`` for each verified citation (the line as it is
+    in the input, read on this host); refused ones on stderr with the reason."""
+    from rlm_sandbox.cli.github import printable
+
+    shown = 0
+    for c in result.citations:
+        where = f"{printable(c.file or '<context>', 300)}:{c.line}"
+        if c.verified:
+            if shown < CITATIONS_SHOWN:
+                click.echo(f"{where}: {printable(c.text or '', 300)}")
+            shown += 1
+        else:
+            err.print(
+                f"[yellow]citation refused[/] {escape(where)}: {escape(printable(c.reason or '', 300))}",
+                soft_wrap=True,
+                highlight=False,
+            )
+    if shown > CITATIONS_SHOWN:
+        err.print(f"[dim]... and {shown - CITATIONS_SHOWN} more verified citations (see --json)[/]")
+
+
+def _github_report(result: Any, context: Any, task: str, err: Any) -> None:
+    """The citations as workflow annotations (commands are back on), the step summary."""
+    from rlm_sandbox.cli.github import annotations, append_summary
+
+    for line in annotations(result.citations, context, result.warnings):
+        click.echo(line)
+    if not result.ok:
+        from rlm_sandbox.cli.github import annotation, printable
+
+        click.echo(annotation("error", printable(f"{result.status}: {result.error}", 1000)))
+    try:
+        path = append_summary(task, result)
+    except OSError as exc:
+        err.print(f"[yellow]warning:[/] could not write the step summary: {escape(str(exc))}")
+        return
+    if path:
+        err.print(f"[dim]summary appended to {escape(path)}[/]")

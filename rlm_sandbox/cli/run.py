@@ -12,13 +12,34 @@ import click
 from rlm_sandbox.cli.execute import execute
 from rlm_sandbox.cli.options import MODEL_FLAGS, budget_options, setting_options
 from rlm_sandbox.cli.output import fail
-from rlm_sandbox.errors import RLMSandboxError
+from rlm_sandbox.errors import ConfigError, RLMSandboxError
 
 
 @click.command("run")
 @setting_options(*MODEL_FLAGS)
 @click.option("--task", required=True, help="what to find or compute over the input")
-@click.option("-i", "--input", "input_path", default=None, help="input file ('-' or absent: standard input)")
+@click.option(
+    "-i",
+    "--input",
+    "inputs",
+    multiple=True,
+    help="a file, a directory (walked) or '-' for standard input; repeatable; .gz .bz2 .xz .zst "
+    "are decompressed (absent: standard input)",
+)
+@click.option(
+    "--glob",
+    "globs",
+    multiple=True,
+    help="keep only the files of a directory that match (repeatable): *.log, or a path with /",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "github"]),
+    default="text",
+    show_default=True,
+    help="github: citations as workflow annotations, and a summary in $GITHUB_STEP_SUMMARY",
+)
 @click.option(
     "--tools",
     "tools_spec",
@@ -37,17 +58,19 @@ def run(
     model: str | None,
     sub_model: str | None,
     task: str,
-    input_path: str | None,
+    inputs: tuple[str, ...],
+    globs: tuple[str, ...],
+    output_format: str,
     tools_spec: str | None,
     schema_path: str | None,
     **o: Any,
 ) -> None:
     """Answer TASK over a large input with a Recursive Language Model.
 
-    Every option except --task, --input and the output flags can also come from
+    Every option except --task, --input, --glob and the output flags can also come from
     RLM_SANDBOX_* variables or rlm-sandbox.toml (see `rlm-sandbox config show`).
     """
-    from rlm_sandbox.inputs import open_input
+    from rlm_sandbox.inputs import collect_inputs
 
     if not model:
         raise click.UsageError(
@@ -63,14 +86,18 @@ def run(
         if schema_path:
             import json
 
-            from rlm_sandbox.errors import ConfigError
-
             try:
                 output = json.loads(Path(schema_path).read_text(encoding="utf-8"))
             except ValueError as exc:
                 raise ConfigError(f"{schema_path} is not JSON: {exc}") from None
-        context = open_input(input_path)
-        code = execute(model, sub_model, task, context, o, tools=tools, output=output)
+        if (not inputs or "-" in inputs) and (sys.stdin is None or sys.stdin.isatty()):
+            raise ConfigError(
+                "no input: give -i FILE (or a directory) or pipe the input on standard input",
+                hint="e.g. cat big.log | rlm-sandbox run ...",
+            )
+        o["format"] = output_format
+        with collect_inputs(inputs, globs, stdin=sys.stdin.buffer if sys.stdin else None) as context:
+            code = execute(model, sub_model, task, context, o, tools=tools, output=output)
     except RLMSandboxError as exc:
         fail(exc, o["debug"])
     sys.exit(code)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from rlm_sandbox.errors import BudgetExhausted, ConfigError, LMError, RLMSandboxError, SandboxError
+from rlm_sandbox.inputs import as_input
 from rlm_sandbox.rlm.answers import AnswerSpec
 from rlm_sandbox.rlm.config import RLMConfig
 from rlm_sandbox.rlm.lm import LiteLLMClient
@@ -102,7 +102,11 @@ class RLM:
     def run(
         self, context: Any = None, task: str = "", *, run_id: str | None = None, output: Any = None
     ) -> RLMResult:
-        """Answer ``task`` over ``context`` (str, bytes, Path, file object, list or dict).
+        """Answer ``task`` over ``context``: a str, bytes, a ``Path`` (a file, plain or
+        compressed, or a directory), a list of paths, a dict of name -> text (several
+        inputs: ``context`` is then a dict in the REPL), an :class:`InputSet`, a binary
+        file object, or a JSON list/dict. ``result.citations`` are what the model cited,
+        checked against this input on this host.
 
         ``output`` (a pydantic model class or a JSON Schema dict) makes the answer typed: it
         is validated, sent back to the model to fix when it does not match, and returned
@@ -114,13 +118,21 @@ class RLM:
             )
         if context is None:
             context = ""
-        if isinstance(context, Path) and not context.is_file():
-            raise ConfigError(f"input file not found: {context}", hint="check the path given to -i/--input")
+        given = context
+        context = as_input(context)  # files, directories, compressed, streams -> an InputSet
+        try:
+            return self._run(context, task, spec, run_id)
+        finally:
+            if context is not given:
+                context.close()  # a stream's spool: ours to remove
+
+    def _run(self, context: Any, task: str, spec: AnswerSpec | None, run_id: str | None) -> RLMResult:
         run_id = run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         run = Run.begin(self.setup(), run_id, task)
         root = Node(run, depth=0, parent=None, context=context, task=task, output=spec)
         answer, outcome = None, Outcome()
         try:
+            run.take_input(context)  # a known size past the cap stops here: no container yet
             run.start_containers()
             answer = root.solve()
         except (KeyboardInterrupt, SystemExit) as exc:
@@ -130,7 +142,7 @@ class RLM:
             outcome = run.outcome(exc)
         finally:
             run.stop()
-        result = run.result(answer, outcome, output=root.typed)
+        result = run.result(answer, outcome, output=root.typed, claims=root.cited.claims())
         run.end_with(result)
         return result
 

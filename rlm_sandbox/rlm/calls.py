@@ -3,10 +3,16 @@ wall clock, counted per model, traced with its whole response and a digest of it
 
 One place, so that the rules a call obeys (budgets, timeouts, what is recorded for replay)
 cannot differ between a node's step, a leaf ``llm_query``, a compaction or a fallback.
+
+With a response cache (``--lm-cache``, :mod:`rlm_sandbox.rlm.lm_cache`) every call is
+looked up first: a hit is answered from disk before the budget or the client is touched (it
+costs nothing and counts as no model call), traced as ``lm_cache_hit``; a miss is stored
+once its answer arrives.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +20,7 @@ from typing import Any
 from rlm_sandbox.errors import LMError
 from rlm_sandbox.rlm.budget import Budget
 from rlm_sandbox.rlm.digest import request_digest
+from rlm_sandbox.rlm.lm_cache import LMCache
 from rlm_sandbox.rlm.models import ModelRouter
 from rlm_sandbox.trace.writer import Tracer
 
@@ -31,8 +38,12 @@ class ModelCalls:
         *,
         lm_timeout: float,
         on_fatal: Callable[[BaseException], None],
+        cache: LMCache | None = None,
     ) -> None:
         self.models = models
+        self.cache = cache
+        self.cache_hits = 0
+        self._hits_lock = threading.Lock()
         self.budget = budget
         self.tracer = tracer
         self.lm_timeout = lm_timeout
@@ -41,6 +52,9 @@ class ModelCalls:
 
     def call(self, client: Any, messages: Messages, node: str, depth: int, purpose: str) -> str:
         """A call the budget admits, with a timeout no longer than the run's wall time left."""
+        cached = self._from_cache(client, messages, node, depth, purpose)
+        if cached is not None:
+            return cached
         self.budget.reserve_lm_call()
         timeout = self.lm_timeout
         left = self.budget.wall_left()
@@ -52,6 +66,9 @@ class ModelCalls:
         self, client: Any, messages: Messages, node: str, depth: int, purpose: str, timeout: float
     ) -> str:
         """One model call, counted (per model too) and traced, whatever budget allowed it."""
+        cached = self._from_cache(client, messages, node, depth, purpose)
+        if cached is not None:
+            return cached
         t0 = time.perf_counter()
         self.tracer.emit("lm_start", node=node, depth=depth, purpose=purpose, model=client.model)
         self.models.started()
@@ -88,4 +105,34 @@ class ModelCalls:
             response=resp.text[:RESPONSE_IN_TRACE],
             request_sha256=request_digest(messages),
         )
+        if self.cache is not None:
+            self.cache.put(
+                client.model,
+                request_digest(messages),
+                resp.text,
+                resp.prompt_tokens,
+                resp.completion_tokens,
+                resp.model or None,
+            )
         return resp.text
+
+    def _from_cache(self, client: Any, messages: Messages, node: str, depth: int, purpose: str) -> str | None:
+        """The cached answer to this request, traced as a hit; None when there is none."""
+        if self.cache is None:
+            return None
+        digest = request_digest(messages)
+        hit = self.cache.get(client.model, digest)
+        if hit is None:
+            return None
+        with self._hits_lock:
+            self.cache_hits += 1
+        self.tracer.emit(
+            "lm_cache_hit",
+            node=node,
+            depth=depth,
+            purpose=purpose,
+            model=client.model,
+            response=hit.text[:RESPONSE_IN_TRACE],
+            request_sha256=digest,
+        )
+        return hit.text

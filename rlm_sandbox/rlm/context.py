@@ -12,6 +12,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from rlm_sandbox.errors import format_bytes
+from rlm_sandbox.inputs import InputSet
+
+#: Files listed by name in the first prompt; the rest are counted.
+FILES_LISTED = 40
+
 
 class ContextLoader:
     """Loads ``context`` in a thread while the node's first model call is under way."""
@@ -46,7 +52,11 @@ class HostContextInfo:
 
 
 def host_context_info(context: Any) -> HostContextInfo | None:
-    """What can be said of the input without the kernel; None for streams (unknown length)."""
+    """What can be said of the input without the kernel; None for streams (unknown length)
+    and for several or compressed files (their sizes and lines are counted as they load)."""
+    if isinstance(context, InputSet):
+        path = context.simple_path()
+        return host_context_info(path) if path is not None else None
     if isinstance(context, str | bytes | list | dict):
         return HostContextInfo(type(context).__name__, len(context))
     if isinstance(context, os.PathLike) and os.path.isfile(context):
@@ -55,6 +65,8 @@ def host_context_info(context: Any) -> HostContextInfo | None:
 
 
 def describe_context(context: Any, info: Any) -> str:
+    if isinstance(context, InputSet):
+        return _describe_inputs(context, info)
     kind = getattr(info, "type", None) or type(context).__name__
     length = getattr(info, "length", None)
     if isinstance(context, os.PathLike):
@@ -74,9 +86,59 @@ def describe_context(context: Any, info: Any) -> str:
     return f"a {kind}"
 
 
+def _describe_inputs(inputs: InputSet, info: Any) -> str:
+    """One line for the system prompt; the files themselves are listed by :func:`preview`."""
+    if inputs.as_dict:
+        return f"a dict of {len(inputs.files):,} input files, file name -> text, in the order listed below"
+    f = inputs.files[0]
+    path = inputs.simple_path()
+    base = describe_context(path if path is not None else "", info)
+    stats = inputs.stats.get(f.name)
+    facts = [f"the input {f.shown}"]
+    if f.compression:
+        facts.append(f"{f.compression}-decompressed")
+    if stats is not None and stats.complete:
+        facts.append(f"{stats.lines:,} lines")
+    return f"{base} ({', '.join(facts)})"
+
+
+def files_table(inputs: InputSet) -> str:
+    """The input files as the first prompt lists them: name, size, lines, in order."""
+    rows = []
+    total_bytes = total_lines = 0
+    for i, f in enumerate(inputs.files):
+        stats = inputs.stats.get(f.name)
+        size, lines = (stats.bytes, stats.lines) if stats is not None else (f.size or 0, 0)
+        total_bytes += size
+        total_lines += lines
+        if i < FILES_LISTED:
+            how = f", {f.compression}-decompressed" if f.compression else ""
+            rows.append(f"- {f.name!r}: {format_bytes(size)} ({size:,} bytes), {lines:,} lines{how}")
+    more = len(inputs.files) - FILES_LISTED
+    if more > 0:
+        rows.append(f"- ... and {more:,} more files (list them with `list(context)`)")
+    rows.append(f"In all: {len(inputs.files):,} files, {format_bytes(total_bytes)}, {total_lines:,} lines.")
+    return "\n".join(rows)
+
+
 def preview(context: Any, limit: int = 300) -> str:
     """A short look at the input's start, so the model knows its format before it codes."""
     head: str | None = None
+    if isinstance(context, InputSet):
+        listing = ""
+        if context.as_dict:
+            listing = f"The files (keys of `context`):\n{files_table(context)}\n"
+        first = context.files[0]
+        stats = context.stats.get(first.name)
+        path = context.simple_path()
+        if stats is not None:
+            head = bytes(stats.head[:limit]).decode("utf-8", errors="replace")
+        elif path is not None:
+            return listing + preview(path, limit)
+        if not head:
+            return listing
+        which = f" (the first file, {first.name!r})" if context.as_dict else ""
+        return f"{listing}It begins with{which}:\n```\n{head}\n```\n"
     if hasattr(context, "head"):
         head = bytes(context.head[:limit]).decode("utf-8", errors="replace")
     elif isinstance(context, str):

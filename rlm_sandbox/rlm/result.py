@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlm_sandbox.errors import exit_code
+from rlm_sandbox.rlm.citations import Citation
 
 
 @dataclass
@@ -31,6 +32,9 @@ class RLMResult:
     fallback: bool = False  # the answer came from the model's last word after a budget stop
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # usage and cost per model
     output: Any = None  # the validated typed answer, when a schema was given
+    citations: list[Citation] = field(default_factory=list)  # checked on the host (rlm.citations)
+    lm_cache_hits: int = 0  # model requests answered by --lm-cache (not in lm_calls, no cost)
+    warnings: list[str] = field(default_factory=list)  # what the run skipped or doubted, said once
 
     @property
     def ok(self) -> bool:
@@ -55,6 +59,9 @@ class RLMResult:
                 "containers": self.containers,
                 "max_depth_reached": self.max_depth_reached,
                 "trace": self.trace,
+                "citations": [c.to_json() for c in self.citations],
+                "lm_cache_hits": self.lm_cache_hits,
+                "warnings": list(self.warnings),
             }
             | ({"unsafe_backend": self.unsafe_backend} if self.unsafe_backend else {})
             | ({"fallback": True} if self.fallback else {})

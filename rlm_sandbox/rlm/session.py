@@ -19,8 +19,10 @@ from contextlib import ExitStack
 from typing import Any
 
 from rlm_sandbox.errors import SandboxClosed
+from rlm_sandbox.inputs import as_input
 from rlm_sandbox.rlm import conversation
 from rlm_sandbox.rlm.answers import AnswerSpec
+from rlm_sandbox.rlm.citations import CitationLog
 from rlm_sandbox.rlm.node import Node
 from rlm_sandbox.rlm.result import RLMResult
 from rlm_sandbox.rlm.run import Outcome, Run, RunSetup
@@ -30,7 +32,8 @@ from rlm_sandbox.sandbox.core import Sandbox
 class Session:
     def __init__(self, setup: RunSetup, context: Any, *, run_id: str | None = None) -> None:
         self.setup = setup
-        self.context = "" if context is None else context
+        self._given = "" if context is None else context
+        self.context = as_input(self._given)  # files, directories, streams -> an InputSet
         self.run_id = run_id or f"session-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.questions = 0
         self.run: Run | None = None
@@ -53,9 +56,10 @@ class Session:
         if self.run is not None:
             return self
         run = self.run = Run.begin(self.setup, self.run_id, "(session)", session=True)
-        self._opened = run.budget.snapshot()
+        self._opened = run.snapshot()
         node = self.node = Node(run, depth=0, parent=None, context=self.context, task="(session)")
         try:
+            run.take_input(self.context)
             run.start_containers()
             self._sandbox = self._stack.enter_context(run.node_sandbox(node))
             self._info = node.begin_load(self._sandbox)
@@ -69,6 +73,8 @@ class Session:
         if self._closed:
             return
         self._closed = True
+        if self.context is not self._given:
+            self.context.close()  # a stream's spool: ours to remove
         run = self.run
         if run is None:
             return
@@ -92,13 +98,14 @@ class Session:
         run, node, sandbox = self.run, self.node, self._sandbox
         assert run is not None and node is not None and sandbox is not None
         self.questions += 1
-        before = self._opened if self.questions == 1 else run.budget.snapshot()
+        before = self._opened if self.questions == 1 else run.snapshot()
         run.budget.started = time.monotonic()  # the wall-time limit is per question
         node.steps = 0
         node.schema_failures = 0
         node.output = AnswerSpec(output) if output is not None else None
         node.typed = None
         node.task = question
+        node.cited = CitationLog()  # this question's evidence only
         run.tracer.emit("question", node=node.id, number=self.questions, task=question[:2000])
         if not node.messages:
             node.start_history(self._info)
@@ -119,6 +126,7 @@ class Session:
             since=before,
             steps=node.steps,
             wall_s=round(time.monotonic() - t0, 3),
+            claims=node.cited.claims(),
         )
         run.tracer.emit("answer", node=node.id, number=self.questions, **result.to_json())
         return result

@@ -43,6 +43,8 @@ KNOWN_EVENTS = frozenset(
         "schema_mismatch",
         "question",
         "answer",
+        "lm_cache_hit",
+        "warning",
     }
 )
 
@@ -231,10 +233,33 @@ class RunTrace:
     skipped_lines: int = 0
     unknown_events: dict[str, int] = field(default_factory=dict)
     last_t: float = 0.0
+    cache_hits: int = 0  # model requests answered by --lm-cache
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
         return self.end is not None
+
+    @property
+    def citations(self) -> list[dict[str, Any]]:
+        """The run's checked citations (from ``run_end``), each with its fields made safe to
+        read: a trace is untrusted input, so anything malformed is left out."""
+        raw = self.end.get("citations") if self.end is not None else None
+        out = []
+        for c in raw if isinstance(raw, list) else []:
+            if not isinstance(c, dict) or type(c.get("line")) is not int:
+                continue
+            out.append(
+                {
+                    "file": _text(c.get("file")) or "?",
+                    "line": c["line"],
+                    "quote": _text(c.get("quote")) or "",
+                    "text": _text(c.get("text")),
+                    "verified": c.get("verified") is True,
+                    "reason": _text(c.get("reason")),
+                }
+            )
+        return out
 
     @property
     def status(self) -> str:
@@ -455,6 +480,14 @@ class _Builder:
         cell.finished = True
         if cell.t_start is None and t is not None:
             cell.t_start = max(0.0, t - (cell.wall_s or cell.duration_s or 0.0))
+
+    def on_lm_cache_hit(self, ev: dict[str, Any], t: float | None) -> None:
+        self.run.cache_hits += 1
+
+    def on_warning(self, ev: dict[str, Any], t: float | None) -> None:
+        message = _text(ev.get("message"))
+        if message:
+            self.run.warnings.append(message)
 
     def on_budget(self, ev: dict[str, Any], t: float | None) -> None:
         self.run.problems.append(ev)

@@ -1,7 +1,19 @@
-"""Where a run's input comes from: a file (streamed from disk) or standard input (streamed).
+"""Where a run's input comes from: files, directories, standard input, compressed or not.
 
-Neither is read whole on the host: the sandbox receives it in chunks. Standard input is
-peeked at (a few KB) so the model's first prompt can show how the input begins.
+``run`` takes many inputs (``-i`` repeated: files, directories walked in a stable order and
+filtered by ``--glob``, ``-`` for standard input); ``.gz``, ``.bz2``, ``.xz`` and ``.zst``
+are decompressed as they stream. :func:`collect_inputs` turns them into one ordered
+:class:`InputSet` (:mod:`.walk` finds the files and says what it skipped; :mod:`.files`
+streams them to the kernel, counts and caps them, and reads them again to check
+citations; :mod:`.decompress` reads each format a bounded chunk at a time). Nothing is
+read whole on the host.
+
+With one input ``context`` is a ``str``; with several, a ``dict`` of name -> text in the
+order found. The API takes the same (:func:`as_input`): a ``Path`` (file or directory), a
+list of paths, or a dict of name -> text.
+
+``open_input`` (one file or standard input, peeked for the preview) is what ``chat`` and
+``replay`` use: one input, as before.
 """
 
 from __future__ import annotations
@@ -11,6 +23,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from rlm_sandbox.errors import ConfigError
+from rlm_sandbox.inputs.files import FileStats, InputFile, InputSet, as_input, collect_inputs
 
 PEEK = 4096
 
@@ -48,3 +61,14 @@ def open_input(path: str | None) -> Path | StreamInput:
             hint="e.g. cat big.log | rlm-sandbox run ...",
         )
     return StreamInput(sys.stdin.buffer)
+
+
+__all__ = [
+    "FileStats",
+    "InputFile",
+    "InputSet",
+    "StreamInput",
+    "as_input",
+    "collect_inputs",
+    "open_input",
+]
