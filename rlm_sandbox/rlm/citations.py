@@ -110,7 +110,7 @@ class CitationLog:
 def verify(claims: Sequence[Claim], source: Any) -> list[Citation]:
     """Check ``claims`` against ``source``, the run's original input on this host (an
     :class:`InputSet`, a ``str`` or ``bytes``; anything else cannot be checked). The same
-    citation twice is kept once; the order is the claims'."""
+    citation twice is kept once; they come sorted by input file and line."""
     unique: list[Claim] = []
     seen: set[tuple[str | None, int, str]] = set()
     for c in claims:
@@ -139,6 +139,7 @@ def verify(claims: Sequence[Claim], source: Any) -> list[Citation]:
         except (OSError, ValueError, EOFError) as exc:
             problems[name] = f"{name} cannot be read again on this host: {exc}"
     out = []
+    resolved.sort(key=lambda r: files.order(r[1], r[0]))
     for c, name, reason in resolved:
         shown_file = name if name is not None else c.file
         if reason is None and name is not None and name in problems:
@@ -185,21 +186,28 @@ class _Files:
         src = self.source
         if isinstance(src, InputSet):
             names = src.names
-            if cited is None:
-                if len(names) == 1:
-                    return names[0], None
+            if cited is None and len(names) != 1:
                 return None, f"the input has {len(names)} files: name the file (a key of context)"
-            if cited in names:
-                if src.changed(cited):
-                    return None, f"{cited} changed on this host since it was loaded: it cannot be checked"
-                return cited, None
-            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-            return None, f"there is no input named {cited!r} (the inputs: {shown})"
+            name = names[0] if cited is None else cited
+            if name not in names:
+                shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+                return None, f"there is no input named {cited!r} (the inputs: {shown})"
+            if src.changed(name):
+                return None, f"{name} changed on this host since it was loaded: it cannot be checked"
+            return name, None
         if isinstance(src, str | bytes | bytearray):
             if cited is None or cited == MEMORY_NAME:
                 return MEMORY_NAME, None
             return None, f"there is no input named {cited!r}: the input is one text (cite it with path None)"
         return None, f"a {type(src).__name__} input has no lines to check (only files and text do)"
+
+    def order(self, name: str | None, claim: Claim) -> tuple[int, int, str]:
+        """Citations are listed as diagnostics are: by input file, then line; ones that name
+        no input last. Stable whatever order parallel children answered in."""
+        src = self.source
+        names = src.names if isinstance(src, InputSet) else [MEMORY_NAME]
+        rank = names.index(name) if name in names else len(names)
+        return rank, claim.line, claim.quote
 
     def open(self, name: str) -> BinaryIO:
         src = self.source
