@@ -20,7 +20,9 @@ from rlm_sandbox.rlm import citations as C
 from rlm_sandbox.rlm.citations import Claim, excerpt, read_lines, verify
 from rlm_sandbox.sandbox.fake import FakeBackend
 from rlm_sandbox.sandbox.messages import citations_of
-from rlm_sandbox.testing import ScriptedClient, generate_log, rlm_policy
+from rlm_sandbox.testing import ScriptedClient, generate_log
+
+from ..helpers import with_cell_line
 
 COUNT = 'How many lines contain "ERROR disk"?'
 
@@ -167,22 +169,6 @@ def test_the_host_refuses_citations_that_break_the_bounds() -> None:
 # ---------------------------------------------------------------------------- through a run
 
 
-def with_cell_line(line: str, policy: Any = rlm_policy) -> Any:
-    """``policy``, with ``line`` added to the end of the root's first cell."""
-
-    def wrapped(request: dict[str, Any]) -> Any:
-        reply = policy(request)
-        msgs = request.get("messages") or []
-        is_root = msgs and "depth 0 of" in str(msgs[0].get("content"))
-        steps = sum(1 for m in msgs if m.get("role") == "assistant")
-        if is_root and steps == 0 and isinstance(reply, str) and reply.rstrip().endswith("```"):
-            body = reply.rstrip()[: -len("```")]
-            return body + line + "\n```\n"
-        return reply
-
-    return wrapped
-
-
 def logs_dir(tmp_path: Path) -> tuple[Path, int]:
     root = tmp_path / "logs"
     (root / "nested").mkdir(parents=True)
@@ -245,7 +231,11 @@ def test_citations_need_an_answer() -> None:
     def policy(request: dict[str, Any]) -> str:
         return '```repl\ncite(None, 1, "a")\n```'  # cites, never answers
 
-    rlm = RLM(root_lm=ScriptedClient(policy), backend=FakeBackend(), config=RLMConfig(max_steps=1, fallback_answer=False))
+    rlm = RLM(
+        root_lm=ScriptedClient(policy),
+        backend=FakeBackend(),
+        config=RLMConfig(max_steps=1, fallback_answer=False),
+    )
     result = rlm.run(context="a\n", task="t")
     assert result.status == "budget_exhausted" and result.citations == []
 

@@ -91,7 +91,9 @@ def test_every_format_is_decompressed_as_it_streams(tmp_path: Path) -> None:
         (["*.txt"], ["notes.txt"]),
     ],
 )
-def test_glob_filters_the_files_of_a_directory(tmp_path: Path, patterns: list[str], expected: list[str]) -> None:
+def test_glob_filters_the_files_of_a_directory(
+    tmp_path: Path, patterns: list[str], expected: list[str]
+) -> None:
     assert collect_inputs([str(tree(tmp_path / "logs"))], patterns).names == expected
 
 

@@ -77,7 +77,9 @@ def test_entries_are_untrusted_on_read(tmp_path: Path) -> None:
     assert cache.get("m", "d") is None
 
 
-def test_writes_are_atomic_and_leave_no_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_writes_are_atomic_and_leave_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = tmp_path / "x.json"
     write_atomically(target, b"first")
 
@@ -155,11 +157,15 @@ def test_a_repeated_run_makes_no_model_request(tmp_path: Path) -> None:
     stats = generate_log(None, 200_000, seed=7)
     config = RLMConfig(lm_cache=str(tmp_path / "cache"), depth=2, pool_size=0)
     first_client = ScriptedClient()
-    first = RLM(root_lm=first_client, backend=FakeBackend(), config=config).run(context=stats.text, task=COUNT)
+    first = RLM(root_lm=first_client, backend=FakeBackend(), config=config).run(
+        context=stats.text, task=COUNT
+    )
     assert first.status == "ok" and first.answer == str(stats.disk_errors)
     assert first.lm_calls == first_client.calls > 1 and first.lm_cache_hits == 0
     again_client = ScriptedClient()
-    again = RLM(root_lm=again_client, backend=FakeBackend(), config=config).run(context=stats.text, task=COUNT)
+    again = RLM(root_lm=again_client, backend=FakeBackend(), config=config).run(
+        context=stats.text, task=COUNT
+    )
     assert again_client.calls == 0  # not one request reached the model
     assert again.status == "ok" and again.answer == first.answer
     assert [c.to_json() for c in again.citations] == [c.to_json() for c in first.citations]
