@@ -35,3 +35,15 @@ def image_build(base: str | None, force: bool) -> None:
         err.print(f"[red]error:[/] {exc}")
         sys.exit(4)
     click.echo(tag)
+
+
+@image.command("tag")
+@click.option("--base", default=None, help="base image (default: the offline Debian base)")
+def image_tag_command(base: str | None) -> None:
+    """Print the tag the sandbox image has (a hash of the kernel, the Dockerfile and the base),
+    without building or asking an engine: a CI cache key, and what to `docker save`."""
+    from rlm_sandbox.sandbox.config import SandboxConfig
+    from rlm_sandbox.sandbox.image import image_tag
+
+    cfg = SandboxConfig(base_image=base) if base else SandboxConfig()
+    click.echo(cfg.image or image_tag(cfg.base_image))
