@@ -79,6 +79,7 @@ class LiveTree:
         self.limits: dict[str, Any] = {}
         self.model = ""
         self.lm_calls = 0
+        self.cache_hits = 0
         self.tokens = 0
         self.cost = 0.0
         self.alive = 0
@@ -134,6 +135,8 @@ class LiveTree:
             elif kind == "lm_start" and ev.get("purpose") != "sub_call":
                 node.status = "thinking"
                 node.note = ""
+            elif kind == "lm_cache_hit":
+                self.cache_hits += 1
             elif kind == "lm_call":
                 self.lm_calls += 1
                 used = int(ev.get("prompt_tokens") or 0) + int(ev.get("completion_tokens") or 0)
@@ -237,7 +240,9 @@ class LiveTree:
         lim = self.limits
         elapsed = time.monotonic() - self.t0
         totals = Text(
-            f"{self.lm_calls} LM calls · {_human_tokens(self.tokens)} tokens · ${self.cost:.4f} · "
+            f"{self.lm_calls} LM calls"
+            + (f" (+{self.cache_hits} cached)" if self.cache_hits else "")
+            + f" · {_human_tokens(self.tokens)} tokens · ${self.cost:.4f} · "
             f"{len(self.nodes)} nodes · {self.alive} containers up · {elapsed:.1f} s",
             style="bold",
         )

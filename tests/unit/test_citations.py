@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -282,3 +283,33 @@ def test_stdin_spool_is_removed_after_an_api_run() -> None:
     assert [(c.file, c.line, c.verified) for c in result.citations] == [("<stream>", 1, True)]
     after = set(os.listdir(os.environ.get("TMPDIR", "/tmp")))
     assert not {n for n in after - before if n.startswith("rlm-sandbox-stdin-")}
+
+
+def test_the_trace_carries_the_citations_and_trace_show_lists_them(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from rlm_sandbox.trace import render
+    from rlm_sandbox.trace.tree import build, load
+
+    root, _ = logs_dir(tmp_path)
+    trace = tmp_path / "t.jsonl"
+    policy = with_cell_line('cite("a.log", 1, "not there")')
+    result = RLM(
+        root_lm=ScriptedClient(policy), backend=FakeBackend(), config=RLMConfig(trace=str(trace))
+    ).run(context=root, task=COUNT)
+    run = load(trace)
+    assert run.citations == [c.to_json() for c in result.citations]
+    console = Console(record=True, width=200)
+    console.print(render.show(run))
+    text = console.export_text()
+    verified = sum(c.verified for c in result.citations)
+    assert f"citations: {verified} verified, 1 refused" in text
+    assert "✗ a.log:1: the quote is not in line 1 of a.log" in text
+    good = next(c for c in result.citations if c.verified)
+    assert f"✓ {good.file}:{good.line}: {good.text}" in text
+    # a trace is untrusted: malformed citations are left out, never a crash
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    events[-1]["citations"] = [{"line": "1"}, "x", None, {"file": 3, "line": 2, "verified": "yes"}]
+    assert build(events).citations == [
+        {"file": "3", "line": 2, "quote": "", "text": None, "verified": False, "reason": None}
+    ]
