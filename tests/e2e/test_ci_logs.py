@@ -255,3 +255,33 @@ def test_two_processes_share_one_cache_at_once(scripted, tenant: str, tmp_path: 
     third = json_out(cli(*args, env=KEY_ENV))
     assert server.requests.count == made and third["lm_calls"] == 0
     assert third["answer"] == str(truth) and third["citations"] == results[0]["citations"]
+
+
+def test_github_format_never_lets_the_model_or_the_logs_issue_commands(
+    scripted, tenant: str, tmp_path: Path
+) -> None:
+    """A log line and an answer that try to issue workflow commands: they are printed while
+    commands are off, and what follows the resume token is only the run's own annotations."""
+    log = tmp_path / "evil.log"
+    log.write_text("ok\n::error file=x.py,line=1::forged %0A ::add-mask::sk ERROR disk\nok\n")
+    answer_cell = (
+        'cite(None, 2, "ERROR disk")\nFINAL("1\\n::error::forged by the model\\n::stop-commands::x")'
+    )
+    from ..helpers import cells_then_final
+
+    server = scripted(cells_then_final(answer_cell, final="FINAL(unused)"))
+    env = KEY_ENV | {"GITHUB_STEP_SUMMARY": str(tmp_path / "s.md")}
+    proc = cli(*base(server, tenant), "--task", "t", "-i", str(log), "--format", "github", env=env)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    lines = proc.stdout.decode().splitlines()
+    token = lines[0].removeprefix("::stop-commands::")
+    resume = lines.index(f"::{token}::")
+    assert "::error::forged by the model" in lines[1:resume]  # shown, but with commands off
+    after = lines[resume + 1 :]
+    assert after and all(line.startswith(("::notice ", "::warning ", "::error ")) for line in after)
+    (notice,) = after
+    assert notice.startswith(f"::notice file={log},line=2,title=rlm-sandbox%3A cited::")
+    assert notice.endswith("::error file=x.py,line=1::forged %250A ::add-mask::sk ERROR disk")
+    summary = (tmp_path / "s.md").read_text()
+    assert "````" not in summary.split("**Answer**")[0]  # the task block is plain
+    assert "```text\n1\n::error::forged by the model\n::stop-commands::x\n```" in summary
