@@ -21,10 +21,12 @@ import re
 task = {task!r}
 data = context
 source_file, source_line = None, 1  # where `data` starts in the run's input (for cite)
+nested = False
 # A child RLM's context is its parent's request: "TASK: ...\\n\\nTEXT:\\n...". Unwrap it.
 if isinstance(data, str) and data.startswith("TASK: ") and "\\n\\nTEXT:\\n" in data:
     head, data = data.split("\\n\\nTEXT:\\n", 1)
     task = head[len("TASK: "):]
+    nested = True
     if "\\n\\nSOURCE: " in task:
         task, where = task.split("\\n\\nSOURCE: ", 1)
         try:
@@ -114,15 +116,15 @@ def split_with_sources(data):
 
 
 def cite_lines(data, phrase, most=10):
-    # Cite the lines that hold the phrase: the first of each file (of a text, the first
-    # three), at most `most`, in the run's own terms (file, line).
+    # Cite the lines that hold the phrase: the first of each file (of the root's text, the
+    # first three), at most `most`, in the run's own terms (file, line).
     texts = list(data.items()) if isinstance(data, dict) else [(source_file, data)]
     cited = 0
     for name, text in texts:
         if not isinstance(text, str):
             continue
         pos = 0
-        for _ in range(1 if isinstance(data, dict) else 3):
+        for _ in range(1 if isinstance(data, dict) or nested else 3):
             pos = text.find(phrase, pos)
             if pos < 0 or cited >= most:
                 break
