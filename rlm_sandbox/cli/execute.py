@@ -67,6 +67,16 @@ def execute(
             "your provider's API key is sent there. Check that file if you did not write it.",
             soft_wrap=True,
         )
+    cache_origin = loaded.origin("lm_cache") if loaded is not None else "default"
+    if config.lm_cache and cache_origin.startswith("project file"):
+        # The cache holds prompts (slices of the input) and supplies answers: a directory a
+        # project file chose could collect the one and plant the other. Say so every time.
+        err.print(
+            f"[yellow]note:[/] the model-response cache {escape(config.lm_cache)} comes from "
+            f"{escape(cache_origin[len('project file ') :])}; it stores your prompts and its entries answer "
+            "the model's requests. Check that file if you did not write it.",
+            soft_wrap=True,
+        )
     if config.sandbox.backend == "local":
         err.print(
             "[bold red]warning:[/] --backend local runs model-written code on this machine with NO "
