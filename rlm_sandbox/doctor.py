@@ -163,10 +163,11 @@ def image_present(engine: Engine, tag: str) -> bool:
 
 
 def check_image(engine: Engine, config: SandboxConfig) -> CheckResult:
-    from rlm_sandbox.sandbox.image import REPO, image_tag
+    from rlm_sandbox.sandbox.built_images import image_status
 
+    tag, built, stale_count = image_status(engine.client, config)
     if config.image:
-        if image_present(engine, config.image):
+        if built:
             return _ok("sandbox image", f"{config.image} (configured)")
         return CheckResult(
             "sandbox image",
@@ -174,22 +175,24 @@ def check_image(engine: Engine, config: SandboxConfig) -> CheckResult:
             f"the configured image {config.image!r} does not exist",
             "build or pull it, or unset image to use the default",
         )
-    tag = image_tag(config.base_image)
-    older = [
-        t
-        for row in engine.client.api.images(name=REPO)
-        for t in row.get("RepoTags") or []
-        if t.startswith(f"{REPO}:") and t != tag
-    ]
-    stale = f"; {len(older)} older {REPO} image(s) could be removed (docker rmi)" if older else ""
-    if image_present(engine, tag):
-        return _ok("sandbox image", f"{tag} is current for this kernel{stale}")
+    stale = (
+        f"; {stale_count} stale image(s) could be removed (rlm-sandbox image rm --stale)"
+        if stale_count
+        else ""
+    )
+    packages = f" with {' '.join(config.image_packages)}" if config.image_packages else ""
+    if built:
+        return _ok("sandbox image", f"{tag}{packages} is built, current for this kernel{stale}")
     base = "" if image_present(engine, config.base_image) else f" (nor its base {config.base_image})"
+    took = "a few minutes for large packages" if config.image_packages else "about 40 s"
+    build = "rlm-sandbox image build" + (
+        f" --image-packages {','.join(config.image_packages)}" if config.image_packages else ""
+    )
     return CheckResult(
         "sandbox image",
         "warn",
-        f"{tag} is not built yet{base}; it is built on first use (about 40 s, once){stale}",
-        "rlm-sandbox image build",
+        f"{tag}{packages} is not built yet{base}; it is built on first use ({took}, once){stale}",
+        build,
     )
 
 

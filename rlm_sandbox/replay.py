@@ -16,20 +16,22 @@ digest leaves that line out, so the same request matches exactly in both runs.
 from __future__ import annotations
 
 import collections
-import json
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rlm_sandbox.errors import ConfigError
+from rlm_sandbox.trace.writer import check_event
+from rlm_sandbox.untrusted import TRACE_DEPTH, TRACE_LINE_CHARS, loads
 
 DIVERGED_REPLY = "FINAL(replay diverged)"
 """What an unknown request gets: a final answer, so the replayed node (and run) ends soon."""
 
 EXCERPT = 300
-_DEPTH = re.compile(r"depth (\d+) of at most")
+_DEPTH = re.compile(r"depth (\d{1,4}) of at most")  # bounded: int() of a long run is quadratic
 
 
 class TraceNotReplayable(ConfigError):
@@ -113,9 +115,10 @@ def load_recording(path: str | Path) -> Recording:
             for line in f:
                 lineno += 1
                 if line.strip():
-                    event = json.loads(line)
-                    if not isinstance(event, dict):
-                        raise ValueError("a line is not a JSON object")
+                    event = loads(line, max_chars=TRACE_LINE_CHARS, max_depth=TRACE_DEPTH, constants=True)
+                    problem = check_event(event)
+                    if problem is not None:
+                        raise ValueError(f"an event that is not one: {problem}")
                     events.append(event)
     except (ValueError, UnicodeDecodeError) as exc:
         raise TraceNotReplayable(
@@ -174,7 +177,7 @@ class Served:
 
 
 class ReplayPolicy:
-    """A :data:`~rlm_sandbox.scripted_model.Policy` answering from a recording.
+    """A :data:`~rlm_sandbox.testing.Policy` answering from a recording.
 
     Identical requests get their recorded responses in recorded order (the last repeats);
     an unknown request is a divergence: it is logged and answered with ``FINAL(...)`` so
@@ -477,7 +480,7 @@ def compare(
                 position=end + 1,
             )
         )
-    if old_end.get("answer") != new_end.get("answer"):
+    if _answer_key(old_end) != _answer_key(new_end):
         divergences.append(
             Divergence(
                 "run_answer",
@@ -514,6 +517,19 @@ def compare(
         containers_recorded=[n.container for n in old.values() if n.container],
         containers_replayed=[n.container for n in new.values() if n.container],
     )
+
+
+def _answer_key(end: dict[str, Any]) -> Any:
+    """What identifies a run's answer in its run_end: the digest when the answer was cut."""
+    digest = end.get("answer_sha256")
+    if end.get("answer_truncated") and isinstance(digest, str):
+        return ("sha256", digest)
+    answer = end.get("answer")
+    if isinstance(answer, str) and len(answer) >= 64 * 1024:
+        import hashlib
+
+        return ("sha256", hashlib.sha256(answer.encode("utf-8", "surrogatepass")).hexdigest())
+    return answer
 
 
 def _compare_cells(a: _Node, b: _Node, out: list[Divergence]) -> int:
@@ -593,26 +609,87 @@ def _cells_per_depth(old: dict[str, _Node], new: dict[str, _Node]) -> list[int]:
 # ---------------------------------------------------------------- running a replay
 
 
-def replay_config(recording: Recording, base: Any, *, api_base: str, trace: str) -> Any:
-    """The recorded run's limits over ``base`` (the local settings: engines, image, cells)."""
-    start = recording.start
-    limits = start.get("limits") or {}
-    values = base.model_dump() | {
-        "max_steps": int(start.get("max_steps") or base.max_steps),
-        "depth": int(start.get("depth") or limits.get("depth") or base.depth),
-        "max_lm_calls": limits.get("max_lm_calls"),
-        "max_tokens": limits.get("max_tokens"),
-        "max_cost": limits.get("max_cost"),
-        "timeout": limits.get("timeout_s"),
-        "max_containers": limits.get("max_containers") or base.max_containers,
-        "max_nodes": limits.get("max_nodes"),
-        "tenant": start.get("tenant") or base.tenant,
-        "api_base": api_base,
-        "trace": trace,
-        "lm_cache": None,  # every request must reach the recorded answers, to be compared
-    }
+_SHAPE = {"depth": "--depth", "max_steps": "--max-steps"}
+"""Settings that shape the prompts (the system prompt states them): a replay at other
+values diverges at its first request, so these are the only ones a trace may supply."""
+
+
+def replay_config(
+    recording: Recording,
+    base: Any,
+    *,
+    api_base: str,
+    trace: str,
+    origin: Callable[[str], str] | None = None,
+) -> Any:
+    """The replay's configuration: everything from ``base`` (the user's flags and settings,
+    with the defaults of ``run``), only the recorded answers from the trace.
+
+    A trace is untrusted input: a crafted one must not choose the tenant, raise a budget,
+    lift the wall-time limit or the container cap. Its ``limits`` and ``tenant`` are
+    ignored. ``depth`` and ``max_steps`` shape the prompts, so the recorded values are used
+    when they fit the user's own settings: a value the user gave as a flag wins; one from
+    their settings (``origin`` says where each came from) is a ceiling the recording may
+    not exceed; and the recorded depth must fit the user's container caps (every level of
+    the recursion needs a container), so a deeper trace cannot start more containers at
+    once than the user's ``max_containers`` allows. Depth on its own spends nothing: the
+    containers, nodes, calls, tokens, cost and time it could use are all the user's limits.
+    """
+    from pydantic import ValidationError
+
+    where = origin or (lambda _name: "default")
+    values = base.model_dump()
+    for name, flag in _SHAPE.items():
+        recorded = _recorded_int(recording.start, name)
+        source = where(name)
+        if recorded is None or source.startswith("flag"):
+            continue
+        ceiling = getattr(base, name)
+        if source != "default" and recorded > ceiling:
+            raise TraceNotReplayable(
+                f"the trace was recorded with {name} {recorded}; your settings allow at most "
+                f"{ceiling} ({source})",
+                hint=f"pass {flag} {recorded} to replay it at the recorded {name}",
+            )
+        values[name] = recorded
+    caps = [("max_containers", base.max_containers)]
+    tenant = base.tenants.get(base.tenant)
+    if tenant is not None and tenant.max_containers is not None:
+        caps.append((f"tenant {base.tenant!r} max_containers", tenant.max_containers))
+    for label, cap in caps:
+        if values["depth"] > cap:
+            raise TraceNotReplayable(
+                f"the replay would run at depth {values['depth']}, but your {label} is {cap}: "
+                "every level of the recursion needs a container of its own",
+                hint=f"raise --max-containers to at least {values['depth']}, or pass --depth "
+                "(the replay then diverges at its first request)",
+            )
+    # Every model call goes to the local replay server, whatever models the settings name.
+    # ... and none is answered from a response cache: each must be compared.
+    values |= {"api_base": api_base, "trace": trace, "depth_models": {}, "lm_cache": None}
     values["sandbox"] = values["sandbox"] | {"backend": "docker"}
-    return type(base).model_validate(values)
+    try:
+        return type(base).model_validate(values)
+    except ValidationError as exc:
+        raise TraceNotReplayable(f"the trace cannot be replayed with these settings: {exc}") from None
+
+
+def _recorded_int(start: dict[str, Any], name: str) -> int | None:
+    """A shape setting of the recorded run, if it is a plain integer within its bounds."""
+    from rlm_sandbox.rlm.config import RLMConfig
+
+    value = start.get(name)
+    if type(value) is not int:
+        return None
+    field = RLMConfig.model_fields[name]
+    low = next((m.ge for m in field.metadata if getattr(m, "ge", None) is not None), 1)
+    high = next((m.le for m in field.metadata if getattr(m, "le", None) is not None), None)
+    if value < low or (high is not None and value > high):
+        raise TraceNotReplayable(
+            f"the trace's {name} ({value}) is outside {low}..{high}",
+            hint="give a trace written by --trace",
+        )
+    return value
 
 
 def run_replay(
@@ -621,6 +698,7 @@ def run_replay(
     *,
     trace: str,
     base_config: Any = None,
+    origin: Callable[[str], str] | None = None,
     task: str | None = None,
     listeners: tuple[Any, ...] = (),
 ) -> ReplayReport:
@@ -632,7 +710,9 @@ def run_replay(
 
     policy = ReplayPolicy(recording)
     with ScriptedModelServer(policy, served_name="replay") as server:
-        config = replay_config(recording, base_config or RLMConfig(), api_base=server.url, trace=trace)
+        config = replay_config(
+            recording, base_config or RLMConfig(), api_base=server.url, trace=trace, origin=origin
+        )
         rlm = RLM(model=server.model_name, config=config, api_key=server.api_key)
         rlm.listeners.extend(listeners)
         rlm.run(context=context, task=task or recording.task)

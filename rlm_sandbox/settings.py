@@ -4,8 +4,10 @@ Precedence, highest first: a command-line flag, an ``RLM_SANDBOX_*`` environment
 the project file (``rlm-sandbox.toml`` in the current directory, or in a parent up to the
 project's root), the user file (``$XDG_CONFIG_HOME/rlm-sandbox/rlm-sandbox.toml``), the
 built-in default. pydantic-settings does the reading and merging; this module adds what it
-does not: finding the files, and remembering where every value came from so that
-``rlm-sandbox config show`` can say it and an invalid value is reported with its source.
+does not: finding the files, remembering where every value came from so that
+``rlm-sandbox config show`` can say it and an invalid value is reported with its source, and
+holding a project file the user has not trusted to what it may decide (it may only tighten
+the user's own settings: :mod:`rlm_sandbox.project_trust`).
 
 Bounds and defaults are taken from :class:`RLMConfig` and :class:`SandboxConfig` field by
 field, so a limit is defined once. API keys are not settings: LiteLLM reads them from the
@@ -16,14 +18,14 @@ from __future__ import annotations
 
 import copy
 import difflib
-import os
+import json
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator
@@ -31,6 +33,8 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
+    InitSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
@@ -38,14 +42,16 @@ from pydantic_settings import (
 )
 
 from rlm_sandbox.errors import ConfigError
+from rlm_sandbox.project_trust import Ignored, Trust, config_dir, judge, read_project_file, trust_of
 from rlm_sandbox.rlm.config import ByteSize, RLMConfig
 from rlm_sandbox.rlm.tenants import TenantLimits
 from rlm_sandbox.sandbox.config import SandboxConfig
+from rlm_sandbox.sandbox.packages import check_package_names, split_package_list
 
 FILE_NAME = "rlm-sandbox.toml"
 ENV_PREFIX = "RLM_SANDBOX_"
 _PROJECT_MARKERS = (".git", "pyproject.toml")
-SANDBOX_FIELDS = ("cell_timeout", "memory", "runtime", "tenant", "cpus", "docker_url")
+SANDBOX_FIELDS = ("cell_timeout", "memory", "runtime", "tenant", "cpus", "docker_url", "image_packages")
 RLM_FIELDS = (
     "max_steps",
     "depth",
@@ -97,6 +103,8 @@ class Settings(BaseSettings):
     cpus: float = _same_as(SandboxConfig, "cpus")
     runtime: str | None = _same_as(SandboxConfig, "runtime")
     docker_url: str | None = _same_as(SandboxConfig, "docker_url")
+    # NoDecode: a variable holds names ("a b" or "a,b"), which the validator below splits.
+    image_packages: Annotated[list[str], NoDecode] = _same_as(SandboxConfig, "image_packages")
     recursion: Literal["auto", "explicit"] = _same_as(RLMConfig, "recursion")
     depth_models: dict[int, str] = Field(
         default_factory=dict,
@@ -127,6 +135,21 @@ class Settings(BaseSettings):
             return out
         return value
 
+    @field_validator("image_packages", mode="before")
+    @classmethod
+    def _image_packages(cls, value: Any) -> Any:
+        """``--image-packages a,b`` (repeatable), ``RLM_SANDBOX_IMAGE_PACKAGES="a b"`` or a
+        TOML list; names checked here so that a bad one is reported with its source."""
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError("not a JSON list of names; or give them as 'a b' or 'a,b'") from None
+        try:
+            return list(check_package_names(split_package_list(value)))
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -138,9 +161,8 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # No .env and no secrets directory: a file nobody asked for must not change a run.
         layers = _LAYERS.get()
-        if layers is None:  # Settings() used directly: the same sources, found afresh
-            files = (TomlConfigSettingsSource(settings_cls, p) for _kind, p in config_files())
-            return (init_settings, env_settings, *files)
+        if layers is None:  # Settings() used directly: the same sources, the same project rule
+            layers = load_settings().layers[1:]
         return (init_settings, *(layer.source for layer in layers if layer.source is not None))
 
     def rlm_config(self, **overrides: Any) -> RLMConfig:
@@ -160,9 +182,7 @@ def build_rlm_config(values: Mapping[str, Any]) -> RLMConfig:
 
 
 def user_config_file(environ: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
-    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "rlm-sandbox" / FILE_NAME
+    return config_dir(environ) / FILE_NAME
 
 
 def project_config_file(cwd: Path | None = None) -> Path | None:
@@ -182,10 +202,10 @@ def config_files(cwd: Path | None = None, environ: Mapping[str, str] | None = No
     """The files that exist, highest precedence first, as ``(kind, path)``."""
     found: list[tuple[str, Path]] = []
     project = project_config_file(cwd)
-    if project is not None:
-        found.append(("project", project))
     user = user_config_file(environ)
-    if user.is_file() and (project is None or user.resolve() != project.resolve()):
+    if project is not None and not (user.is_file() and user.resolve() == project.resolve()):
+        found.append(("project", project))  # run inside ~/.config/rlm-sandbox: it is the user's file
+    if user.is_file():
         found.append(("user", user))
     return found
 
@@ -219,6 +239,8 @@ class LoadedSettings:
     settings: Settings
     layers: list[Layer]
     files: list[tuple[str, Path]]
+    trust: Trust | None = None  # the project file's standing, when there is one
+    ignored: list[Ignored] = field(default_factory=list)  # its values that were not applied
 
     def origin(self, *path: str) -> str:
         """Where the value at ``path`` (e.g. ``"depth"`` or ``"tenants", "a", "max_cost"``)
@@ -247,10 +269,14 @@ def load_settings(
     flag_names: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    trust_project: bool = False,
 ) -> LoadedSettings:
     """Resolve every setting; ``flags`` holds only the flags really given on the command line.
 
-    Raises :class:`ConfigError` with one line naming the setting and its source.
+    A project file the user does not trust (``trust_project`` is the ``--trust-project``
+    flag; a record made by ``rlm-sandbox config trust`` counts too) only tightens: what it may
+    not set is left out and listed in ``ignored``. Raises :class:`ConfigError` with one line
+    naming the setting and its source.
     """
     files = config_files(cwd, environ)
     layers = [Layer("flag", dict(flags or {}), flag_names=dict(flag_names or {}))]
@@ -265,7 +291,12 @@ def load_settings(
             f"invalid setting {name} (env {ENV_PREFIX}{name.upper()}): not valid JSON",
             hint=f"""e.g. {ENV_PREFIX}TENANTS='{{"team-a": {{"max_cost": 5}}}}', or use rlm-sandbox.toml""",
         ) from None
+    project = None
     for kind, path in files:
+        if kind == "project":
+            project = read_project_file(path)  # hashed and parsed from the same bytes
+            layers.append(_data_layer(kind, path, project.data))
+            continue
         try:
             toml_source = TomlConfigSettingsSource(Settings, path)
         except tomllib.TOMLDecodeError as exc:
@@ -273,6 +304,35 @@ def load_settings(
         except OSError as exc:
             raise ConfigError(f"{kind} file {path} cannot be read: {exc.strerror or exc}") from None
         layers.append(Layer(kind, toml_source.toml_data, path=path, source=toml_source))
+    settings = _build(layers, files)  # an invalid value anywhere is an error naming its source
+    if project is None:
+        return LoadedSettings(settings, layers, files)
+    trust = trust_of(project, flag=trust_project, environ=environ)
+    if trust.trusted:
+        return LoadedSettings(settings, layers, files, trust)
+    at = next(i for i, layer in enumerate(layers) if layer.kind == "project")
+    above = layers[:at]
+    baseline = _build(layers[:at] + layers[at + 1 :], files)  # the user's own settings alone
+    kept, ignored = judge(
+        project.data,
+        settings,
+        baseline,
+        lambda *p: not any(_shadows(layer.data, p) for layer in above),
+        project.path,
+        display_value,
+    )
+    if ignored:
+        layers[at] = _data_layer("project", project.path, kept)
+        settings = _build(layers, files)
+    return LoadedSettings(settings, layers, files, trust, ignored)
+
+
+def _data_layer(kind: str, path: Path, data: dict[str, Any]) -> Layer:
+    return Layer(kind, data, path=path, source=InitSettingsSource(Settings, dict(data)))
+
+
+def _build(layers: list[Layer], files: list[tuple[str, Path]]) -> Settings:
+    """Settings from ``layers`` (the first holds the flags), checked as a run would check them."""
     token = _LAYERS.set(layers[1:])
     try:
         settings = Settings(**layers[0].data)
@@ -282,7 +342,20 @@ def load_settings(
         raise describe_error(exc, loaded.origin) from None
     finally:
         _LAYERS.reset(token)
-    return LoadedSettings(settings, layers, files)
+    return settings
+
+
+def _shadows(data: Any, path: Sequence[str]) -> bool:
+    """Whether a higher layer's ``data`` decides the value at ``path`` (a scalar or a list
+    given for a table replaces the whole table)."""
+    for i, key in enumerate(path):
+        if not isinstance(data, Mapping):
+            return i > 0
+        lowered = {str(k).lower(): v for k, v in data.items()}
+        if key.lower() not in lowered:
+            return False
+        data = lowered[key.lower()]
+    return True
 
 
 def describe_error(exc: ValidationError, origin: Any) -> ConfigError:

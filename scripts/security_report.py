@@ -3,8 +3,9 @@
 Usage: uv run python scripts/security_report.py [--runtime runc,runsc]
 
 Each row: the attack, the runtime, the run's status, how it was contained (the error or the
-cell's last line), seconds to contain, and whether a planted host secret leaked. Exit status
-1 if any test failed or anything leaked.
+cell's last line), seconds to contain, and whether a planted host secret leaked. Attacks on
+the terminal (escape sequences and markup from models, cells, kernels and traces) also say
+what reached the terminal. Exit status 1 if any test failed or anything leaked.
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def main() -> int:
             f"{r['attack']:<{width}}  {r['runtime']:<7}  {r['status']:<16}  {r['seconds']:>5.1f}  "
             f"{'YES' if r['breached'] else 'no':<8}  {r['outcome'][:90]}"
         )
+    terminal = [r for r in rows if "terminal" in r]
+    if terminal:
+        print(f"\nwhat reached the terminal ({len(terminal)} runs on a pseudo-terminal or a pipe):")
+        for r in terminal:
+            print(f"  {r['attack']:<{width}}  {r['runtime']:<7}  {r['terminal']}")
     breaches = sum(r["breached"] for r in rows)
     slowest = max((r["seconds"] for r in rows), default=0.0)
     print(

@@ -45,6 +45,34 @@ def sandbox_image(docker_engine: None) -> str:
     return ensure_image(docker_client(), SandboxConfig())
 
 
+#: The package list tests build derived images with: small, real, pure Python. The images
+#: carry it as their ``rlm-sandbox.packages`` label, which is how they are removed after.
+TEST_IMAGE_PACKAGES = ("python3-tabulate",)
+
+
+def remove_test_images() -> list[str]:
+    """Remove every image built for TEST_IMAGE_PACKAGES (the derived images and their
+    package layer), through the same code as ``rlm-sandbox image rm``; the tags removed."""
+    from rlm_sandbox.sandbox.built_images import list_images, plan_removal, remove_images
+    from rlm_sandbox.sandbox.config import SandboxConfig
+    from rlm_sandbox.sandbox.docker_backend import docker_client
+
+    client = docker_client()
+    ours = [i for i in list_images(client, SandboxConfig()) if i.packages == TEST_IMAGE_PACKAGES]
+    if not ours:
+        return []
+    done = remove_images(client, plan_removal(ours, [i.tag for i in ours]))
+    assert not done.kept, f"test images kept: {done.kept}"
+    return [i.tag for i in done.remove]
+
+
+@pytest.fixture(scope="session")
+def test_image_packages(sandbox_image: str) -> Iterator[tuple[str, ...]]:
+    """TEST_IMAGE_PACKAGES, and at the end of the session no image built with them."""
+    yield TEST_IMAGE_PACKAGES
+    remove_test_images()
+
+
 @pytest.fixture
 def run_id(sandbox_image: str) -> Iterator[str]:
     """A fresh run label; after the test, no container of that run may be left."""

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
-from rlm_sandbox.cli.execute import build_config
+from rlm_sandbox.cli.execute import build_config, note_project_api_base, private_trace_path, report_failure
 from rlm_sandbox.cli.options import MODEL_FLAGS, budget_options, setting_options
 from rlm_sandbox.cli.output import fail, use_live_view
 from rlm_sandbox.errors import RLMSandboxError
+from rlm_sandbox.safe_text import json_text, text, write_answer
 
 
 @click.command("chat")
@@ -24,8 +23,6 @@ def chat(model: str | None, sub_model: str | None, input_path: str, **o: Any) ->
 
     Commands: /cost (what the session has used), /trace (where the trace is), /quit.
     """
-    import json
-    import tempfile
 
     from rich.console import Console
 
@@ -38,8 +35,9 @@ def chat(model: str | None, sub_model: str | None, input_path: str, **o: Any) ->
         )
     err = Console(stderr=True)
     if not o["trace_path"]:
-        o["trace_path"] = str(Path(tempfile.gettempdir()) / f"rlm-sandbox-chat-{os.getpid()}.jsonl")
+        o["trace_path"] = private_trace_path("chat")
     config = build_config(o)
+    note_project_api_base(config, o.get("settings"))
     rlm = RLM(model=model, sub_model=sub_model, config=config)
     live = None
     if use_live_view(err) and not o["as_json"]:
@@ -68,7 +66,7 @@ def chat(model: str | None, sub_model: str | None, input_path: str, **o: Any) ->
                     )
                     continue
                 if question == "/trace":
-                    click.echo(config.trace)
+                    write_answer(config.trace)
                     continue
                 if live is not None:
                     with live:
@@ -76,13 +74,10 @@ def chat(model: str | None, sub_model: str | None, input_path: str, **o: Any) ->
                 else:
                     result = session.ask(question)
                 if o["as_json"]:
-                    click.echo(json.dumps(result.to_json(), ensure_ascii=False))
+                    click.echo(json_text(result.to_json()))
                 elif result.ok or result.fallback:
-                    click.echo(result.answer)
-                if not result.ok:
-                    err.print(f"[red]{result.status}[/]: {result.error}")
-                    if result.hint:
-                        err.print(f"hint: {result.hint}")
+                    write_answer(result.answer)
+                report_failure(err, result)
     except RLMSandboxError as exc:
         fail(exc, o["debug"])
-    err.print(f"[dim]session ended; trace: {config.trace}[/]")
+    err.print(text(f"session ended; trace: {config.trace}", "dim"))

@@ -32,12 +32,13 @@ def demo(
     import tempfile
     from pathlib import Path
 
+    from rlm_sandbox.cli.execute import private_trace_path
     from rlm_sandbox.testing import ScriptedModelServer, generate_log
 
     if o["settings"].origin("depth") == "default":
         o["depth"] = 2
     if not o["trace_path"]:
-        o["trace_path"] = str(Path(tempfile.gettempdir()) / "rlm-sandbox-demo-trace.jsonl")
+        o["trace_path"] = private_trace_path("demo")
     err_echo = lambda m: click.echo(m, err=True)  # noqa: E731
     path = Path(tempfile.gettempdir()) / f"rlm-sandbox-demo-{size}.log"
     stats = generate_log(path, parse_size(size), seed=7)

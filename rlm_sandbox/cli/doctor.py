@@ -6,13 +6,12 @@ settings. The checks themselves live in :mod:`rlm_sandbox.doctor`.
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 import click
 
-from rlm_sandbox.cli.options import setting_options
+from rlm_sandbox.cli.options import setting_options, trust_option
 
 DOCTOR_FLAGS = (
     "model",
@@ -22,6 +21,7 @@ DOCTOR_FLAGS = (
     "memory",
     "cpus",
     "docker_url",
+    "image_packages",
     "engines",
     "tenant",
 )
@@ -30,6 +30,7 @@ STYLE = {"ok": "green", "fail": "red", "warn": "yellow", "skip": "dim"}
 
 @click.command()
 @setting_options(*DOCTOR_FLAGS)
+@trust_option
 @click.option("--json", "as_json", is_flag=True, help="one JSON object on stdout")
 def doctor(as_json: bool, **flags: Any) -> None:
     """Check the engine, a hardened sandbox start, gVisor, the image, leftovers, the model's
@@ -38,23 +39,24 @@ def doctor(as_json: bool, **flags: Any) -> None:
     The settings checked are those `run` would use (flags here, RLM_SANDBOX_*, rlm-sandbox.toml).
     """
     from rich.console import Console
-    from rich.markup import escape
 
     from rlm_sandbox.cli.options import resolve_settings
     from rlm_sandbox.doctor import MARK, CheckResult, run_checks
+    from rlm_sandbox.safe_text import json_text, line
 
     # An invalid setting raises ConfigError: the CLI's group prints it and exits 2.
     loaded = resolve_settings(click.get_current_context(), flags)
     out = Console(highlight=False, soft_wrap=True)
 
     def show(r: CheckResult) -> None:
-        fix = f"  [dim]fix:[/] {escape(r.fix)}" if r.fix and r.status != "ok" else ""
-        out.print(f"[{STYLE[r.status]}]{MARK[r.status]}[/] [bold]{r.name}[/]: {escape(r.detail)}{fix}")
+        # Details quote engines, servers and settings files: shown as text, never markup or escapes.
+        fix = (("  fix:", "dim"), f" {r.fix}") if r.fix and r.status != "ok" else ()
+        out.print(line((MARK[r.status], STYLE[r.status]), " ", (r.name, "bold"), f": {r.detail}", *fix))
 
     results = run_checks(loaded, on_result=None if as_json else show)
     failed = [r for r in results if r.failed]
     if as_json:
-        click.echo(json.dumps({"ok": not failed, "checks": [r.to_json() for r in results]}))
+        click.echo(json_text({"ok": not failed, "checks": [r.to_json() for r in results]}))
     elif failed:
         out.print(f"[red]{len(failed)} problem(s) would stop a run[/]")
     else:

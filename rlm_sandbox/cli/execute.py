@@ -12,12 +12,12 @@ from contextlib import nullcontext
 from typing import Any
 
 import click
-from rich.markup import escape
 
 from rlm_sandbox.cli.github import commands_stopped as github_commands_stopped
 from rlm_sandbox.cli.output import fast_exit, use_live_view
 from rlm_sandbox.errors import EXIT_CODES
 from rlm_sandbox.rlm.result import RLMResult
+from rlm_sandbox.safe_text import json_text, line, text, visible, write_answer
 
 
 def build_config(o: dict[str, Any]) -> Any:
@@ -34,7 +34,10 @@ def build_config(o: dict[str, Any]) -> Any:
     try:
         config = build_rlm_config(values)
         if o.get("backend", "docker") != "docker":
-            config.sandbox = config.sandbox.model_copy(update={"backend": o["backend"]})
+            # validated, not copied: the local backend refuses what it cannot do (image_packages)
+            config.sandbox = type(config.sandbox).model_validate(
+                config.sandbox.model_dump() | {"backend": o["backend"]}
+            )
         return config
     except ValidationError as exc:
         origin = loaded.origin if loaded is not None else (lambda *_p: "default")
@@ -57,26 +60,8 @@ def execute(
 
     err = Console(stderr=True)
     config = build_config(o)
-    loaded = o.get("settings")
-    origin = loaded.origin("api_base") if loaded is not None else "default"
-    if config.api_base and origin.startswith("project file"):
-        # A cloned repository's rlm-sandbox.toml could point the model calls, and so the
-        # API key they carry, at a server of its author's choosing: say so every time.
-        err.print(
-            f"[yellow]note:[/] the model server {config.api_base} comes from {origin[len('project file ') :]}; "
-            "your provider's API key is sent there. Check that file if you did not write it.",
-            soft_wrap=True,
-        )
-    cache_origin = loaded.origin("lm_cache") if loaded is not None else "default"
-    if config.lm_cache and cache_origin.startswith("project file"):
-        # The cache holds prompts (slices of the input) and supplies answers: a directory a
-        # project file chose could collect the one and plant the other. Say so every time.
-        err.print(
-            f"[yellow]note:[/] the model-response cache {escape(config.lm_cache)} comes from "
-            f"{escape(cache_origin[len('project file ') :])}; it stores your prompts and its entries answer "
-            "the model's requests. Check that file if you did not write it.",
-            soft_wrap=True,
-        )
+    note_project_api_base(config, o.get("settings"))
+    note_project_lm_cache(config, o.get("settings"))
     if config.sandbox.backend == "local":
         err.print(
             "[bold red]warning:[/] --backend local runs model-written code on this machine with NO "
@@ -85,7 +70,7 @@ def execute(
     github = o.get("format") == "github" and not o["as_json"]
     with github_commands_stopped() if github else nullcontext():
         for warning in getattr(context, "warnings", ()):  # file names: untrusted text too
-            err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True, highlight=False)
+            err.print(line(("warning:", "yellow"), " ", warning), soft_wrap=True)
         code = _build_and_run(model, sub_model, task, context, o, err, config, api_key, tools, output)
     result = code if isinstance(code, RLMResult) else None
     if result is None:
@@ -113,7 +98,12 @@ def _build_and_run(
 
     rlm = RLM(model=model, sub_model=sub_model, config=config, api_key=api_key, tools=tools)
     if tools:
-        err.print(f"[yellow]note:[/] tools {', '.join(sorted(tools))} run on this machine, with your rights")
+        err.print(
+            line(
+                ("note:", "yellow"),
+                f" tools {', '.join(sorted(tools))} run on this machine, with your rights",
+            )
+        )
     live = None
     if not o["as_json"] and use_live_view(err):
         from rlm_sandbox.trace.live import LiveTree
@@ -144,23 +134,21 @@ def _run_and_report(
             click.echo(json.dumps({"answer": None, "status": "error", "error": "interrupted"}))
         return EXIT_CODES["interrupted"]
     if o["as_json"]:
-        click.echo(json.dumps(result.to_json(), ensure_ascii=False))
+        click.echo(json_text(result.to_json()))
     elif result.ok:
-        click.echo(result.answer)
+        write_answer(result.answer)
         _print_citations(result, err)
-    if not result.ok:
-        label = result.status + (f" ({result.budget})" if result.budget else "")
-        err.print(f"[red]{label}[/]: {result.error}")
-        if result.hint:
-            err.print(f"hint: {result.hint}")
+    report_failure(err, result)
     if not o["as_json"]:
         toks = result.tokens["prompt"] + result.tokens["completion"]
         err.print(
-            f"[dim]{result.status} in {result.wall_s:.2f} s: {result.steps} steps, {result.lm_calls} LM calls, "
-            f"{toks} tokens, ${result.cost_usd:.4f}, {result.nodes} nodes, {result.containers} containers"
-            + (f", {result.lm_cache_hits} answered from the cache" if result.lm_cache_hits else "")
-            + (f"; trace: {result.trace}" if result.trace else "")
-            + "[/]"
+            text(
+                f"{result.status} in {result.wall_s:.2f} s: {result.steps} steps, {result.lm_calls} LM calls, "
+                f"{toks} tokens, ${result.cost_usd:.4f}, {result.nodes} nodes, {result.containers} containers"
+                + (f", {result.lm_cache_hits} answered from the cache" if result.lm_cache_hits else "")
+                + (f"; trace: {result.trace}" if result.trace else ""),
+                "dim",
+            )
         )
     return result
 
@@ -183,20 +171,19 @@ def _print_citations(result: Any, err: Any) -> None:
             shown += 1
         else:
             err.print(
-                f"[yellow]citation refused[/] {escape(where)}: {escape(printable(c.reason or '', 300))}",
+                line(("citation refused", "yellow"), f" {where}: {printable(c.reason or '', 300)}"),
                 soft_wrap=True,
-                highlight=False,
             )
     if shown > CITATIONS_SHOWN:
-        err.print(f"[dim]... and {shown - CITATIONS_SHOWN} more verified citations (see --json)[/]")
+        err.print(text(f"... and {shown - CITATIONS_SHOWN} more verified citations (see --json)", "dim"))
 
 
 def _github_report(result: Any, context: Any, task: str, err: Any) -> None:
     """The citations as workflow annotations (commands are back on), the step summary."""
     from rlm_sandbox.cli.github import annotations, append_summary
 
-    for line in annotations(result.citations, context, result.warnings):
-        click.echo(line)
+    for command in annotations(result.citations, context, result.warnings):
+        click.echo(command)
     if not result.ok:
         from rlm_sandbox.cli.github import annotation, printable
 
@@ -204,7 +191,54 @@ def _github_report(result: Any, context: Any, task: str, err: Any) -> None:
     try:
         path = append_summary(task, result)
     except OSError as exc:
-        err.print(f"[yellow]warning:[/] could not write the step summary: {escape(str(exc))}")
+        err.print(line(("warning:", "yellow"), f" could not write the step summary: {exc}"))
         return
     if path:
-        err.print(f"[dim]summary appended to {escape(path)}[/]")
+        err.print(text(f"summary appended to {path}", "dim"))
+
+
+def report_failure(err: Any, result: Any) -> None:
+    """The status, error and hint of a run that did not answer. The error may carry what a
+    kernel wrote to its diagnostic stream: shown as text, never as markup or escapes."""
+    if result.ok:
+        return
+    label = result.status + (f" ({result.budget})" if result.budget else "")
+    err.print(line((label, "red"), f": {result.error}"), soft_wrap=True)
+    if result.hint:
+        err.print(line(f"hint: {result.hint}"), soft_wrap=True)
+
+
+def note_project_api_base(config: Any, loaded: Any) -> None:
+    """A project file's ``api_base`` applies only when the user trusts that file; even then,
+    say every time that the key goes to a server that file chose."""
+    from rlm_sandbox.settings import redact_url
+
+    origin = loaded.origin("api_base") if loaded is not None else "default"
+    if config.api_base and origin.startswith("project file"):
+        click.echo(
+            f"note: the model server {redact_url(config.api_base)!r} comes from the trusted "
+            f"{origin}; your provider's API key is sent there",
+            err=True,
+        )
+
+
+def note_project_lm_cache(config: Any, loaded: Any) -> None:
+    """A project file's ``lm_cache`` applies only when the user trusts that file; even then,
+    say so: the cache stores the prompts (slices of the input) and its entries answer the
+    model's requests, so whoever owns that directory reads the one and can plant the other."""
+    origin = loaded.origin("lm_cache") if loaded is not None else "default"
+    if config.lm_cache and origin.startswith("project file"):
+        click.echo(
+            f"note: the model-response cache {visible(config.lm_cache)!r} comes from the trusted "
+            f"{origin}; it stores your prompts, and its entries answer the model's requests",
+            err=True,
+        )
+
+
+def private_trace_path(command: str) -> str:
+    """Where a command writes its trace when none is given: a new directory only this user
+    can enter, so no other user of a shared /tmp can put a file or a link there first."""
+    import tempfile
+    from pathlib import Path
+
+    return str(Path(tempfile.mkdtemp(prefix=f"rlm-sandbox-{command}-")) / "trace.jsonl")

@@ -7,6 +7,7 @@ import sys
 import click
 
 from rlm_sandbox.errors import RLMSandboxError
+from rlm_sandbox.safe_text import visible
 
 
 @click.command("gc")
@@ -55,10 +56,12 @@ def gc(
             failed += 1
             continue
         for info in report.removed:
-            labels = info.labels
+            labels = info.labels  # set by whoever created the container: shown, never acted on
             click.echo(
-                f"{verb} {info.id[:12]} ({info.status}){where} run={labels.get('rlm-sandbox.run', '?')} "
-                f"tenant={labels.get('rlm-sandbox.tenant', '?')}"
+                visible(
+                    f"{verb} {info.id[:12]} ({info.status}){where} run={labels.get('rlm-sandbox.run', '?')} "
+                    f"tenant={labels.get('rlm-sandbox.tenant', '?')}"
+                )
             )
         click.echo(
             f"{verb} {len(report.removed)} container(s){where}; kept {len(report.kept)} of live controllers"

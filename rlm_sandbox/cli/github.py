@@ -34,7 +34,6 @@ MESSAGE_CHARS = 1000
 CELL_CHARS = 200
 ANSWER_CHARS = 20000
 SUMMARY_CITATIONS = 200
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def escape_data(text: str) -> str:
@@ -48,8 +47,11 @@ def escape_property(text: str) -> str:
 
 
 def printable(text: str, limit: int) -> str:
-    """Control characters (terminal escapes included) replaced, cut to ``limit``."""
-    flat = _CONTROL.sub("\ufffd", text.replace("\t", " "))
+    """One line, every control or invisible character (terminal escapes, bidi overrides)
+    shown as an escape (:func:`rlm_sandbox.safe_text.visible`), cut to ``limit``."""
+    from rlm_sandbox.safe_text import visible
+
+    flat = visible(text.replace("\t", " ").replace("\n", " "))
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
@@ -145,7 +147,7 @@ def summary(task: str, result: Any) -> str:
         "",
         "**Task**",
         "",
-        code_block(printable(task, ANSWER_CHARS).replace("\ufffd", " ")),
+        code_block(task[:ANSWER_CHARS]),
         "",
         f"**Answer** ({result.status}{', a fallback after a budget stop' if result.fallback else ''})",
         "",

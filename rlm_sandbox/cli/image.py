@@ -1,49 +1,150 @@
-"""``rlm-sandbox image build``: build the sandbox image (also done on first use)."""
+"""``rlm-sandbox image build|tag|ls|rm``: the sandbox images this package builds.
+
+``build`` builds what a run would use (the default image, or the derived one for
+``image_packages``); runs also build it on first use. ``tag`` prints the tag of that image
+without building it (a CI cache key). ``ls`` lists every image built here
+(never anything else on the engine) and ``rm`` removes them, never one a container uses.
+Everything that talks to the engine is in :mod:`rlm_sandbox.sandbox`; this module parses,
+calls it and prints.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import sys
+from typing import Any
 
 import click
+
+from rlm_sandbox.cli.options import resolve_settings, setting_options
+
+IMAGE_FLAGS = ("image_packages", "docker_url")
 
 
 @click.group("image")
 def image() -> None:
-    """Build or inspect the sandbox image."""
+    """Build, list and remove the sandbox images."""
+
+
+def _sandbox_config(flags: dict[str, Any], base: str | None = None) -> Any:
+    """The sandbox settings a run would use (flags here, RLM_SANDBOX_*, rlm-sandbox.toml)."""
+    loaded = resolve_settings(click.get_current_context(), flags)
+    config = loaded.settings.rlm_config().sandbox
+    if base:
+        config = type(config).model_validate(config.model_dump() | {"base_image": base})
+    return config
 
 
 @image.command("build")
 @click.option("--base", default=None, help="base image (default: the offline Debian base)")
 @click.option("--force", is_flag=True, help="rebuild even if the image exists")
-def image_build(base: str | None, force: bool) -> None:
-    """Build the sandbox image (and the offline base) if missing; print its tag."""
+@setting_options(*IMAGE_FLAGS)
+def image_build(base: str | None, force: bool, **flags: Any) -> None:
+    """Build the sandbox image a run would use (with --image-packages: the derived image)
+    and what it is built on, if missing; print its tag."""
     from rich.console import Console
 
-    from rlm_sandbox.errors import RLMSandboxError
-    from rlm_sandbox.sandbox.config import SandboxConfig
+    from rlm_sandbox.safe_text import text
     from rlm_sandbox.sandbox.docker_backend import docker_client
     from rlm_sandbox.sandbox.image import ensure_image
 
     err = Console(stderr=True)
-    cfg = SandboxConfig(base_image=base) if base else SandboxConfig()
-    try:
-        with err.status("checking the sandbox image") as status:
-            tag = ensure_image(
-                docker_client(cfg.docker_url), cfg, progress=lambda m: status.update(m[:100]), force=force
-            )
-    except RLMSandboxError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        sys.exit(4)
+    cfg = _sandbox_config(flags, base)
+    # A typed error (bad engine, failed build) reaches the group: one line, a hint, its exit code.
+    with err.status("checking the sandbox image") as status:
+        tag = ensure_image(
+            docker_client(cfg.docker_url), cfg, progress=lambda m: status.update(text(m[:100])), force=force
+        )
     click.echo(tag)
 
 
 @image.command("tag")
 @click.option("--base", default=None, help="base image (default: the offline Debian base)")
-def image_tag_command(base: str | None) -> None:
-    """Print the tag the sandbox image has (a hash of the kernel, the Dockerfile and the base),
-    without building or asking an engine: a CI cache key, and what to `docker save`."""
-    from rlm_sandbox.sandbox.config import SandboxConfig
-    from rlm_sandbox.sandbox.image import image_tag
+@setting_options(*IMAGE_FLAGS)
+def image_tag_command(base: str | None, **flags: Any) -> None:
+    """Print the tag of the image a run would use (a hash of the kernel, the Dockerfile, the
+    base and the packages), without building it or asking an engine: a CI cache key, and
+    the name to `docker save`."""
+    from rlm_sandbox.sandbox.image import configured_tag
 
-    cfg = SandboxConfig(base_image=base) if base else SandboxConfig()
-    click.echo(cfg.image or image_tag(cfg.base_image))
+    click.echo(configured_tag(_sandbox_config(flags, base)))
+
+
+@image.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object on stdout")
+@setting_options(*IMAGE_FLAGS)
+def image_ls(as_json: bool, **flags: Any) -> None:
+    """List the images rlm-sandbox built: tag, packages, size, age, and which one a run
+    would use now (default). "packages" rows are the apt layer a derived image is built on."""
+    from rlm_sandbox.sandbox.built_images import list_images
+    from rlm_sandbox.sandbox.docker_backend import docker_client
+
+    cfg = _sandbox_config(flags)
+    images = list_images(docker_client(cfg.docker_url), cfg)
+    if as_json:
+        click.echo(json.dumps({"images": [i.to_json() for i in images]}))
+        return
+    if not images:
+        click.echo("no images built yet (a run builds the one it needs; or: rlm-sandbox image build)")
+        return
+    rows = [
+        (
+            i.tag,
+            i.kind,
+            " ".join(i.packages) or "-",
+            f"{i.size / 1e6:.0f} MB",
+            dt.datetime.fromtimestamp(i.created).strftime("%Y-%m-%d %H:%M"),
+            ", ".join(
+                n
+                for n, on in (
+                    ("default", i.default),
+                    ("stale", i.stale),
+                    (f"in use ({i.in_use})", bool(i.in_use)),
+                )
+                if on
+            ),
+        )
+        for i in images
+    ]
+    head = ("TAG", "KIND", "PACKAGES", "SIZE", "CREATED", "")
+    widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
+    for row in [head, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@image.command("rm")
+@click.argument("tags", nargs=-1, metavar="[TAG]...")
+@click.option("--all", "everything", is_flag=True, help="every image rlm-sandbox built")
+@click.option("--stale", is_flag=True, help="images no current kernel or recipe would build")
+@click.option("--dry-run", is_flag=True, help="say what would be removed, remove nothing")
+@setting_options("docker_url")
+def image_rm(tags: tuple[str, ...], everything: bool, stale: bool, dry_run: bool, **flags: Any) -> None:
+    """Remove images rlm-sandbox built: TAG... (as `image ls` shows them), --all or --stale.
+
+    An image a container uses is never removed (it is named, with why); a derived image
+    takes its package layer with it unless another image is built on that layer. Exit 1
+    when a TAG asked for was kept.
+    """
+    from rlm_sandbox.sandbox.built_images import (
+        check_removal_request,
+        list_images,
+        plan_removal,
+        remove_images,
+    )
+    from rlm_sandbox.sandbox.docker_backend import docker_client
+
+    # A bad request is a ConfigError (exit 2) before the engine is asked anything.
+    check_removal_request(tags, everything=everything, stale=stale)
+    cfg = _sandbox_config(flags)
+    client = docker_client(cfg.docker_url)
+    plan = plan_removal(list_images(client, cfg), tags, everything=everything, stale=stale)
+    done = plan if dry_run else remove_images(client, plan)
+    verb = "would remove" if dry_run else "removed"
+    for i in done.remove:
+        click.echo(f"{verb} {i.tag} ({i.kind}, {' '.join(i.packages) or 'no packages'})")
+    for i, why in done.kept:
+        click.echo(f"kept {i.tag}: {why}", err=True)
+    click.echo(f"{verb} {len(done.remove)} image(s)" + (f", kept {len(done.kept)}" if done.kept else ""))
+    if tags and done.kept:
+        sys.exit(1)

@@ -39,7 +39,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Check that a run would work here, with a fix for each problem.",
     ),
     "gc": ("rlm_sandbox.cli.gc", "gc", "Remove sandbox containers left behind by controllers that died."),
-    "image": ("rlm_sandbox.cli.image", "image", "Build the sandbox image."),
+    "image": ("rlm_sandbox.cli.image", "image", "Build, list and remove the sandbox images."),
 }
 
 
@@ -76,7 +76,9 @@ class CommandRegistry(click.Group):
         except Exception as exc:
             if debug:
                 raise
-            click.echo(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
+            from rlm_sandbox.safe_text import visible
+
+            click.echo(f"error: unexpected {type(exc).__name__}: {visible(exc)}", err=True)
             click.echo("hint: rerun with --debug for the traceback, and please report it", err=True)
             sys.exit(1)
 

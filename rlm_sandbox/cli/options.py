@@ -65,6 +65,14 @@ FLAGS: dict[str, SettingFlag] = {
             "docker_url", ("--docker-url",), "Docker engine URL (default: DOCKER_HOST or the socket)"
         ),
         SettingFlag(
+            "image_packages",
+            ("--image-packages",),
+            "Debian packages to add to the sandbox image, e.g. python3-pandas (comma-separated or "
+            "repeated; built once into a derived image, cached by the list)",
+            param="image_packages",
+            multiple=True,
+        ),
+        SettingFlag(
             "recursion",
             ("--recursion",),
             "auto: llm_query starts child RLMs while depth remains; explicit: only rlm_query does",
@@ -157,9 +165,24 @@ def setting_options(*names: str, help: dict[str, str] | None = None) -> Callable
     return decorate
 
 
-def resolve_settings(ctx: click.Context, kwargs: dict[str, Any]) -> LoadedSettings:
+def trust_option(f: Callable) -> Callable:
+    """``--trust-project``: this command reads the project's rlm-sandbox.toml as the user's own.
+    Not a setting: a file or a variable that could turn it on would defeat it."""
+    return click.option(
+        "--trust-project",
+        "trust_project",
+        is_flag=True,
+        help="apply the project's rlm-sandbox.toml as if you wrote it (by default it may only "
+        "tighten your settings; `rlm-sandbox config trust` remembers the choice)",
+    )(f)
+
+
+def resolve_settings(ctx: click.Context, kwargs: dict[str, Any], *, announce: bool = True) -> LoadedSettings:
     """Load the settings with the flags really given, and put every effective value back
-    into ``kwargs`` under its parameter name (so command bodies read one dict)."""
+    into ``kwargs`` under its parameter name (so command bodies read one dict).
+
+    Every value of an untrusted project file that was not applied is said once on stderr
+    (``announce``; ``config show`` lists them in its own output instead)."""
     from rlm_sandbox.settings import load_settings
 
     given: dict[str, Any] = {}
@@ -171,11 +194,24 @@ def resolve_settings(ctx: click.Context, kwargs: dict[str, Any]) -> LoadedSettin
             field = PARAM_TO_FIELD[param.name]
             given[field] = list(kwargs[param.name]) if FLAGS[field].multiple else kwargs[param.name]
             names[field] = _typed_flag(param)
-    loaded = load_settings(given, flag_names=names)
+    loaded = load_settings(given, flag_names=names, trust_project=bool(kwargs.pop("trust_project", False)))
     for param in params:
         assert param.name is not None
         kwargs[param.name] = getattr(loaded.settings, PARAM_TO_FIELD[param.name])
+    if announce:
+        announce_ignored(loaded)
     return loaded
+
+
+def announce_ignored(loaded: LoadedSettings) -> None:
+    """One line per value of the project file that was left out, and how to apply them."""
+    from rlm_sandbox.project_trust import IGNORED_HINT
+    from rlm_sandbox.safe_text import visible
+
+    for item in loaded.ignored:
+        click.echo(f"note: {visible(item.line())}", err=True)
+    if loaded.ignored:
+        click.echo(f"hint: {IGNORED_HINT}", err=True)
 
 
 def _typed_flag(param: click.Parameter) -> str:
@@ -199,6 +235,7 @@ def budget_options(f: Callable) -> Callable:
 
     opts = [
         setting_options(*RUN_FLAGS),
+        trust_option,
         click.option(
             "--backend",
             type=click.Choice(["docker", "local"]),

@@ -18,9 +18,11 @@ def fail(exc: RLMSandboxError, debug: bool) -> NoReturn:
         import traceback
 
         traceback.print_exc()
-    click.echo(f"error: {exc.message}", err=True)
+    from rlm_sandbox.safe_text import visible
+
+    click.echo(f"error: {visible(exc.message)}", err=True)  # may quote a kernel or a model
     if exc.hint:
-        click.echo(f"hint: {exc.hint}", err=True)
+        click.echo(f"hint: {visible(exc.hint)}", err=True)
     sys.exit(exit_code(exc.status))
 
 

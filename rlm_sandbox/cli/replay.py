@@ -10,8 +10,6 @@ without request digests, bad input), 4 the replay itself could not run (sandbox)
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -19,7 +17,12 @@ from typing import Any
 
 import click
 
+from rlm_sandbox.cli.options import RUN_FLAGS, setting_options
 from rlm_sandbox.errors import RLMSandboxError
+
+REPLAY_FLAGS = tuple(n for n in RUN_FLAGS if n not in ("api_base", "trace", "depth_models"))
+"""Every setting of ``run`` except where the model calls and the trace go (the replay's
+own server, and its own --trace) and the models per level (the server answers them all)."""
 
 
 @click.command("replay")
@@ -37,29 +40,54 @@ from rlm_sandbox.errors import RLMSandboxError
 )
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object on stdout and nothing else")
 @click.option("--debug", is_flag=True, help="show tracebacks")
+@setting_options(*REPLAY_FLAGS)
 def replay(
-    trace_file: Path, input_path: str, task: str | None, new_trace: str | None, as_json: bool, debug: bool
+    trace_file: Path,
+    input_path: str,
+    task: str | None,
+    new_trace: str | None,
+    as_json: bool,
+    debug: bool,
+    **o: Any,
 ) -> None:
     """Replay the run recorded in TRACE with fresh containers and report where it diverges.
 
     Needs the same input the run had, given the same way (a file, or '-' if it came on
-    standard input: the model is told the size of a file only). The recorded depth, steps and limits are used; the
-    sandbox settings (engines, cell timeout, memory) come from the usual settings.
+    standard input: the model is told the size of a file only). The trace supplies the
+    recorded model answers and nothing else: every limit, the tenant and the sandbox
+    settings are yours (flags, RLM_SANDBOX_* variables, rlm-sandbox.toml, the defaults of
+    `run`). The recorded depth and steps are used when your settings allow them.
     Exit 0: identical; 1: diverged; 2: usage error; 4: the replay could not run.
     """
     from rich.console import Console
 
+    from rlm_sandbox.cli.options import resolve_settings
     from rlm_sandbox.cli.output import fail, fast_exit
     from rlm_sandbox.inputs import open_input
     from rlm_sandbox.replay import load_recording, run_replay
-    from rlm_sandbox.settings import build_rlm_config, load_settings
+    from rlm_sandbox.safe_text import line
+    from rlm_sandbox.settings import build_rlm_config
     from rlm_sandbox.trace.view import TraceView
 
     err = Console(stderr=True)
     try:
+        loaded = resolve_settings(click.get_current_context(), o)
         recording = load_recording(trace_file)
         context = open_input(input_path)
-        base = build_rlm_config(load_settings().settings.model_dump())
+        base = build_rlm_config(loaded.settings.model_dump())
+        recorded = recording.start.get("image_packages") or []
+        recorded_packages = [str(p) for p in recorded] if isinstance(recorded, list) else [str(recorded)]
+        if recorded_packages != list(base.sandbox.image_packages):
+            # Not taken from the trace (a file is not trusted to choose what runs in the sandbox).
+            shown = " ".join(recorded_packages)[:200] or "none"
+            err.print(
+                line(
+                    ("note:", "yellow"),
+                    f" the recorded run's image packages were: {shown}; this replay uses the settings' "
+                    "(--image-packages is a setting: RLM_SANDBOX_IMAGE_PACKAGES)",
+                ),
+                soft_wrap=True,
+            )
         if task is None and len(recording.task) >= 2000:
             err.print("[yellow]note:[/] the recorded task may be cut at 2000 characters; give --task if so")
         target = new_trace or _temp_trace()
@@ -70,7 +98,13 @@ def replay(
                 "(no model, no key) in fresh containers"
             )
         report = run_replay(
-            recording, context, trace=target, base_config=base, task=task, listeners=listeners
+            recording,
+            context,
+            trace=target,
+            base_config=base,
+            origin=loaded.origin,
+            task=task,
+            listeners=listeners,
         )
     except RLMSandboxError as exc:
         fail(exc, debug)
@@ -78,7 +112,9 @@ def replay(
     if report.status_replayed == "sandbox_error" and report.status_recorded != "sandbox_error":
         code = 4
     if as_json:
-        click.echo(json.dumps(report.to_json(), ensure_ascii=False))
+        from rlm_sandbox.safe_text import json_text
+
+        click.echo(json_text(report.to_json()))
     else:
         _print_report(Console(highlight=False, soft_wrap=True), report)
     fast_exit(code)
@@ -86,32 +122,44 @@ def replay(
 
 
 def _temp_trace() -> str:
-    fd, path = tempfile.mkstemp(prefix="rlm-sandbox-replay-", suffix=".jsonl")
-    os.close(fd)
-    return path
+    # A trace is never written over an existing file: a fresh private directory, not mkstemp.
+    return str(Path(tempfile.mkdtemp(prefix="rlm-sandbox-replay-")) / "trace.jsonl")
 
 
 def _print_report(out: Any, report: Any) -> None:
-    from rich.markup import escape
+    """The report for a person. Recorded and replayed text came from cells and models (and
+    the trace from anywhere): every piece of it is shown through safe_text, never as markup."""
+    from rlm_sandbox.safe_text import line
 
     c = report.counts
     if report.identical:
-        out.print(f"[bold green]identical[/]: the replay did what {escape(report.recorded_trace)} recorded")
+        out.print(
+            line(("identical", "bold green"), f": the replay did what {report.recorded_trace} recorded")
+        )
     else:
         out.print(
-            f"[bold red]diverged[/]: {len(report.divergences)} difference(s) from {escape(report.recorded_trace)}"
+            line(
+                ("diverged", "bold red"),
+                f": {len(report.divergences)} difference(s) from {report.recorded_trace}",
+            )
         )
     out.print(
-        f"  requests: {c['requests']} ({c['matched_exact']} exact, {c['unknown_requests']} unknown) "
-        f"of {c['recorded_calls']} recorded"
+        line(
+            f"  requests: {c['requests']} ({c['matched_exact']} exact, {c['unknown_requests']} unknown) "
+            f"of {c['recorded_calls']} recorded"
+        )
     )
     out.print(
-        f"  nodes: {c['nodes_replayed']} replayed, {c['nodes_recorded']} recorded; cells: "
-        f"{c['cells_replayed']} replayed, {c['cells_recorded']} recorded, {c['cells_differing']} differ"
+        line(
+            f"  nodes: {c['nodes_replayed']} replayed, {c['nodes_recorded']} recorded; cells: "
+            f"{c['cells_replayed']} replayed, {c['cells_recorded']} recorded, {c['cells_differing']} differ"
+        )
     )
     out.print(
-        f"  answer: {escape(repr(report.answer_replayed))} ({report.status_replayed}); recorded "
-        f"{escape(repr(report.answer_recorded))} ({report.status_recorded})"
+        line(
+            f"  answer: {report.answer_replayed!r} ({report.status_replayed}); recorded "
+            f"{report.answer_recorded!r} ({report.status_recorded})"
+        )
     )
     first = report.first
     if first is not None:
@@ -126,15 +174,15 @@ def _print_report(out: Any, report: Any) -> None:
             )
             if v is not None
         )
-        out.print(f"[bold]first divergence[/]: {first.kind}" + (f" at {where}" if where else ""))
-        out.print(f"  {escape(first.detail)}")
+        out.print(line(("first divergence", "bold"), f": {first.kind}" + (f" at {where}" if where else "")))
+        out.print(line(f"  {first.detail}"))
         for label, text in (("recorded", first.recorded), ("replayed", first.replayed)):
             if text is not None:
-                body = escape(text).replace("\n", "\n    ")
-                out.print(f"  {label}:\n    {body}")
+                body = str(text).replace("\n", "\n    ")
+                out.print(line(f"  {label}:\n    {body}"))
         rest = report.divergences[1:]
         for d in rest[:10]:
-            out.print(f"  then {d.kind}: {escape(d.detail)}")
+            out.print(line(f"  then {d.kind}: {d.detail}"))
         if len(rest) > 10:
-            out.print(f"  ... and {len(rest) - 10} more (see --json)")
-    out.print(f"  replay trace: {escape(str(report.trace))}")
+            out.print(line(f"  ... and {len(rest) - 10} more (see --json)"))
+    out.print(line(f"  replay trace: {report.trace}"))

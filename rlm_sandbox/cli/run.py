@@ -81,8 +81,9 @@ def run(
         if tools_spec:
             from rlm_sandbox.rlm.tools import load_tools
 
-            sys.path.insert(0, os.getcwd())  # --tools mymodule:TOOLS from the current project
-            tools = load_tools(tools_spec)
+            # --tools mymodule:TOOLS from the current project: that module only, the
+            # directory never goes on sys.path (it would shadow every later import).
+            tools = load_tools(tools_spec, directory=os.getcwd())
         if schema_path:
             import json
 

@@ -18,14 +18,20 @@ FILE = click.argument("file", type=click.Path(dir_okay=True, path_type=Path))
 
 
 def _usage_error(message: str, hint: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    click.echo(f"hint: {hint}", err=True)
+    from rlm_sandbox.safe_text import visible
+
+    click.echo(f"error: {visible(message)}", err=True)
+    click.echo(f"hint: {visible(hint)}", err=True)
     sys.exit(2)
 
 
-def _load(path: Path) -> RunTrace:
+def _load(path: Path, *, for_terminal: bool = True) -> RunTrace:
+    """The trace, with every string made visible for the terminal views (a trace is written
+    by cells and models: its text is shown, never acted on); the HTML page escapes its own."""
+    from rlm_sandbox.safe_text import visible_data
+
     try:
-        return load(path)
+        return load(path, clean=visible_data if for_terminal else None)
     except TraceFileError as exc:
         _usage_error(exc.message, exc.hint)
 
@@ -78,7 +84,7 @@ def html_command(file: Path, output: Path | None) -> None:
     """One self-contained HTML page: collapsible node tree and a timeline (no network needed)."""
     from rlm_sandbox.trace.html import render_html
 
-    run = _load(file)
+    run = _load(file, for_terminal=False)
     target = output or file.with_suffix(".html")
     try:
         target.write_text(render_html(run), encoding="utf-8")

@@ -189,6 +189,10 @@ class KernelLoop:
         timeout = float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else 60.0
         cap = header.get("output_cap")
         cap = cap if type(cap) is int and cap >= 0 else DEFAULT_OUTPUT_CAP
+        for key, attr in (("max_header", "max_header"), ("max_payload", "max_payload")):
+            value = header.get(key)
+            if type(value) is int and value > 0:
+                setattr(self.link, attr, value)
         outcome, out, out_total, err, err_total = self._run_cell(code, header["id"], timeout, cap)
         final = outcome.final.encode("utf-8", errors="replace") if outcome.final is not None else b""
         cited = self.repl.take_citations()

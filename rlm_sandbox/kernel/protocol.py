@@ -51,6 +51,13 @@ MAX_CITATIONS = 256
 MAX_CITE_PATH = 1024  # characters
 MAX_CITE_QUOTE = 2000  # characters
 
+# What the host reads of one kernel frame, unless an exec_request says otherwise (the host
+# sends its own limits with every cell). The kernel refuses a request past them with an
+# error the cell can catch; the host still kills a kernel whose frame breaks them.
+MAX_BATCH = 4096
+DEFAULT_MAX_HEADER = 64 * 1024
+DEFAULT_MAX_PAYLOAD = 256 * 1024 * 1024
+
 # Names the engine puts in the namespace and restores after every cell.
 ENGINE_NAMES = ("context", "llm_query", "llm_query_batched", "FINAL", "FINAL_VAR", "SHOW_VARS", "cite")
 

@@ -116,6 +116,9 @@ class HostLink:
         self.id_lock = threading.Lock()
         self.current_cell = 0
         self.closed = False
+        # What the host reads of one frame; it sends its own limits with every cell.
+        self.max_header = P.DEFAULT_MAX_HEADER
+        self.max_payload = P.DEFAULT_MAX_PAYLOAD
 
     def _new_id(self) -> int:
         with self.id_lock:
@@ -135,7 +138,34 @@ class HostLink:
             encoded.append(p.encode("utf-8", errors="surrogatepass"))
         if os.getpid() != self.pid:
             raise LLMQueryError("llm_query is not available in a process forked by the cell")
+        if len(encoded) > P.MAX_BATCH:
+            raise LLMQueryError(
+                f"{kind}_query_batched takes at most {P.MAX_BATCH} prompts per call "
+                f"(got {len(encoded)}); split the list"
+            )
+        total = sum(len(e) for e in encoded)
+        if total > self.max_payload:
+            raise LLMQueryError(
+                f"the prompts add up to {total} bytes; the host takes at most {self.max_payload} "
+                "per call; send less per call"
+            )
         ident = self._new_id()
+        request = {
+            "t": P.LLM_REQUEST,
+            "id": ident,
+            "cell": self.current_cell,
+            "sizes": [len(e) for e in encoded],
+            **({"kind": kind} if kind != "llm" else {}),
+            **({"name": name} if name is not None else {}),
+            **({"output": schema} if schema is not None else {}),
+        }
+        head = len(P.encode_header(request, total)) - P.PREFIX_SIZE
+        if head > self.max_header:
+            raise LLMQueryError(
+                f"this request's header would be {head} bytes; the host reads at most "
+                f"{self.max_header} (the output= schema and one size per prompt make it up); "
+                "send fewer prompts per call or a smaller schema"
+            )
         waiter: dict = {"event": threading.Event(), "reply": None}
         with self.pending_lock:
             if self.closed:
@@ -143,18 +173,7 @@ class HostLink:
             self.pending[ident] = waiter
         self._wait_begin()
         try:
-            self.send(
-                {
-                    "t": P.LLM_REQUEST,
-                    "id": ident,
-                    "cell": self.current_cell,
-                    "sizes": [len(e) for e in encoded],
-                    **({"kind": kind} if kind != "llm" else {}),
-                    **({"name": name} if name is not None else {}),
-                    **({"output": schema} if schema is not None else {}),
-                },
-                b"".join(encoded),
-            )
+            self.send(request, b"".join(encoded))
             while not waiter["event"].wait(0.5):
                 pass
         finally:
@@ -205,9 +224,20 @@ class CellOutcome:
 class Repl:
     """One namespace for the container's life, and the functions the engine puts in it."""
 
-    def __init__(self, link: HostLink, *, echo: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        link: HostLink,
+        *,
+        echo: Callable[[str], None] = print,
+        compile_guard: AbstractContextManager[object] | None = None,
+    ) -> None:
         self.link = link
         self.echo = echo  # where a cell's last expression is printed (the kernel: stdout)
+        # Held while a cell is parsed and compiled. A kernel is alone in its process and needs
+        # none; the host's in-memory backend runs many REPLs as threads of one process, and
+        # CPython 3.11's AST conversion keeps its recursion depth per interpreter, so two
+        # threads parsing at once can fail with "AST constructor recursion depth mismatch".
+        self.compile_guard = compile_guard if compile_guard is not None else nullcontext()
         self.final: str | None = None
         self.citations: list[list[object]] = []  # cited since the last reply, sent with it
         self._cite_lock = threading.Lock()
@@ -399,12 +429,13 @@ class Repl:
         pid = os.getpid()
         t0 = time.perf_counter()
         try:
-            tree = ast.parse(code, "<cell>", "exec")
-            tail = None
-            if tree.body and isinstance(tree.body[-1], ast.Expr):
-                tail = ast.Expression(tree.body.pop().value)
-            body = compile(tree, "<cell>", "exec")
-            tail_code = compile(tail, "<cell>", "eval") if tail is not None else None
+            with self.compile_guard:
+                tree = ast.parse(code, "<cell>", "exec")
+                tail = None
+                if tree.body and isinstance(tree.body[-1], ast.Expr):
+                    tail = ast.Expression(tree.body.pop().value)
+                body = compile(tree, "<cell>", "exec")
+                tail_code = compile(tail, "<cell>", "eval") if tail is not None else None
             with guard() if guard is not None else nullcontext():
                 try:
                     exec(body, self.ns)

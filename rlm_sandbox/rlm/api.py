@@ -16,7 +16,7 @@ from rlm_sandbox.errors import BudgetExhausted, ConfigError, LMError, RLMSandbox
 from rlm_sandbox.inputs import as_input
 from rlm_sandbox.rlm.answers import AnswerSpec
 from rlm_sandbox.rlm.config import RLMConfig
-from rlm_sandbox.rlm.lm import LiteLLMClient
+from rlm_sandbox.rlm.lm import LiteLLMClient, start_preload
 from rlm_sandbox.rlm.models import ModelRouter
 from rlm_sandbox.rlm.node import Node
 from rlm_sandbox.rlm.result import RLMResult
@@ -78,10 +78,13 @@ class RLM:
         return Session(self.setup(), context, run_id=run_id)
 
     def _models(self) -> ModelRouter:
-        """The clients of a run: the ones given, else LiteLLM clients by model name."""
+        """The clients of a run: the ones given, else LiteLLM clients by model name. LiteLLM's
+        import (seconds) starts in the background when the first such client is made, so it
+        overlaps the container start; a run whose clients were all given never imports it."""
         cfg = self.config
 
         def make(model: str) -> LiteLLMClient:
+            start_preload()
             return LiteLLMClient(
                 model,
                 api_base=cfg.api_base,
@@ -163,8 +166,11 @@ class RecursiveLanguageModel:
         *,
         model: str | None = None,
         sub_model: str | None = None,
+        backend: Backend | None = None,
     ) -> None:
-        self._rlm = RLM(model=model, sub_model=sub_model, config=config, root_lm=root_lm, sub_lm=sub_lm)
+        self._rlm = RLM(
+            model=model, sub_model=sub_model, config=config, root_lm=root_lm, sub_lm=sub_lm, backend=backend
+        )
         self.config = self._rlm.config
 
     def run(self, prompt: Any = None, task: str = "", **kw: Any) -> RLMResult:

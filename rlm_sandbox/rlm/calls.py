@@ -63,9 +63,20 @@ class ModelCalls:
         return self.call_unchecked(client, messages, node, depth, purpose, timeout)
 
     def call_unchecked(
-        self, client: Any, messages: Messages, node: str, depth: int, purpose: str, timeout: float
+        self,
+        client: Any,
+        messages: Messages,
+        node: str,
+        depth: int,
+        purpose: str,
+        timeout: float,
+        *,
+        fatal: bool = True,
     ) -> str:
-        """One model call, counted (per model too) and traced, whatever budget allowed it."""
+        """One model call, counted (per model too) and traced, whatever budget allowed it.
+
+        A failure stops the whole run (``fatal``), except for a call made after the run has
+        already stopped (the fallback): its failure must not replace the stop that came first."""
         cached = self._from_cache(client, messages, node, depth, purpose)
         if cached is not None:
             return cached
@@ -83,7 +94,8 @@ class ModelCalls:
                     self.tracer.emit("lm_cut", node=node, depth=depth, model=client.model, reason="timeout")
                     self.budget.check()
                 self.tracer.emit("lm_error", node=node, depth=depth, model=client.model, error=str(exc))
-                self._on_fatal(exc)
+                if fatal:
+                    self._on_fatal(exc)
             raise
         self.models.finished(client.model, resp.prompt_tokens, resp.completion_tokens, resp.cost_usd)
         self.budget.record_usage(resp.prompt_tokens, resp.completion_tokens, resp.cost_usd)

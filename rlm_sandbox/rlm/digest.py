@@ -21,4 +21,5 @@ def request_digest(messages: list[dict[str, str]]) -> str:
         for m in messages
     ]
     blob = json.dumps(stable, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    # surrogatepass: a model's reply may hold a lone surrogate; the digest must not fail on it.
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()

@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import Any
 
 from rlm_sandbox.errors import LMError
+from rlm_sandbox.untrusted import valid_text
 
 __all__ = ["LMResponse", "LiteLLMClient", "litellm_loaded", "preload_litellm", "start_preload"]
 
@@ -330,6 +331,8 @@ class LiteLLMClient:
             text = response.choices[0].message.content or ""
         except (AttributeError, IndexError, TypeError):
             pass
+        # A lone surrogate in the reply would make the next request (and any writer) fail.
+        text = valid_text(text) if isinstance(text, str) else str(text)
         usage = getattr(response, "usage", None)
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0) if usage is not None else 0
         completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0) if usage is not None else 0

@@ -73,7 +73,7 @@ class Node:
                 reserve=run.budget.reserve_tool_call,
                 trace=lambda fields: run.tracer.emit("tool_call", node=self.id, depth=self.depth, **fields),
             )
-        spec = AnswerSpec(req.output) if req.output is not None else None
+        spec = AnswerSpec.from_cell(req.output) if req.output is not None else None
         child_allowed = self.depth + 1 < run.config.depth
         wants_child = req.kind == "rlm" or run.config.recursion == "auto"
         if child_allowed and wants_child:
@@ -104,7 +104,7 @@ class Node:
         problem = None
         for _attempt in range(run.config.schema_retries + 1):
             text = run.calls.call(leaf, messages, self.id, self.depth, "sub_call")
-            value, problem = spec.check(text)
+            value, problem = spec.check(text, seconds=run.check_seconds())
             if problem is None:
                 return spec.dump(value)
             messages += [
@@ -237,10 +237,7 @@ class Node:
         outputs: list[str] = []
         for index, code in enumerate(find_code_blocks(text)):
             run.budget.check()
-            limit = cfg.sandbox.cell_timeout
-            left = run.budget.wall_left()
-            if left is not None:
-                limit = max(1.0, min(limit, left))  # a cell may not outlive the run's wall budget
+            limit = run.kernel_limit()  # a cell may not outlive the run's wall budget
             run.tracer.emit(
                 "cell_start", node=self.id, depth=self.depth, step=step, index=index, code=code[:4000]
             )
@@ -275,7 +272,7 @@ class Node:
         """None if ``answer`` is acceptable; otherwise what is wrong (and count the attempt)."""
         if self.output is None:
             return None
-        value, problem = self.output.check(answer)
+        value, problem = self.output.check(answer, seconds=self.run.check_seconds())
         if problem is None:
             self.typed = value
             return None
@@ -312,7 +309,14 @@ class Node:
                 None,
                 f"FINAL_VAR needs a variable name, got {name!r}; use FINAL(...) for a literal answer.",
             )
-        value = sandbox.get_variable(name)
+        limit = self.run.kernel_limit()
+        result = sandbox.execute(f"FINAL_VAR({name!r})", timeout=limit)
+        if result.timed_out:
+            return None, (
+                f"FINAL_VAR({name}): turning {name!r} into text took longer than {limit:g} s and was "
+                "stopped. Make its str() cheap, or answer with FINAL(...)."
+            )
+        value = result.final if result.ok else None
         if value is None:
             return None, (
                 f"FINAL_VAR({name}): there is no variable named {name!r} in the REPL. "
@@ -337,7 +341,9 @@ class Node:
         def ask(request: Messages) -> str:
             run.budget.count_unchecked_call()
             timeout = min(FALLBACK_TIMEOUT_S, run.config.lm_timeout)
-            return run.calls.call_unchecked(self.lm, request, self.id, self.depth, "fallback", timeout)
+            return run.calls.call_unchecked(
+                self.lm, request, self.id, self.depth, "fallback", timeout, fatal=False
+            )
 
         found = best_answer(self.messages, exc.message, ask, lambda text: self._accepted_final(sandbox, text))
         run.tracer.emit("fallback", node=self.id, budget=exc.budget, answered=found is not None)

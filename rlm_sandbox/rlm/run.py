@@ -33,7 +33,6 @@ from rlm_sandbox.rlm.calls import ModelCalls
 from rlm_sandbox.rlm.citations import Claim, verify
 from rlm_sandbox.rlm.config import RLMConfig
 from rlm_sandbox.rlm.containers import Lease, RunContainers
-from rlm_sandbox.rlm.lm import start_preload
 from rlm_sandbox.rlm.models import ModelRouter
 from rlm_sandbox.rlm.result import RLMResult
 from rlm_sandbox.rlm.tenants import ledger
@@ -41,7 +40,8 @@ from rlm_sandbox.rlm.tools import ToolSet
 from rlm_sandbox.sandbox.backend import Backend
 from rlm_sandbox.sandbox.channel import LLMHandler
 from rlm_sandbox.sandbox.core import Sandbox
-from rlm_sandbox.trace.writer import Listener, Tracer
+from rlm_sandbox.trace.writer import Listener, Tracer, answer_fields
+from rlm_sandbox.untrusted import CHECK_SECONDS
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -139,7 +139,6 @@ class Run:
                 hint="drop --backend local (the default, docker, is the sandbox), or drop --tenant",
             )
         models = setup.make_models()
-        start_preload()
         tracer = Tracer(run_id, cfg.trace)
         try:
             run = cls(cfg, models, tracer, run_id, setup.tools, setup.backend)
@@ -160,6 +159,7 @@ class Run:
             backend=cfg.sandbox.backend,
             unsafe=cfg.sandbox.backend == "local",
             levels=models.levels(cfg.depth),
+            **({"image_packages": list(cfg.sandbox.image_packages)} if cfg.sandbox.image_packages else {}),
             **({"session": True} if session else {}),
         )
         return run
@@ -221,24 +221,27 @@ class Run:
                 self.containers.release(lease)
             if admitted:
                 self.budget.release_container()
-            if admitted or lease is not None:
-                tracer.emit(
-                    "node_end",
-                    node=node.id,
-                    depth=node.depth,
-                    status=status,
-                    steps=node.steps,
-                    answer=None if node.answer is None else node.answer[:2000],
-                    error=error,
-                    wall_s=round(time.monotonic() - t0, 4),
-                )
+            # Every node_begin gets its node_end, even for a node the budget never admitted:
+            # trace readers would show it as still running otherwise.
+            tracer.emit(
+                "node_end",
+                node=node.id,
+                depth=node.depth,
+                status=status,
+                steps=node.steps,
+                answer=None if node.answer is None else node.answer[:2000],
+                error=error,
+                wall_s=round(time.monotonic() - t0, 4),
+            )
             self._node_left()
 
     def offer_tools(self, sandbox: Sandbox) -> None:
         """Give the kernel a proxy per host tool; they live in its engine names, so they are
         restored after every cell."""
         if self.tools:
-            setup = sandbox.execute(f"_rlm_register_tools({self.tools.names()!r})")
+            setup = sandbox.execute(
+                f"_rlm_register_tools({self.tools.names()!r})", timeout=self.kernel_limit()
+            )
             if setup.error:
                 raise SandboxError(f"could not offer the tools to the sandbox: {setup.error}")
 
@@ -262,6 +265,20 @@ class Run:
                     return False
                 self._nodes_cond.wait(left)
         return True
+
+    def kernel_limit(self) -> float:
+        """How long the host may wait on a kernel (a cell, FINAL_VAR's str(), the tools'
+        set-up): the cell timeout, and never past the run's wall time (1 s at least, so a
+        last word can still be read)."""
+        limit = self.config.sandbox.cell_timeout
+        left = self.budget.wall_left()
+        return limit if left is None else max(1.0, min(limit, left))
+
+    def check_seconds(self) -> float:
+        """How long checking one answer against a schema may take: a bound of its own, and
+        never past the run's wall time."""
+        left = self.budget.wall_left()
+        return CHECK_SECONDS if left is None else max(0.5, min(CHECK_SECONDS, left))
 
     # ---- progress for the live view
 
@@ -417,7 +434,7 @@ class Run:
     def end_with(self, result: RLMResult) -> None:
         """``run_end`` for a run that produced a result, then close the trace."""
         self.end(
-            **result.to_json(),
+            **(result.to_json() | answer_fields(result.answer)),
             budget=result.budget,
             timings=result.timings,
             pool=self.containers.pool_stats(),

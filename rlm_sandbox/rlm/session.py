@@ -27,6 +27,7 @@ from rlm_sandbox.rlm.node import Node
 from rlm_sandbox.rlm.result import RLMResult
 from rlm_sandbox.rlm.run import Outcome, Run, RunSetup
 from rlm_sandbox.sandbox.core import Sandbox
+from rlm_sandbox.trace.writer import answer_fields
 
 
 class Session:
@@ -128,7 +129,8 @@ class Session:
             wall_s=round(time.monotonic() - t0, 3),
             claims=node.cited.claims(),
         )
-        run.tracer.emit("answer", node=node.id, number=self.questions, **result.to_json())
+        fields = result.to_json() | answer_fields(result.answer)
+        run.tracer.emit("answer", node=node.id, number=self.questions, **fields)
         return result
 
     def totals(self) -> dict[str, Any]:

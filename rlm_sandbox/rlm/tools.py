@@ -9,7 +9,6 @@ same built-in type where there is one, ``ToolError`` otherwise), never as a cras
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import time
@@ -17,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rlm_sandbox.errors import ConfigError
+from rlm_sandbox.untrusted import loads
 
 MAX_JSON = 1 << 20
 MAX_DOC = 600
@@ -76,7 +76,7 @@ class ToolSet:
         if len(blob) > MAX_JSON:
             raise ValueError(f"tool arguments are larger than {MAX_JSON} bytes")
         try:
-            request = json.loads(blob)
+            request = loads(blob, max_chars=MAX_JSON)  # bounded: digits, depth, size
             args, kwargs = list(request["args"]), dict(request["kwargs"])
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"tool arguments are not valid JSON: {exc}") from None
@@ -122,13 +122,21 @@ RESERVED = frozenset(
 )
 
 
-def load_tools(spec: str) -> dict[str, Callable[..., Any]]:
-    """``module:attr`` (the CLI's ``--tools``): a dict of callables, a list of functions, or one."""
+def load_tools(spec: str, *, directory: str | None = None) -> dict[str, Callable[..., Any]]:
+    """``module:attr`` (the CLI's ``--tools``): a dict of callables, a list of functions, or one.
+
+    With ``directory`` (the CLI passes the current one), the named module is looked for
+    there first, and only that module: the directory is never put on ``sys.path``, so
+    neither the tools module's own imports nor anything the process imports later can be
+    shadowed by a file that happens to lie there (a ``rich.py`` in a cloned repository).
+    A package there keeps its submodules; anything else comes from the environment.
+    """
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"--tools {spec!r} is not module:attr", hint="e.g. --tools mytools:TOOLS")
     try:
-        obj = getattr(importlib.import_module(module_name), attr)
+        module = _import_from(module_name, directory)
+        obj = getattr(module, attr)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"cannot load tools from {spec!r}: {exc}") from None
     if isinstance(obj, dict):
@@ -138,3 +146,24 @@ def load_tools(spec: str) -> dict[str, Callable[..., Any]]:
     if isinstance(obj, list | tuple):
         return {fn.__name__: fn for fn in obj}
     raise ConfigError(f"{spec!r} is not a dict of callables, a list of functions or a function")
+
+
+def _import_from(name: str, directory: str | None) -> Any:
+    """Import ``name``, its top-level module from ``directory`` if it is there (and not
+    imported already), without changing ``sys.path``."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+
+    top = name.partition(".")[0]
+    if directory is not None and top not in sys.modules:
+        found = importlib.machinery.PathFinder.find_spec(top, [directory])
+        if found is not None and found.loader is not None:
+            module = importlib.util.module_from_spec(found)
+            sys.modules[top] = module
+            try:
+                found.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(top, None)
+                raise
+    return importlib.import_module(name)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rlm_sandbox.errors import ConfigError
+from rlm_sandbox.sandbox.packages import MAX_PACKAGES, check_package_names, split_package_list
 
 OFFLINE_BASE = "rlm-sandbox-base:bookworm"
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9_.:@/-]{0,128}$")
@@ -22,6 +25,13 @@ class SandboxConfig(BaseModel):
     )
     base_image: str = Field(
         OFFLINE_BASE, description="base for the default image (an official python image works too)"
+    )
+    image_packages: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Debian packages added to the sandbox image, e.g. python3-pandas (a derived image, "
+            f"built once and cached by the list; at most {MAX_PACKAGES})"
+        ),
     )
     memory: str = Field("1g", description="memory limit; swap is set equal, so there is no swap")
     cpus: Annotated[float, Field(gt=0, le=64)] = 1.0
@@ -71,6 +81,27 @@ class SandboxConfig(BaseModel):
         if v is not None and not _LABEL_VALUE.match(v):
             raise ValueError(f"{v!r}: use letters, digits and _.:@/- (at most 128)")
         return v
+
+    @field_validator("image_packages", mode="before")
+    @classmethod
+    def _packages(cls, v: object) -> list[str]:
+        """Sorted and unique, so the same set is the same image; a name that is not a
+        Debian package name raises :class:`ConfigError` at once (never a build)."""
+        return list(check_package_names(split_package_list(v)))  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _packages_need_the_default_image(self) -> SandboxConfig:
+        if self.image_packages and self.image:
+            raise ConfigError(
+                f"image_packages adds packages to the default image, but image={self.image!r} is set",
+                hint="unset image (the packages are built into a derived image), or install them in yours",
+            )
+        if self.image_packages and self.backend == "local":
+            raise ConfigError(
+                "image_packages needs the docker backend: the local backend has no image",
+                hint="drop --backend local, or install the packages on this machine yourself",
+            )
+        return self
 
     @field_validator("labels")
     @classmethod

@@ -29,6 +29,7 @@ from rlm_sandbox.errors import (
     SandboxStartError,
 )
 from rlm_sandbox.kernel import protocol as P
+from rlm_sandbox.safe_text import visible
 from rlm_sandbox.sandbox.config import SandboxConfig
 
 from .backend import LABEL, LABEL_NODE, LABEL_OWNER, LABEL_RUN, LABEL_TENANT, Backend
@@ -263,7 +264,9 @@ class Sandbox:
 
     def _crash_error(self, cause: BaseException) -> SandboxError:
         info = self.backend.exit_info(self.id or "", wait_s=2.0)
-        diag = self._channel.diagnostics().strip()[-1500:] if self._channel else ""
+        # What the kernel wrote to its diagnostic stream is the cell's to choose: it enters the
+        # error (and so terminals, traces and --json) with every control character made visible.
+        diag = visible(self._channel.diagnostics().strip()[-1500:]) if self._channel else ""
         tail = f"; kernel said: {diag}" if diag else ""
         if not info.exists and info.error:
             return EngineUnavailable(
@@ -419,6 +422,10 @@ class Sandbox:
                         "id": ident,
                         "timeout": limit,
                         "output_cap": self.config.output_cap,
+                        # What this host reads of a frame: the kernel refuses a request past it
+                        # up front, with an error the cell can catch.
+                        "max_header": self.config.max_frame_header,
+                        "max_payload": self.config.max_frame_payload,
                     },
                     code.encode("utf-8", errors="surrogatepass"),
                 )
@@ -458,11 +465,12 @@ class Sandbox:
                 self._kill("protocol violation")
                 self._raise_failure(exc)
 
-    def get_variable(self, name: str) -> str | None:
-        """``str()`` of a variable of the namespace, or None when it does not exist."""
+    def get_variable(self, name: str, timeout: float | None = None) -> str | None:
+        """``str()`` of a variable of the namespace, or None when it does not exist (or its
+        ``str()`` did not finish within ``timeout``, default the cell timeout)."""
         if not name.isidentifier():
             raise ValueError(f"{name!r} is not a variable name")
-        result = self.execute(f"FINAL_VAR({name!r})")
+        result = self.execute(f"FINAL_VAR({name!r})", timeout=timeout)
         return result.final if result.ok else None
 
 

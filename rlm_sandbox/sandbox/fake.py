@@ -10,7 +10,8 @@ kernel side is ``kernel/loop.py`` and ``kernel/repl.py``, the same code the cont
 It is NOT a sandbox and is never chosen by a setting: cells run in the test process. What a
 fake kernel does not do: capture output written other than through ``print`` (no
 file-descriptor capture), interrupt a cell that overruns its time limit (no signals: keep
-fake cells short), or isolate anything. ``FakeBackend`` records what it started, so a test
+fake cells short), or isolate anything; and cells are parsed one at a time (a lock shared by
+all fake kernels; see ``Repl.compile_guard``). ``FakeBackend`` records what it started, so a test
 can check that every "container" was removed.
 """
 
@@ -21,6 +22,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rlm_sandbox.errors import SandboxStartError
@@ -30,9 +32,12 @@ from rlm_sandbox.kernel.streams import Channel
 from rlm_sandbox.sandbox.config import SandboxConfig
 
 from .attach import AttachStream
-from .backend import ExitInfo, SandboxInfo, Started
+from .backend import LABEL_NODE, ExitInfo, SandboxInfo, Started
 
 FAKE_IMAGE = "rlm-sandbox-fake:in-memory"
+#: The fake kernels are threads of one process: they parse and compile cells one at a time
+#: (CPython 3.11's AST conversion is not safe in several threads at once).
+_COMPILE_LOCK = threading.Lock()
 
 
 class _Stream(AttachStream):
@@ -79,7 +84,7 @@ class FakeKernel:
         chan = Channel(fd, fd)
         link = HostLink(chan.send)
         capture = _Capture()
-        repl = Repl(link, echo=lambda text: capture.write(text + "\n"))
+        repl = Repl(link, echo=lambda text: capture.write(text + "\n"), compile_guard=_COMPILE_LOCK)
         repl.engine["print"] = repl.ns["print"] = capture.print
 
         def run_cell(code: str, cell_id: int, timeout: float, cap: int) -> CellRun:
@@ -103,17 +108,23 @@ class FakeKernel:
 class FakeBackend:
     """Implements :class:`~rlm_sandbox.sandbox.backend.Backend` with in-memory kernels.
 
-    ``fail_starts`` makes that many next starts fail (a broken engine); ``started`` lists
-    every kernel ever started, ``alive()`` those not yet removed."""
+    ``fail_starts`` makes that many next starts fail (a broken engine); ``refuse(labels)``
+    refuses the starts it returns True for (one node's container, by its labels);
+    ``started`` lists every kernel ever started, ``alive()`` those not yet removed, and
+    ``peak`` the most that were alive at once (what a container budget must bound)."""
 
     name = "fake"
 
-    def __init__(self, *, fail_starts: int = 0) -> None:
+    def __init__(
+        self, *, fail_starts: int = 0, refuse: Callable[[dict[str, str]], bool] | None = None
+    ) -> None:
         self._lock = threading.Lock()
         self._kernels: dict[str, FakeKernel] = {}
         self.started: list[FakeKernel] = []
         self.removed: list[str] = []
         self.fail_starts = fail_starts
+        self.refuse = refuse
+        self.peak = 0
 
     def ensure_image(self, config: SandboxConfig, progress: object = None) -> str:
         return FAKE_IMAGE
@@ -124,12 +135,15 @@ class FakeBackend:
             if self.fail_starts > 0:
                 self.fail_starts -= 1
                 raise SandboxStartError("the fake engine was told to refuse this start")
+        if self.refuse is not None and self.refuse(labels):
+            raise SandboxStartError(f"the fake engine refused to start {labels.get(LABEL_NODE)}")
         host, kernel_end = socket.socketpair()
         kernel = FakeKernel(id=f"fake-{uuid.uuid4().hex[:12]}", labels=dict(labels), sock=kernel_end)
         kernel.thread = threading.Thread(target=kernel.serve, name=f"fake-kernel-{kernel.id}", daemon=True)
         with self._lock:
             self._kernels[kernel.id] = kernel
             self.started.append(kernel)
+            self.peak = max(self.peak, len(self._kernels))
         kernel.thread.start()
         return Started(kernel.id, _Stream(host), time.perf_counter() - t0)
 

@@ -16,7 +16,7 @@ from rlm_sandbox.kernel import protocol as P
 
 from .frames import RawFrame
 
-MAX_BATCH = 4096
+MAX_BATCH = P.MAX_BATCH
 NonNeg = Annotated[int, Field(ge=0, le=1 << 40)]
 
 

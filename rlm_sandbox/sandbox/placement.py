@@ -123,9 +123,9 @@ class Placement:
             return False
 
     def _distribute_image(self, live: list[Engine], sandbox: SandboxConfig) -> None:
-        from rlm_sandbox.sandbox.image import _has_image, ensure_image, image_tag
+        from rlm_sandbox.sandbox.image import _has_image, configured_tag, ensure_image
 
-        tag = sandbox.image or image_tag(sandbox.base_image)
+        tag = configured_tag(sandbox)
         have = [e for e in live if _has_image(e.client, tag)]
         if not have:
             ensure_image(live[0].client, sandbox, progress=self._progress)

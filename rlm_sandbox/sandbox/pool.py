@@ -105,18 +105,28 @@ class SandboxPool:
     # ---- handing out
 
     def acquire(self, llm_handler: LLMHandler | None = None) -> tuple[Sandbox, bool]:
-        """A started sandbox for one node: (sandbox, came_from_pool). Cold-starts if none is ready."""
+        """A started sandbox for one node: (sandbox, came_from_pool).
+
+        A container the pool is already starting is waited for rather than a second one
+        cold-started beside it: the pool grew while the node's slot was free, so both would
+        together pass the run's container cap. Only with nothing ready and nothing starting
+        does the node start its own."""
+        deadline = time.monotonic() + self.config.start_timeout + self.config.kill_grace
         with self._cond:
             self._last_demand = time.monotonic()
-            while self._ready:
-                _, sb = self._ready.popleft()
-                self._cond.notify_all()  # room for a refill
-                if sb.healthy:
-                    self.hits += 1
-                    sb.set_llm_handler(llm_handler)
-                    return sb, True
-                self.discarded += 1
-                threading.Thread(target=sb.close, daemon=True).start()
+            while True:
+                while self._ready:
+                    _, sb = self._ready.popleft()
+                    self._cond.notify_all()  # room for a refill
+                    if sb.healthy:
+                        self.hits += 1
+                        sb.set_llm_handler(llm_handler)
+                        return sb, True
+                    self.discarded += 1
+                    threading.Thread(target=sb.close, daemon=True).start()
+                if not self._starting or self._closed or time.monotonic() >= deadline:
+                    break
+                self._cond.wait(0.05)
             self.misses += 1
             self._cond.notify_all()
         sb = Sandbox(self.config, llm_handler=llm_handler, progress=self._progress, backend=self._backend)

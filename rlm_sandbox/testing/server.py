@@ -17,6 +17,7 @@ Stdlib only, and no LiteLLM import: importing this module must stay cheap.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import json
 import socket
@@ -34,18 +35,43 @@ from rlm_sandbox.testing.replies import HTTPReply, Policy, error_body
 
 
 class RequestLog:
-    """What the server received, readable from tests while requests are still arriving."""
+    """What the server received, readable from tests while requests are still arriving.
+
+    Besides the last bodies it keeps the arrival time of every chat-completion request
+    (``time.perf_counter()`` of the server's process, taken as the request line and headers
+    have been read): a benchmark that runs the server in its own process and notes when it
+    spawned an engine learns, at the server, when that engine's first model request came.
+    """
 
     def __init__(self, keep: int = 64) -> None:
         self._lock = threading.Lock()
         self._count = 0
         self._bodies: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep)
+        self._arrivals: list[float] = []  # sorted
         self._connections = 0
 
-    def record(self, body: dict[str, Any]) -> None:
+    def record(self, body: dict[str, Any], arrived: float | None = None) -> None:
+        """Count ``body``; ``arrived`` is its perf_counter arrival time (now when omitted)."""
+        at = time.perf_counter() if arrived is None else arrived
         with self._lock:
             self._count += 1
             self._bodies.append(body)
+            # Handler threads take their timestamps before the lock, so two concurrent
+            # requests may record out of order: insert in place (near the end) so the list
+            # stays sorted and first_after stays a bisection.
+            bisect.insort(self._arrivals, at)
+
+    @property
+    def arrivals(self) -> list[float]:
+        """Arrival times (perf_counter seconds) of every chat-completion request, oldest first."""
+        with self._lock:
+            return list(self._arrivals)
+
+    def first_after(self, since: float) -> float | None:
+        """Arrival time of the first request that came at or after ``since``, or None."""
+        with self._lock:
+            i = bisect.bisect_left(self._arrivals, since)
+            return self._arrivals[i] if i < len(self._arrivals) else None
 
     def connection_opened(self) -> None:
         with self._lock:
@@ -143,6 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(404, error_body(404, f"no route {self.path}"))
 
     def do_POST(self) -> None:
+        arrived = time.perf_counter()  # request line and headers read: the request is here
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length > 0 else b""
         if self._path() not in ("/v1/chat/completions", "/chat/completions"):
@@ -156,7 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(400, error_body(400, f"invalid JSON body: {exc}"))
             return
         owner = self.server.owner
-        owner.requests.record(body)
+        owner.requests.record(body, arrived)
         if owner.latency_s > 0:
             time.sleep(owner.latency_s)
         try:

@@ -4,7 +4,8 @@ It is fed by the same events as the trace (plus listener-only progress ticks), k
 model of every node, and redraws a few times a second from that model, so a burst of events
 from a 256-way fan-out costs a dictionary update each, not a redraw each. Big fan-outs are
 folded: running nodes are always shown, finished siblings are summarised, and the tree never
-grows past the terminal's height.
+grows past the terminal's height. Every event is made visible (:mod:`rlm_sandbox.safe_text`)
+as it arrives, so node ids, model names and errors a model or a cell chose can only show.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rich.progress_bar import ProgressBar
 from rich.text import Text
 from rich.tree import Tree
 
+from rlm_sandbox.safe_text import visible_data
 from rlm_sandbox.trace.view import TraceView
 
 STATUS_STYLE = {
@@ -50,6 +52,7 @@ class NodeState:
     loading: bool = False
     note: str = ""
     children: list[str] = field(default_factory=list)
+    started: bool = False  # it got a container (a node refused by a budget never does)
 
     @property
     def finished(self) -> bool:
@@ -113,7 +116,8 @@ class LiveTree:
 
     # ---- events
 
-    def on_event(self, ev: dict[str, Any]) -> None:
+    def on_event(self, raw: dict[str, Any]) -> None:
+        ev = visible_data(raw)
         kind = ev.get("event")
         node_id = str(ev.get("node") or "")
         with self.lock:
@@ -131,7 +135,9 @@ class LiveTree:
                 pass
             elif kind == "node_start":
                 node.status = "thinking"
-                self.alive += 1
+                if not node.started:
+                    node.started = True
+                    self.alive += 1
             elif kind == "lm_start" and ev.get("purpose") != "sub_call":
                 node.status = "thinking"
                 node.note = ""
@@ -173,7 +179,9 @@ class LiveTree:
                     error = str(ev.get("error") or "")
                     stopped = error.startswith(("KeyboardInterrupt", "SystemExit"))
                     node.note = "interrupted" if stopped else error[:80]
-                self.alive = max(0, self.alive - 1)
+                if node.started:
+                    node.started = False
+                    self.alive = max(0, self.alive - 1)
                 parent = self.nodes.get(node.parent or "")
                 if parent is not None:
                     parent.pending = max(0, parent.pending - 1)

@@ -2,7 +2,9 @@
 
 Every piece of trace text goes into :class:`rich.text.Text` objects, never into markup
 strings: model-written code and output may contain ``[bold]``-like brackets, which would
-otherwise be read as styling (or raise on a stray ``[/]``).
+otherwise be read as styling (or raise on a stray ``[/]``). The trace reaches these views
+with every string already made visible (``trace_tree.load(clean=safe_text.visible_data)``),
+so no escape sequence in it reaches the terminal either.
 """
 
 from __future__ import annotations
@@ -328,16 +330,18 @@ def _problems_table(run: RunTrace) -> Table:
         kind = str(ev.get("event"))
         if kind == "budget" and ev.get("budget"):
             kind = f"budget: {ev.get('budget')}"
-        table.add_row(str(ev.get("node") or "run"), kind, Text(one_line(str(ev.get("error")), 120)))
+        table.add_row(
+            Text(str(ev.get("node") or "run")), Text(kind), Text(one_line(str(ev.get("error")), 120))
+        )
     for node in run.walk():
         if node.status == "error":
-            table.add_row(node.id, "node error", Text(one_line(node.error, 120)))
+            table.add_row(Text(node.id), "node error", Text(one_line(node.error, 120)))
         elif node.status == "running":
-            table.add_row(node.id, "unfinished", Text("no node_end in the trace"))
+            table.add_row(Text(node.id), "unfinished", Text("no node_end in the trace"))
         for cell in node.cells:
             if cell.timed_out or cell.error:
                 kind = "cell timed out" if cell.timed_out else "cell error"
-                table.add_row(f"{node.id} {cell.label}", kind, Text(one_line(cell.error, 120)))
+                table.add_row(Text(f"{node.id} {cell.label}"), kind, Text(one_line(cell.error, 120)))
     if not table.rows:
         table.caption = "none"
     return table

@@ -9,14 +9,15 @@ ended is reported as ``running`` with its time measured to the last event seen.
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rlm_sandbox.errors import RLMSandboxError
+from rlm_sandbox.trace.writer import check_event
+from rlm_sandbox.untrusted import TRACE_DEPTH, TRACE_LINE_CHARS, loads
 
 KNOWN_EVENTS = frozenset(
     {
@@ -216,7 +217,7 @@ class Node:
 
 
 def _node_order(node_id: str) -> tuple[int, str]:
-    m = re.fullmatch(r"n(\d+)", node_id)
+    m = re.fullmatch(r"n(\d{1,18})", node_id)  # a trace is untrusted: no unbounded int()
     return (-1 if node_id == "root" else int(m.group(1)) if m else 1 << 30, node_id)
 
 
@@ -557,16 +558,21 @@ def build(events: Iterable[dict[str, Any]]) -> RunTrace:
     """The tree from already-parsed events (in file order, which need not be time order)."""
     builder = _Builder()
     for ev in events:
-        if isinstance(ev, dict) and ev.get("event") is not None:
-            builder.feed(ev)
-        else:
+        if not isinstance(ev, dict) or not isinstance(ev.get("event"), str):
             builder.run.skipped_lines += 1
+        elif check_event(ev) is not None:
+            # Known fields of the wrong type: shown as an event this reader cannot use.
+            name = f"{ev['event'][:40]} (malformed)"
+            builder.run.unknown_events[name] = builder.run.unknown_events.get(name, 0) + 1
+        else:
+            builder.feed(ev)
     return builder.finish()
 
 
-def load(path: str | Path) -> RunTrace:
+def load(path: str | Path, *, clean: Callable[[Any], Any] | None = None) -> RunTrace:
     """Read a trace file; lines that are not JSON objects (a torn last line) are skipped and
-    counted, but a file with none at all is refused, since it cannot be a trace."""
+    counted, but a file with none at all is refused, since it cannot be a trace. ``clean``
+    is applied to every event first (the terminal views make every string visible there)."""
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -578,14 +584,16 @@ def load(path: str | Path) -> RunTrace:
         raise TraceFileError(f"cannot read trace file {p}: {exc.strerror or exc}") from None
     events: list[Any] = []
     skipped = 0
-    for line in raw.decode("utf-8", errors="replace").splitlines():
+    for line in raw.decode("utf-8", errors="replace").split("\n"):  # not splitlines: U+2028 is no line end
         line = line.strip()
         if not line:
             continue
         try:
-            events.append(json.loads(line))
+            events.append(loads(line, max_chars=TRACE_LINE_CHARS, max_depth=TRACE_DEPTH, constants=True))
         except ValueError:
             skipped += 1
+    if clean is not None:
+        events = [clean(e) for e in events]
     good = [e for e in events if isinstance(e, dict) and "event" in e]
     if not good:
         what = "is empty" if not events and not skipped else "has no trace events (JSON lines with 'event')"

@@ -4,16 +4,24 @@ Events carry the run id, the node id and a monotonic timestamp, so the tree and 
 timeline can be rebuilt from the file alone. Listeners (the live view, ``-v``) receive the
 same events in-process. Writing is serialised by a lock; each line is flushed at once, so a
 crashed run still leaves a readable trace.
+
+A trace holds the input's slices, prompts and outputs, and its lines carry text a model or
+a cell chose: it is created new (``O_EXCL``: never written over an existing file, never
+through a symlink) and readable by the user only (0600).
 """
 
 from __future__ import annotations
 
-import json
+import os
+import shlex
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
+
+from rlm_sandbox.errors import ConfigError
+from rlm_sandbox.safe_text import json_text
 
 Listener = Callable[[dict[str, Any]], None]
 
@@ -27,8 +35,7 @@ class Tracer:
         self._listeners: list[Listener] = []
         self._t0 = time.monotonic()
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("w", encoding="utf-8")
+            self._file = create_trace_file(self.path)
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -43,7 +50,9 @@ class Tracer:
         record.update(fields)
         with self._lock:
             if self._file is not None:
-                self._file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+                # Escaped controls, separators and lone surrogates: one line per event for any
+                # reader, and a file that `cat` cannot turn into terminal commands.
+                self._file.write(json_text(record, default=str) + "\n")
                 self._file.flush()
         self._deliver(record)
         return record
@@ -75,11 +84,134 @@ class Tracer:
                 self._file = None
 
 
+TRACE_ANSWER_CHARS = 64 * 1024
+"""An answer is kept whole in RLMResult and --json; a trace event carries this much of it
+(as lm_call carries 64 KB of a response), plus its length and digest when cut."""
+
+
+def answer_fields(answer: str | None, limit: int = TRACE_ANSWER_CHARS) -> dict[str, Any]:
+    """The ``answer`` of a trace event, bounded: a 200 MB answer must not make a 200 MB
+    trace. When cut, ``answer_truncated``, ``answer_chars`` and ``answer_sha256`` say so
+    and still identify the whole answer (replay compares them)."""
+    if answer is None or len(answer) <= limit:
+        return {"answer": answer}
+    import hashlib
+
+    return {
+        "answer": answer[:limit],
+        "answer_truncated": True,
+        "answer_chars": len(answer),
+        "answer_sha256": hashlib.sha256(answer.encode("utf-8", "surrogatepass")).hexdigest(),
+    }
+
+
+# The types of the fields events carry, declared once for every reader. A trace is
+# untrusted input (a file anyone can hand over): a reader checks an event with
+# :func:`check_event` before it uses a field. ``None`` always means "absent".
+_STR = (
+    "event",
+    "run",
+    "node",
+    "parent",
+    "purpose",
+    "model",
+    "sub_model",
+    "served_model",
+    "request_sha256",
+    "kind",
+    "tool",
+    "status",
+    "task",
+    "code",
+    "response",
+    "output",
+    "error",
+    "answer",
+    "budget",
+    "container",
+    "engine",
+    "reason",
+    "answer_sha256",
+)
+_INT = (
+    "depth",
+    "step",
+    "index",
+    "steps",
+    "prompt_tokens",
+    "completion_tokens",
+    "prompt_chars",
+    "lm_calls",
+    "nodes",
+    "containers",
+    "max_steps",
+    "max_depth_reached",
+    "number",
+    "questions",
+    "answer_chars",
+    "containers_alive",
+)
+_NUM = ("t", "ts", "wall_s", "duration_s", "start_s", "cost_usd", "latency_s")
+_BOOL = ("pooled", "timed_out", "unsafe", "session", "answer_truncated", "fallback", "answered")
+_DICT = ("tokens", "limits", "models", "timings", "pool")
+_MAX_INT = 1 << 53  # fmt: skip
+
+
+def check_event(event: Any) -> str | None:
+    """None if ``event`` is an event whose known fields have their types; else what is wrong."""
+    if not isinstance(event, dict):
+        return "not a JSON object"
+    if not isinstance(event.get("event"), str):
+        return "its 'event' is not a string"
+    for name, value in event.items():
+        if value is None:
+            continue
+        if name in _STR:
+            ok = isinstance(value, str)
+        elif name in _INT:
+            ok = type(value) is int and abs(value) <= _MAX_INT
+        elif name in _NUM:
+            ok = (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and abs(value) <= _MAX_INT
+                and value == value
+            )
+        elif name in _BOOL:
+            ok = isinstance(value, bool)
+        elif name in _DICT:
+            ok = isinstance(value, dict)
+        else:
+            continue
+        if not ok:
+            return f"its {name!r} is a {type(value).__name__}"
+    return None
+
+
+def create_trace_file(path: Path) -> TextIO:
+    """Open a new trace file for writing; an existing file (or link) is an error, never replaced."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        raise ConfigError(
+            f"the trace file {path} already exists: a trace is never written over a file",
+            hint=f"give a new path to --trace, or remove that file first (rm {shlex.quote(str(path))})",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the trace file {path}: {exc.strerror or exc}", hint="give --trace a writable path"
+        ) from None
+    return os.fdopen(fd, "w", encoding="utf-8")
+
+
 def read_trace(path: str | Path) -> list[dict[str, Any]]:
+    from rlm_sandbox.untrusted import TRACE_DEPTH, TRACE_LINE_CHARS, loads
+
     events = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             line = line.strip()
             if line:
-                events.append(json.loads(line))
+                events.append(loads(line, max_chars=TRACE_LINE_CHARS, max_depth=TRACE_DEPTH, constants=True))
     return events

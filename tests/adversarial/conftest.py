@@ -101,10 +101,8 @@ def attack(
         cfg = RLMConfig(
             api_base=server.url,
             trace=str(trace),
-            max_steps=3,
-            timeout=60,
             sandbox=SandboxConfig(**sb),
-            **(rlm or {}),
+            **({"max_steps": 3, "timeout": 60} | (rlm or {})),
         )
         engine = RLM(model=server.model_name, config=cfg, api_key=server.api_key)
         if during is not None:

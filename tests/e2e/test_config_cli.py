@@ -59,16 +59,17 @@ def test_config_show_names_every_source(project: Path, env: dict[str, str], tmp_
     user.write_text(
         'model = "openai/gpt-4o-mini"\ndepth = 2\nmax_steps = 20\n[tenants.acme]\nmax_cost = 3.0\n'
     )
-    (project / "rlm-sandbox.toml").write_text("depth = 3\nmax_steps = 30\nmax_cost = 1.5\n")
+    (project / "rlm-sandbox.toml").write_text("depth = 1\nmax_steps = 30\nmax_cost = 1.5\n")
     out = show(project, env | {"RLM_SANDBOX_MAX_STEPS": "40"}, "--max-cost", "0.5")
     s = out["settings"]
     assert s["model"] == {"value": "openai/gpt-4o-mini", "source": f"user file {user}"}
-    assert s["depth"] == {"value": 3, "source": f"project file {project / 'rlm-sandbox.toml'}"}
+    assert s["depth"] == {"value": 1, "source": f"project file {project / 'rlm-sandbox.toml'}"}
     assert s["max_steps"] == {"value": 40, "source": "env RLM_SANDBOX_MAX_STEPS"}
     assert s["max_cost"] == {"value": 0.5, "source": "flag --max-cost"}
     assert s["memory"] == {"value": "1g", "source": "default"}
     assert s["tenants.acme.max_cost"] == {"value": 3.0, "source": f"user file {user}"}
     assert out["files"] == {"project": str(project / "rlm-sandbox.toml"), "user": str(user)}
+    assert out["project_trust"]["trusted"] is False and out["ignored"] == []
     # The table a person reads carries the same facts.
     table = cli_in(project, env, "config", "show")
     text = table.stdout.decode()
@@ -131,10 +132,13 @@ def test_run_takes_model_and_depth_from_the_project_file(
         "[tenants.other]\nmax_containers = 1\n"
     )
     key = {"OPENAI_API_KEY": ScriptedModelServer.api_key}
+    # The user trusts this project (its api_base, trace and tenant apply); untrusted, it
+    # could only tighten (tests/adversarial/test_untrusted_project.py).
     proc = cli_in(
         project,
         env | key | {"RLM_SANDBOX_MAX_STEPS": "8", "RLM_SANDBOX_TIMEOUT": "200"},
         "run",
+        "--trust-project",
         "--task",
         'How many lines contain "ERROR disk"?',
         "-i",
@@ -149,7 +153,10 @@ def test_run_takes_model_and_depth_from_the_project_file(
     assert out["trace"] == "run-trace.jsonl"
     # The model server (and so the key) came from a project file: the user is told where.
     said = " ".join(proc.stderr.decode().split())
-    assert f"the model server {server.url} comes from {project / 'rlm-sandbox.toml'}" in said
+    assert (
+        f"the model server '{server.url}' comes from the trusted project file {project / 'rlm-sandbox.toml'}"
+        in said
+    )
     events = [json.loads(line) for line in (project / "run-trace.jsonl").read_text().splitlines()]
     start = events[0]
     assert start["event"] == "run_start"

@@ -24,21 +24,25 @@ def _bytes(size: str) -> int:
     return int(float(size[:-1]) * units[size[-1]]) if size[-1] in units else int(size)
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(600)  # the derived-image case may build it first (about 30 s here, more when busy)
 @pytest.mark.parametrize(
     "overrides",
     [
         {},
         {"memory": "300m", "pids": 77, "cpus": 0.5, "nofile": 128, "tmpfs_size": "8m", "tenant": "acme"},
+        {"image_packages": "derived"},  # a derived image (image_packages): the same flags hold
     ],
-    ids=["defaults", "custom"],
+    ids=["defaults", "custom", "derived-image"],
 )
 def test_container_is_hardened(
     sandbox_config: SandboxConfig,
     run_id: str,
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
     overrides: dict[str, Any],
 ) -> None:
+    if overrides.get("image_packages") == "derived":  # built once, removed at the session's end
+        overrides = {"image_packages": list(request.getfixturevalue("test_image_packages"))}
     marker = f"marker-{uuid.uuid4().hex}"
     monkeypatch.setenv("RLM_HARDENING_MARKER", marker)
     monkeypatch.setenv("OPENAI_API_KEY", marker)

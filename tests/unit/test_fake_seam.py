@@ -64,3 +64,24 @@ def test_a_refused_start_is_a_sandbox_error_and_nothing_is_left() -> None:
     assert result.status == "sandbox_error"
     assert "refuse" in (result.error or "")
     assert client.calls == 0 and backend.alive() == []
+
+
+def test_fake_kernels_compile_cells_under_the_guard_and_run_them_outside_it() -> None:
+    """The guard serialises parsing between fake kernels; a cell must run outside it, or a
+    parent cell waiting on a child's cell would hold it forever."""
+    from rlm_sandbox.kernel.repl import HostLink, Repl
+
+    seen: list[str] = []
+
+    class Guard:
+        def __enter__(self) -> None:
+            seen.append("enter")
+
+        def __exit__(self, *exc: object) -> None:
+            seen.append("exit")
+
+    repl = Repl(HostLink(lambda *a: None), echo=seen.append, compile_guard=Guard())
+    repl.ns["mark"] = lambda: seen.append("cell runs")
+    outcome = repl.run("mark()\n1 + 1", 2)
+    assert outcome.status == "ok"
+    assert seen == ["enter", "exit", "cell runs", "2"]

@@ -23,7 +23,8 @@ def test_an_annotation_is_one_line_whatever_the_text() -> None:
     assert "\n" not in line and "\r" not in line
     assert line.startswith("::notice file=logs/a%2Cb%3Ac.log,line=12,title=t%3A1%2C2::")
     assert line.count("::") == 2 + hostile.count("::")  # the text's '::' stay inside the message
-    assert G.printable("a\x1b[31mb\tc", 100) == "a\ufffd[31mb c"
+    assert G.printable("a\x1b[31mb\tc\nd", 100) == "a\\x1b[31mb c d"  # escapes shown, not acted on
+    assert G.printable("abc\u202edef", 100) == "abc\\u202edef"  # a bidi override too
 
 
 def test_annotations_of_citations_point_at_the_files(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -143,3 +143,16 @@ def test_a_session_node_shows_each_question_and_answer() -> None:
     )
     text = draw(t)
     assert "failed" in text and "out of steps" in text
+
+
+def test_a_node_ended_without_a_container_does_not_count_as_one_going_down() -> None:
+    """A child refused by a budget is begun and ended, never started: the root still holds
+    the one container that is up."""
+    t = make()
+    t.on_event({"event": "run_start", "model": "m", "limits": {"max_containers": 4}})
+    t.on_event({"event": "node_begin", "node": "root", "parent": None, "depth": 0})
+    t.on_event({"event": "node_start", "node": "root", "depth": 0})
+    t.on_event({"event": "node_begin", "node": "n2", "parent": "root", "depth": 1})
+    t.on_event({"event": "node_end", "node": "n2", "status": "error", "error": "BudgetExhausted: max_nodes"})
+    assert t.alive == 1
+    assert "1 containers up" in draw(t) and "containers 3" in draw(t)

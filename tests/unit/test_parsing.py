@@ -197,3 +197,46 @@ def test_truncate_properties(text: str, limit: int) -> None:
     assert text.startswith(head)
     assert text.endswith(tail)
     assert len(head) + len(tail) == limit
+
+
+# --------------------------------------------------------------------------- hostile replies
+# A model's reply is untrusted text the host parses holding the GIL: every parser must be
+# linear. Each input below made a regex backtrack quadratically (or worse) before; the
+# bound in seconds is generous on purpose and separates linear from minutes.
+
+_OLD_OPEN = r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n]*?)[ \t]*$"
+
+
+@given(st.text(alphabet=" \t`~xy", max_size=30))
+def test_the_fence_reader_means_what_the_old_regex_meant(line: str) -> None:
+    import re
+
+    from rlm_sandbox.rlm.parsing import _open_fence
+
+    m = re.match(_OLD_OPEN, line)
+    expected = (m.group("indent"), m.group("fence"), m.group("info").strip()) if m else None
+    assert _open_fence(line) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "```x" + " " * 400_000 + "y",
+        "```\n" + (" " * 100_000 + "x\n") * 20,
+        "```" * 200_000,
+        "```\n" * 200_000,
+        "FINAL(" * 200_000,
+        "FINAL_VAR(``)" * 100_000,
+        'FINAL("' * 200_000,
+        "FINAL" + " " * 400_000 + "x",
+        "\n".join("`" * (3 + i % 50) for i in range(100_000)),
+    ],
+)
+def test_hostile_replies_parse_in_linear_time(text: str) -> None:
+    import time
+
+    t0 = time.monotonic()
+    find_code_blocks(text)
+    find_final(text)
+    truncate_output(text, 1000)
+    assert time.monotonic() - t0 < 20

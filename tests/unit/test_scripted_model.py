@@ -156,6 +156,26 @@ def test_http_errors_and_broken_policy() -> None:
         assert srv.requests.count == 2
 
 
+def test_arrival_times_are_recorded_at_the_server(server: ScriptedModelServer) -> None:
+    """scripts/bench.py measures an engine's first model request at the server: from its own
+    spawn time to the first arrival after it. Ordering only, no timed assertion."""
+    assert server.requests.arrivals == [] and server.requests.first_after(0.0) is None
+    before = time.perf_counter()
+    post(server.url, chat("one"))
+    between = time.perf_counter()
+    post(server.url, chat("two"))
+    post(server.url + "/nowhere", chat("x"))  # not a chat completion: no arrival
+    after = time.perf_counter()
+    first, second = server.requests.arrivals
+    assert before <= first <= between <= second <= after
+    assert server.requests.first_after(before) == first
+    assert server.requests.first_after(between) == second
+    assert server.requests.first_after(after) is None
+    server.requests.record({"late": True}, arrived=before)  # an out-of-order record stays sorted
+    assert server.requests.arrivals == [before, first, second]
+    assert server.requests.count == 3
+
+
 def test_many_concurrent_requests_with_latency() -> None:
     n = 256
     with ScriptedModelServer(sequence_policy("ok"), latency_s=0.5) as srv:

@@ -74,7 +74,9 @@ def test_precedence(
     if "env" in sources:
         monkeypatch.setenv("RLM_SANDBOX_DEPTH", "4")
     flags = {"depth": 5} if "flag" in sources else {}
-    loaded = load_settings(flags, flag_names={"depth": "--depth"})
+    # A trusted project file ranks as written; an untrusted one may only lower the depth
+    # (tests/unit/test_project_trust.py).
+    loaded = load_settings(flags, flag_names={"depth": "--depth"}, trust_project=True)
     assert loaded.settings.depth == depth
     assert loaded.origin("depth").startswith(origin)
     if origin.endswith("file"):
@@ -114,7 +116,7 @@ def test_empty_env_var_is_ignored(files: Files, monkeypatch: pytest.MonkeyPatch)
 def test_tenant_tables_merge_across_files_and_reach_the_run(files: Files) -> None:
     files.write("user", "[tenants.team-a]\nmax_cost = 5.0\n[tenants.team-b]\nmax_containers = 4\n")
     files.write("project", 'tenant = "team-a"\n[tenants.team-a]\nmax_containers = 2\n')
-    loaded = load_settings()
+    loaded = load_settings(trust_project=True)  # an untrusted project may not pick the tenant
     t = loaded.settings.tenants
     assert (t["team-a"].max_containers, t["team-a"].max_cost, t["team-b"].max_containers) == (2, 5.0, 4)
     assert loaded.origin("tenants", "team-a", "max_containers") == f"project file {files.project}"
@@ -202,9 +204,9 @@ def test_project_file_is_found_from_a_subdirectory_but_not_above_the_project(
     sub.mkdir(parents=True)
     monkeypatch.chdir(sub)
     assert project_config_file() is None
-    files.write("project", "depth = 3\n")
+    files.write("project", "max_steps = 3\n")
     assert project_config_file() == files.project
-    assert load_settings().settings.depth == 3
+    assert load_settings().settings.max_steps == 3
 
 
 def test_outside_a_project_only_the_current_directory_counts(tmp_path: Path) -> None:
@@ -222,7 +224,7 @@ def test_user_file_follows_xdg(tmp_path: Path) -> None:
 
 def test_a_password_in_a_url_is_never_shown(files: Files) -> None:
     files.write("project", 'api_base = "https://user:hunter2@llm.example.com:8443/v1"\n')
-    loaded = load_settings()
+    loaded = load_settings(trust_project=True)
     assert loaded.settings.api_base == "https://user:hunter2@llm.example.com:8443/v1"  # used as given
     shown = {name: value for name, value, _origin in loaded.rows()}["api_base"]
     assert shown == "https://user:***@llm.example.com:8443/v1"

@@ -207,8 +207,8 @@ def test_lost_starts_unknown_events_orphans_and_cycles() -> None:
     n7 = run.nodes["n7"]
     assert n7.own.tokens == 5 and n7.t_begin == pytest.approx(0.5)
     assert n7.lm_errors == ["401 bad key"] and run.problems[0]["event"] == "lm_error"
-    assert n7.cells[0].duration_s is None and n7.cells[0].finished
-    assert run.unknown_events == {"future_event": 1}
+    assert n7.cells == []  # a cell whose step is text is malformed: counted, not used
+    assert run.unknown_events == {"future_event": 1, "cell (malformed)": 1}
     out = text_of(show(run))
     assert "future_event" in out and "401 bad key" in out
 
