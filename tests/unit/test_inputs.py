@@ -209,3 +209,29 @@ def test_an_input_set_needs_files() -> None:
         InputSet([])
     with pytest.raises(ConfigError):
         InputSet([InputFile("<stdin>", "-")])  # standard input without a stream
+
+
+def test_sizes_read_as_people_write_them() -> None:
+    from rlm_sandbox.rlm.config import RLMConfig, parse_size
+
+    assert parse_size("8g") == parse_size("8GiB") == parse_size("8 GB") == 8 << 30
+    assert parse_size("512m") == 512 << 20 and parse_size("1.5k") == 1536 and parse_size(1000) == 1000
+    assert RLMConfig(max_input_bytes="1t").max_input_bytes == 1 << 40
+    with pytest.raises(ValueError, match="not a size"):
+        parse_size("lots")
+
+
+def test_the_tenants_cap_applies_before_any_kernel_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A text known to pass the tenant's (lower) cap is refused before a container is asked for."""
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent")
+    from rlm_sandbox import RLM, RLMConfig
+    from rlm_sandbox.sandbox.fake import FakeBackend
+    from rlm_sandbox.testing import ScriptedClient
+
+    backend, client = FakeBackend(), ScriptedClient()
+    config = RLMConfig(tenant="t", tenants={"t": {"max_input_bytes": "1k"}}, max_input_bytes="1m")
+    result = RLM(root_lm=client, backend=backend, config=config).run(context="x" * 2000, task="t")
+    assert (result.status, result.budget, result.fallback) == ("budget_exhausted", "max_input_bytes", False)
+    assert "tenant t's max_input_bytes" in (result.error or "") and "1 KiB" in (result.error or "")
+    assert backend.started == [] and client.calls == 0
+    assert config.input_cap() == (1024, "tenant t's max_input_bytes")
