@@ -235,3 +235,34 @@ def test_the_tenants_cap_applies_before_any_kernel_starts(monkeypatch: pytest.Mo
     assert "tenant t's max_input_bytes" in (result.error or "") and "1 KiB" in (result.error or "")
     assert backend.started == [] and client.calls == 0
     assert config.input_cap() == (1024, "tenant t's max_input_bytes")
+
+
+def test_files_reach_the_kernel_raw_as_a_dict_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``files`` kind over the real wire format (the fake backend's kernel is the real
+    loop and REPL): names and texts exact, empty files and non-ASCII included, order kept."""
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent")
+    from rlm_sandbox.sandbox.core import Sandbox
+    from rlm_sandbox.sandbox.fake import FakeBackend
+
+    texts = {
+        "z.log": "last name first\n",
+        "é/ü.log": "naïve — ünïcode\n",
+        "empty.log": "",
+        "a.log": "x" * 70_000,
+    }
+    inputs = InputSet([InputFile(k, k, text=v) for k, v in texts.items()], as_dict=True)
+    with Sandbox(backend=FakeBackend(), context_chunk=4096) as sb:
+        info = sb.load_context(inputs)
+        assert (info.type, info.length, info.bytes) == (
+            "dict",
+            4,
+            sum(len(v.encode()) for v in texts.values()),
+        )
+        r = sb.execute(
+            "print(list(context)); print([len(v) for v in context.values()]); print(context['é/ü.log'])"
+        )
+        assert r.stdout == f"{list(texts)}\n{[len(v) for v in texts.values()]}\nnaïve — ünïcode\n\n"
+    single = InputSet([InputFile("one.log", "one.log", text="only\n")])
+    with Sandbox(backend=FakeBackend()) as sb:
+        assert sb.load_context(single).type == "str"
+        assert sb.execute("print(repr(context))").stdout == "'only\\n'\n"
