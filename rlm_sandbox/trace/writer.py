@@ -132,6 +132,7 @@ _STR = (
     "engine",
     "reason",
     "answer_sha256",
+    "message",
 )
 _INT = (
     "depth",
@@ -150,6 +151,8 @@ _INT = (
     "questions",
     "answer_chars",
     "containers_alive",
+    "lm_cache_hits",
+    "cited",
 )
 _NUM = ("t", "ts", "wall_s", "duration_s", "start_s", "cost_usd", "latency_s")
 _BOOL = ("pooled", "timed_out", "unsafe", "session", "answer_truncated", "fallback", "answered")
