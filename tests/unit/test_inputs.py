@@ -266,3 +266,23 @@ def test_files_reach_the_kernel_raw_as_a_dict_in_order(monkeypatch: pytest.Monke
     with Sandbox(backend=FakeBackend()) as sb:
         assert sb.load_context(single).type == "str"
         assert sb.execute("print(repr(context))").stdout == "'only\\n'\n"
+
+
+def test_streaming_a_bomb_holds_one_chunk_at_a_time(tmp_path: Path) -> None:
+    """256 MiB decompressed through the host with no cap: Python's allocations peak near
+    one chunk (1 MiB here), never near the decompressed size."""
+    import tracemalloc
+
+    bomb = tmp_path / "bomb.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as f:
+        for _ in range(256):
+            f.write(b"\0" * (1 << 20))
+    inputs = collect_inputs([str(bomb)])
+    tracemalloc.start()
+    try:
+        streamed = sum(len(p) for p in inputs.pieces(1 << 20) if not isinstance(p, FileStart))
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert streamed == 256 << 20
+    assert peak < 8 << 20, f"peak {peak} bytes"
