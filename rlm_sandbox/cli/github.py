@@ -34,6 +34,8 @@ MESSAGE_CHARS = 1000
 CELL_CHARS = 200
 ANSWER_CHARS = 20000
 SUMMARY_CITATIONS = 200
+#: GitHub shows a few annotations per step and job; more would only flood the log.
+ANNOTATED_CITATIONS = 50
 
 
 def escape_data(text: str) -> str:
@@ -84,7 +86,8 @@ def workspace_path(shown: str) -> str:
 def annotations(citations: Iterable[Any], inputs: Any = None, warnings: Iterable[str] = ()) -> list[str]:
     """The annotations of a result: each citation (verified: notice; refused: warning)."""
     lines = []
-    for c in citations:
+    citations = list(citations)
+    for c in citations[:ANNOTATED_CITATIONS]:
         f = inputs.file(c.file) if inputs is not None and hasattr(inputs, "file") and c.file else None
         on_disk = f is not None and f.path is not None
         file = workspace_path(f.shown) if on_disk else None
@@ -97,6 +100,9 @@ def annotations(citations: Iterable[Any], inputs: Any = None, warnings: Iterable
             lines.append(
                 annotation("warning", message, file=file, line=c.line, title=f"{TITLE}: citation refused")
             )
+    if len(citations) > ANNOTATED_CITATIONS:
+        more = len(citations) - ANNOTATED_CITATIONS
+        lines.append(annotation("notice", f"{more} more citations: see the step summary or --json"))
     for warning in warnings:
         lines.append(annotation("warning", printable(warning, MESSAGE_CHARS)))
     return lines

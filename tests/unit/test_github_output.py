@@ -108,3 +108,10 @@ def test_the_summary_is_appended(tmp_path, monkeypatch: pytest.MonkeyPatch) -> N
     assert text.startswith("earlier step\n### rlm-sandbox")
     monkeypatch.delenv("GITHUB_STEP_SUMMARY")
     assert G.append_summary("t", result()) is None
+
+
+def test_annotations_are_capped_with_a_note() -> None:
+    cites = [Citation("<context>", n, "q", "q", True, None) for n in range(1, G.ANNOTATED_CITATIONS + 8)]
+    lines = G.annotations(cites)
+    assert len(lines) == G.ANNOTATED_CITATIONS + 1
+    assert lines[-1] == "::notice title=rlm-sandbox::7 more citations: see the step summary or --json"
