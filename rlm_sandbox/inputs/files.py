@@ -204,6 +204,11 @@ class InputSet:
     def _compression(self, f: InputFile) -> str | None:
         return self._stdin_compression if f.is_stdin else f.compression
 
+    def compression_of(self, name: str) -> str | None:
+        """How the input ``name`` was compressed (standard input: known once it streamed)."""
+        f = self.file(name)
+        return None if f is None else self._compression(f)
+
     def _read_stdin(self, f: InputFile, chunk: int) -> Iterator[bytes]:
         """Standard input, decompressed when its first bytes say so, its raw bytes kept."""
         assert self._stdin is not None

@@ -97,8 +97,9 @@ def _describe_inputs(inputs: InputSet, info: Any) -> str:
     # Not the file's name: the same input under another path (a CI's temporary directory, a
     # replay) must make the same requests, so it is answered from the response cache alike.
     facts = []
-    if f.compression:
-        facts.append(f"{f.compression}-decompressed")
+    compression = inputs.compression_of(f.name)
+    if compression:
+        facts.append(f"{compression}-decompressed")
     if stats is not None and stats.complete:
         facts.append(f"{stats.lines:,} lines")
     return f"{base} ({', '.join(facts)})" if facts else base
@@ -114,7 +115,8 @@ def files_table(inputs: InputSet) -> str:
         total_bytes += size
         total_lines += lines
         if i < FILES_LISTED:
-            how = f", {f.compression}-decompressed" if f.compression else ""
+            compression = inputs.compression_of(f.name)
+            how = f", {compression}-decompressed" if compression else ""
             rows.append(f"- {f.name!r}: {format_bytes(size)} ({size:,} bytes), {lines:,} lines{how}")
     more = len(inputs.files) - FILES_LISTED
     if more > 0:
