@@ -105,6 +105,14 @@ def _describe_inputs(inputs: InputSet, info: Any) -> str:
     return f"{base} ({', '.join(facts)})" if facts else base
 
 
+def _size(n: int) -> str:
+    return f"{n:,} bytes" if n < 1024 else f"{format_bytes(n)} ({n:,} bytes)"
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n:,} {what}" + ("" if n == 1 else "s")
+
+
 def files_table(inputs: InputSet) -> str:
     """The input files as the first prompt lists them: name, size, lines, in order."""
     rows = []
@@ -117,11 +125,11 @@ def files_table(inputs: InputSet) -> str:
         if i < FILES_LISTED:
             compression = inputs.compression_of(f.name)
             how = f", {compression}-decompressed" if compression else ""
-            rows.append(f"- {f.name!r}: {format_bytes(size)} ({size:,} bytes), {lines:,} lines{how}")
+            rows.append(f"- {f.name!r}: {_size(size)}, {_count(lines, 'line')}{how}")
     more = len(inputs.files) - FILES_LISTED
     if more > 0:
         rows.append(f"- ... and {more:,} more files (list them with `list(context)`)")
-    rows.append(f"In all: {len(inputs.files):,} files, {format_bytes(total_bytes)}, {total_lines:,} lines.")
+    rows.append(f"In all: {len(inputs.files):,} files, {_size(total_bytes)}, {_count(total_lines, 'line')}.")
     return "\n".join(rows)
 
 
