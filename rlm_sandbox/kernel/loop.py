@@ -1,5 +1,6 @@
 """The kernel's protocol loop: a reader thread routes the host's frames (context chunks straight
-into place, replies to waiting cells, everything else to a queue) and the loop runs one job
+into place, each file's chunks after its ``context_file`` frame for kind "files"; replies
+to waiting cells, everything else to a queue) and the loop runs one job
 at a time: build ``context``, run a cell, stop. Standard library only.
 
 It knows nothing of processes: ``run_cell`` is handed in. Inside the container that is the
@@ -42,6 +43,7 @@ class KernelLoop:
         self._ctx_buf: bytearray | None = None
         self._ctx_chunks: list[bytes] | None = None
         self._ctx_files: list[tuple[str, list[bytes]]] | None = None  # kind "files"
+        self._ctx_names: set[str] = set()
         self._ctx_pos = 0
         self._ctx_error: str | None = None
 
@@ -142,6 +144,7 @@ class KernelLoop:
         self._ctx_error = None
         self._ctx_pos = 0
         self._ctx_files = [] if self._ctx_kind == "files" else None
+        self._ctx_names: set[str] = set()
         if self._ctx_files is not None:
             self._ctx_buf, self._ctx_chunks = None, None
         elif type(size) is int and size >= 0:
@@ -156,9 +159,10 @@ class KernelLoop:
             self._ctx_error = "context_file outside a files context"
         elif not isinstance(name, str) or len(name) > P.MAX_FILE_NAME:
             self._ctx_error = "context_file without a valid name"
-        elif any(existing == name for existing, _ in self._ctx_files):
+        elif name in self._ctx_names:
             self._ctx_error = f"context_file {name!r} sent twice"
         else:
+            self._ctx_names.add(name)
             self._ctx_files.append((name, []))
 
     def _context_end(self, header: dict) -> None:
