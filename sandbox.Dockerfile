@@ -11,4 +11,6 @@ RUN python3 -m compileall -q /opt/rlm-kernel \
 ENV HOME=/tmp PYTHONDONTWRITEBYTECODE=1 LANG=C.UTF-8
 WORKDIR /tmp
 USER 10001:10001
-ENTRYPOINT ["python3", "-I", "/opt/rlm-kernel/kernel.py"]
+# PID 1 is our own supervisor (not Docker's init): it starts the kernel, reaps, relays the host's
+# stream, and ends every process of the container when the controller goes (supervisor.py).
+ENTRYPOINT ["python3", "-I", "/opt/rlm-kernel/supervisor.py"]

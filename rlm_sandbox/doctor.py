@@ -24,7 +24,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from rlm_sandbox.errors import EngineUnavailable
 from rlm_sandbox.sandbox.config import SandboxConfig
+from rlm_sandbox.sandbox.engine_facts import EngineFacts
 from rlm_sandbox.settings import LoadedSettings, redact_url
 
 Status = Literal["ok", "fail", "warn", "skip"]
@@ -55,31 +57,20 @@ def _ok(name: str, detail: str) -> CheckResult:
 # ---- the Docker engine
 
 
-@dataclass
-class Engine:
-    """What the engine checks share: one client, one ``docker info``."""
-
-    url: str
-    client: Any
-    info: dict[str, Any]
+Engine = EngineFacts  # what the engine checks share: one client, one ``docker info``
 
 
 def check_engine(url: str) -> tuple[CheckResult, Engine | None]:
-    import docker
-
     shown = redact_url(url)
     try:
-        # Its own client with a short timeout: a hung engine should not hang the doctor.
-        client = docker.DockerClient(base_url=url, timeout=10)
-        version = client.version()
-        info = client.info()
-    except Exception as exc:  # docker-py raises DockerException, requests' errors, OSError
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        engine = EngineFacts.read(url)
+    except EngineUnavailable as exc:
+        reason = exc.message.removeprefix(f"no engine answers at {url}: ")
         return CheckResult(
             "docker engine", "fail", f"no engine answers at {shown}: {reason}", ENGINE_FIX
         ), None
-    detail = f"Docker {version.get('Version', '?')} (API {version.get('ApiVersion', '?')}) at {shown}"
-    return _ok("docker engine", detail), Engine(url, client, info)
+    detail = f"Docker {engine.version} (API {engine.api_version}) at {shown}"
+    return _ok("docker engine", detail), engine
 
 
 def check_engines(urls: list[str]) -> list[CheckResult]:
@@ -132,7 +123,7 @@ def check_cgroup(engine: Engine) -> CheckResult:
 
 
 def check_runtimes(engine: Engine, configured: str | None) -> CheckResult:
-    runtimes = sorted((engine.info.get("Runtimes") or {}).keys())
+    runtimes = engine.runtimes
     listed = ", ".join(runtimes) or "none listed"
     if configured and configured not in runtimes:
         return CheckResult(
@@ -150,16 +141,6 @@ def check_runtimes(engine: Engine, configured: str | None) -> CheckResult:
         )
     using = f"; using {configured}" if configured else "; use it with --runtime runsc"
     return _ok("runtime", f"runsc (gVisor) available{using}")
-
-
-def image_present(engine: Engine, tag: str) -> bool:
-    from docker.errors import ImageNotFound
-
-    try:
-        engine.client.api.inspect_image(tag)
-        return True
-    except ImageNotFound:
-        return False
 
 
 def check_image(engine: Engine, config: SandboxConfig) -> CheckResult:
@@ -183,7 +164,7 @@ def check_image(engine: Engine, config: SandboxConfig) -> CheckResult:
     packages = f" with {' '.join(config.image_packages)}" if config.image_packages else ""
     if built:
         return _ok("sandbox image", f"{tag}{packages} is built, current for this kernel{stale}")
-    base = "" if image_present(engine, config.base_image) else f" (nor its base {config.base_image})"
+    base = "" if engine.image_exists(config.base_image) else f" (nor its base {config.base_image})"
     took = "a few minutes for large packages" if config.image_packages else "about 40 s"
     build = "rlm-sandbox image build" + (
         f" --image-packages {','.join(config.image_packages)}" if config.image_packages else ""
@@ -260,7 +241,7 @@ def check_hardened_start(engine: Engine, config: SandboxConfig, image_ready: boo
     try:
         with Sandbox(cfg) as sb:
             result = sb.execute(PROBE)
-            host = engine.client.api.inspect_container(sb.id)["HostConfig"]
+            host = engine.host_config(sb.id or "")
     except RLMSandboxError as exc:
         return CheckResult(
             "hardened start", "fail", f"a sandbox did not start: {exc.message}", exc.hint or ENGINE_FIX

@@ -111,6 +111,9 @@ PROJECT_RULES: dict[str, Rule] = {
     "max_concurrency": Rule(Kind.LIMIT, _BUDGET),
     # unset means "automatic" (up to 4 warm containers): a project may only turn it off
     "pool_size": Rule(Kind.LIMIT, "the warm pool", unset=0.0),
+    "lm_timeout": Rule(Kind.LIMIT, "a model call's limit"),
+    "lm_retries": Rule(Kind.LIMIT, "a model call's limit"),
+    "lm_max_tokens": Rule(Kind.LIMIT, "a model call's limit"),
     "tenants": Rule(Kind.LIMIT, "a tenant's limit"),
     # isolation of each container
     "cell_timeout": Rule(Kind.LIMIT, "a container limit"),

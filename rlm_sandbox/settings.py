@@ -59,6 +59,9 @@ RLM_FIELDS = (
     "max_tokens",
     "max_cost",
     "timeout",
+    "lm_timeout",
+    "lm_retries",
+    "lm_max_tokens",
     "max_containers",
     "max_concurrency",
     "pool_size",
@@ -95,6 +98,9 @@ class Settings(BaseSettings):
     max_tokens: int | None = _same_as(RLMConfig, "max_tokens")
     max_cost: float | None = _same_as(RLMConfig, "max_cost")
     timeout: float | None = _same_as(RLMConfig, "timeout")
+    lm_timeout: float = _same_as(RLMConfig, "lm_timeout")
+    lm_retries: int = _same_as(RLMConfig, "lm_retries")
+    lm_max_tokens: int = _same_as(RLMConfig, "lm_max_tokens")
     max_containers: int = _same_as(RLMConfig, "max_containers")
     max_concurrency: int = _same_as(RLMConfig, "max_concurrency")
     pool_size: int | None = _same_as(RLMConfig, "pool_size")

@@ -115,3 +115,83 @@ def with_cell_line(line: str, policy: Policy = rlm_policy) -> Policy:
         return reply
 
     return wrapped
+
+
+# A controller as a user's program runs it, in a child process the test can SIGKILL mid-cell.
+_CONTROLLER = r"""
+import json, sys
+from rlm_sandbox.rlm.api import RLM
+from rlm_sandbox.rlm.config import RLMConfig
+from rlm_sandbox.sandbox.config import SandboxConfig
+a = json.loads(sys.argv[1])
+sandbox = SandboxConfig(backend=a["backend"], runtime=a["runtime"], cell_timeout=600, kill_grace=5)
+cfg = RLMConfig(api_base=a["url"], max_steps=3, timeout=1200, sandbox=sandbox)
+engine = RLM(model=a["model"], config=cfg, api_key=a["key"])
+engine.run(context="some input", task="Summarise the input.", run_id=a["run_id"])
+"""
+ARMED = "ARMED"
+
+
+def kill_controller_when_armed(
+    code: str,
+    run_id: str,
+    log_path: Path,
+    *,
+    runtime: str | None = None,
+    backend: str = "docker",
+    settle_s: float = 0.5,
+) -> tuple[str, float]:
+    """Run a controller whose first cell is ``code`` in a child process; SIGKILL it once the
+    cell calls ``llm_query("ARMED ...")``. Returns that prompt and the monotonic time of the kill.
+
+    While the controller lives, later steps wait for the model (the kernel sits idle between
+    cells), so the kill may land mid-cell or between cells as the cell chooses.
+    """
+    import signal
+    import threading
+    import time
+
+    from rlm_sandbox.testing import ScriptedModelServer
+
+    armed, release = threading.Event(), threading.Event()
+    report: list[str] = []
+
+    def policy(request: dict[str, Any]) -> str:
+        if not _is_node(request):
+            prompt = str((request.get("messages") or [{}])[-1].get("content"))
+            if prompt.startswith(ARMED):
+                report.append(prompt)
+                armed.set()
+            return "ok"
+        if _steps_done(request) == 0:
+            return f"Step 1.\n```repl\n{code}\n```"
+        release.wait(60)
+        return "FINAL(done)"
+
+    server = ScriptedModelServer(policy).start()
+    args = {
+        "url": server.url,
+        "model": server.model_name,
+        "key": server.api_key,
+        "run_id": run_id,
+        "runtime": runtime,
+        "backend": backend,
+    }
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _CONTROLLER, json.dumps(args)], cwd=ROOT, stdout=log, stderr=log
+        )
+        try:
+            if not armed.wait(120):
+                raise AssertionError("the cell never reported armed:\n" + log_path.read_text()[-3000:])
+            time.sleep(settle_s)  # let the cell get on with what it does after arming
+            killed_at = time.monotonic()
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            release.set()
+            server.close()
+    return report[0], killed_at

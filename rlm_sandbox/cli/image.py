@@ -46,16 +46,13 @@ def image_build(base: str | None, force: bool, **flags: Any) -> None:
     from rich.console import Console
 
     from rlm_sandbox.safe_text import text
-    from rlm_sandbox.sandbox.docker_backend import docker_client
-    from rlm_sandbox.sandbox.image import ensure_image
+    from rlm_sandbox.sandbox.built_images import build_configured_image
 
     err = Console(stderr=True)
     cfg = _sandbox_config(flags, base)
     # A typed error (bad engine, failed build) reaches the group: one line, a hint, its exit code.
     with err.status("checking the sandbox image") as status:
-        tag = ensure_image(
-            docker_client(cfg.docker_url), cfg, progress=lambda m: status.update(text(m[:100])), force=force
-        )
+        tag = build_configured_image(cfg, progress=lambda m: status.update(text(m[:100])), force=force)
     click.echo(tag)
 
 
@@ -77,11 +74,9 @@ def image_tag_command(base: str | None, **flags: Any) -> None:
 def image_ls(as_json: bool, **flags: Any) -> None:
     """List the images rlm-sandbox built: tag, packages, size, age, and which one a run
     would use now (default). "packages" rows are the apt layer a derived image is built on."""
-    from rlm_sandbox.sandbox.built_images import list_images
-    from rlm_sandbox.sandbox.docker_backend import docker_client
+    from rlm_sandbox.sandbox.built_images import list_built_images
 
-    cfg = _sandbox_config(flags)
-    images = list_images(docker_client(cfg.docker_url), cfg)
+    images = list_built_images(_sandbox_config(flags))
     if as_json:
         click.echo(json.dumps({"images": [i.to_json() for i in images]}))
         return
@@ -126,20 +121,13 @@ def image_rm(tags: tuple[str, ...], everything: bool, stale: bool, dry_run: bool
     takes its package layer with it unless another image is built on that layer. Exit 1
     when a TAG asked for was kept.
     """
-    from rlm_sandbox.sandbox.built_images import (
-        check_removal_request,
-        list_images,
-        plan_removal,
-        remove_images,
-    )
-    from rlm_sandbox.sandbox.docker_backend import docker_client
+    from rlm_sandbox.sandbox.built_images import check_removal_request, remove_built_images
 
     # A bad request is a ConfigError (exit 2) before the engine is asked anything.
     check_removal_request(tags, everything=everything, stale=stale)
-    cfg = _sandbox_config(flags)
-    client = docker_client(cfg.docker_url)
-    plan = plan_removal(list_images(client, cfg), tags, everything=everything, stale=stale)
-    done = plan if dry_run else remove_images(client, plan)
+    done = remove_built_images(
+        _sandbox_config(flags), tags, everything=everything, stale=stale, dry_run=dry_run
+    )
     verb = "would remove" if dry_run else "removed"
     for i in done.remove:
         click.echo(f"{verb} {i.tag} ({i.kind}, {' '.join(i.packages) or 'no packages'})")

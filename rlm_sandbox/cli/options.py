@@ -49,6 +49,16 @@ FLAGS: dict[str, SettingFlag] = {
         SettingFlag("max_tokens", ("--max-tokens",), "tokens (prompt + completion), whole run", click.INT),
         SettingFlag("max_cost", ("--max-cost",), "USD, whole run", click.FLOAT),
         SettingFlag("timeout", ("--timeout",), "wall-time budget, seconds", click.FLOAT),
+        SettingFlag(
+            "lm_timeout", ("--lm-timeout",), "seconds one model call may take, retries included", click.FLOAT
+        ),
+        SettingFlag("lm_retries", ("--lm-retries",), "attempts per model call (1 = no retry)", click.INT),
+        SettingFlag(
+            "lm_max_tokens",
+            ("--lm-max-tokens",),
+            "completion tokens per model call (sent as max_tokens; reserved against the budgets)",
+            click.INT,
+        ),
         SettingFlag("max_containers", ("--max-containers",), "containers alive at once", click.INT),
         SettingFlag("max_concurrency", ("--max-concurrency",), "sub-calls in flight per node", click.INT),
         SettingFlag(

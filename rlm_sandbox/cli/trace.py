@@ -12,7 +12,8 @@ from typing import NoReturn
 
 import click
 
-from rlm_sandbox.trace.tree import RunTrace, TraceFileError, load
+from rlm_sandbox.trace.model import RunTrace
+from rlm_sandbox.trace.tree import TraceFileError, load
 
 FILE = click.argument("file", type=click.Path(dir_okay=True, path_type=Path))
 

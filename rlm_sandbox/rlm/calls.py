@@ -1,32 +1,126 @@
-"""Every model call of a run goes through here: admitted by the budget, bounded by the run's
-wall clock, counted per model, traced with its whole response and a digest of its request.
+"""Every model call of a run goes through here: reserved against the budget before it is sent,
+bounded by the run's wall clock whatever its client does, counted per model, traced with its
+whole response and a digest of its request.
 
 One place, so that the rules a call obeys (budgets, timeouts, what is recorded for replay)
 cannot differ between a node's step, a leaf ``llm_query``, a compaction or a fallback.
 
-With a response cache (``--lm-cache``, :mod:`rlm_sandbox.rlm.lm_cache`) every call is
-looked up first: a hit is answered from disk before the budget or the client is touched (it
-costs nothing and counts as no model call), traced as ``lm_cache_hit``; a miss is stored
-once its answer arrives.
+*Reservation.* Before a call is sent its worst case is reserved (:meth:`Budget.reserve`): its
+prompt's tokens bounded by :func:`~rlm_sandbox.rlm.budget.prompt_token_bound`, its completion
+by the ``max_tokens`` it is sent with (``lm_max_tokens``, at most the model's own output
+limit), its cost at the model's highest rate from LiteLLM's price map (a model the map does
+not know costs 0: a cost cap cannot bound it). When it returns the real usage replaces the
+reservation; when it fails the reservation is released and the call still counts as made.
+
+*Waiting.* The client gets a timeout no longer than the call's own limit (``lm_timeout``, for
+the whole call, retries included) or the run's wall time left, but a client may retry past
+it, and a server that trickles bytes defeats a read timeout. So the call runs in a thread of
+its own and the caller stops waiting at that limit (plus :data:`ABANDON_SLACK_S` for the
+client's own error to arrive): the call is *abandoned*. Its thread ends when its client gives
+up (bounded by the client's timeout and retries; a process holds at most
+:data:`MAX_ABANDONED` of them, then refuses new calls), and whatever usage it reports then is
+still recorded (the tenant's ledger sees it); until then its worst case stays reserved.
+
+*The response cache.* With ``--lm-cache`` (:mod:`rlm_sandbox.rlm.lm_cache`) every request is
+looked up by model and request digest before anything else: a hit is answered from disk
+before the budget or the client is touched (nothing reserved, no call counted, no cost),
+traced as ``lm_cache_hit``; a miss is stored once its answer arrives.
 """
 
 from __future__ import annotations
 
+import itertools
+import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from rlm_sandbox.errors import LMError
-from rlm_sandbox.rlm.budget import Budget
+from rlm_sandbox.errors import BudgetExhausted, LMError
+from rlm_sandbox.rlm.budget import FALLBACK_GRACE_S, Budget
 from rlm_sandbox.rlm.digest import request_digest
+from rlm_sandbox.rlm.fallback import FALLBACK_MAX_TOKENS, FALLBACK_TIMEOUT_S
 from rlm_sandbox.rlm.lm_cache import LMCache
 from rlm_sandbox.rlm.models import ModelRouter
+from rlm_sandbox.rlm.prices import Price, price_of
+from rlm_sandbox.rlm.worst_case import Reservation, Worst, prompt_token_bound
 from rlm_sandbox.trace.writer import Tracer
 
 Messages = list[dict[str, str]]
 #: Bytes of a response kept whole in the trace: enough for `replay` to answer the same request.
 RESPONSE_IN_TRACE = 65536
+#: How long past a call's limit the caller waits for the client's own timeout error.
+ABANDON_SLACK_S = 2.0
+#: Abandoned calls still running in this process, at most; past it new calls are refused.
+MAX_ABANDONED = 64
+
+_abandoned_lock = threading.Lock()
+_abandoned = 0
+
+
+def abandoned_calls() -> int:
+    """Calls this process stopped waiting for whose thread still runs."""
+    with _abandoned_lock:
+        return _abandoned
+
+
+def _count_abandoned(delta: int) -> None:
+    global _abandoned
+    with _abandoned_lock:
+        _abandoned += delta
+
+
+class _Pending:
+    """One call running in its own thread; the caller either gets its outcome or abandons it."""
+
+    def __init__(self, settle_late: Callable[[_Pending], None]) -> None:
+        self.done = threading.Event()
+        self.sent_at: float | None = None  # when the request went out (after the client prepared)
+        self.response: Any = None
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._settle_late = settle_late
+
+    def run(self, send: Callable[[], Any]) -> None:
+        response, error = None, None
+        try:
+            response = send()
+        except BaseException as exc:  # handed to the caller (or settled late), never lost
+            error = exc
+        with self._lock:
+            self.response, self.error = response, error
+            abandoned = self._abandoned
+            self.done.set()
+        if abandoned:
+            try:
+                self._settle_late(self)
+            finally:
+                _count_abandoned(-1)
+
+    def wait(self, limit: float, end: float | None, slack: float) -> bool:
+        """Wait for the outcome: ``limit`` seconds from when the request went out, never
+        past ``end``, each plus ``slack``. False when that passed without one."""
+        while True:
+            now = time.monotonic()
+            until = None if end is None else end + slack
+            if self.sent_at is not None:
+                own = self.sent_at + limit + slack
+                until = own if until is None else min(until, own)
+            if until is not None and now >= until:
+                return self.done.is_set()
+            step = 0.5 if until is None else min(0.5, until - now)
+            if self.done.wait(step):
+                return True
+
+    def abandon(self) -> bool:
+        """Stop waiting; False when the call finished just now (then its outcome stands)."""
+        with self._lock:
+            if self.done.is_set():
+                return False
+            self._abandoned = True
+            _count_abandoned(+1)
+            return True
 
 
 class ModelCalls:
@@ -37,6 +131,7 @@ class ModelCalls:
         tracer: Tracer,
         *,
         lm_timeout: float,
+        max_tokens: int,
         on_fatal: Callable[[BaseException], None],
         cache: LMCache | None = None,
     ) -> None:
@@ -47,58 +142,202 @@ class ModelCalls:
         self.budget = budget
         self.tracer = tracer
         self.lm_timeout = lm_timeout
+        self.max_tokens = max_tokens
         self._on_fatal = on_fatal
         self.first_call_s: float | None = None
+        self._prices: dict[str, Price | None] = {}
+        self._ids = itertools.count(1)
+
+    # ---- worst cases
+
+    def _price(self, model: str) -> Price | None:
+        """The model's price as the cost of its calls will be computed: LiteLLM's live map
+        when LiteLLM is imported (it holds the models a program registered), else its
+        bundled map read as data."""
+        if model not in self._prices:
+            litellm = sys.modules.get("litellm")
+            live = getattr(litellm, "model_cost", None) if litellm is not None else None
+            price = price_of(model, live) if isinstance(live, dict) else None
+            self._prices[model] = price if price is not None else price_of(model)
+        return self._prices[model]
+
+    def completion_limit(self, client: Any, *, fallback: bool = False) -> int:
+        """The ``max_tokens`` a call to ``client`` is sent with: the setting (for the
+        fallback at most ``FALLBACK_MAX_TOKENS``), at most the model's own output limit
+        when LiteLLM knows it."""
+        limit = min(self.max_tokens, FALLBACK_MAX_TOKENS) if fallback else self.max_tokens
+        price = self._price(client.model)
+        if price is not None and price.max_output_tokens:
+            return min(limit, price.max_output_tokens)
+        return limit
+
+    def worst(self, client: Any, messages: Messages, *, fallback: bool = False) -> Worst:
+        """What a call of ``messages`` to ``client`` may use at most."""
+        prompt = prompt_token_bound(messages)
+        completion = self.completion_limit(client, fallback=fallback)
+        price = self._price(client.model)
+        cost = price.worst_cost(prompt, completion) if price is not None else 0.0
+        return Worst(prompt, completion, cost)
+
+    # ---- calls
 
     def call(self, client: Any, messages: Messages, node: str, depth: int, purpose: str) -> str:
-        """A call the budget admits, with a timeout no longer than the run's wall time left."""
+        """A call the budget admits (its worst case reserved first), waited for no longer
+        than its own limit or the run's wall time left."""
         cached = self._from_cache(client, messages, node, depth, purpose)
         if cached is not None:
             return cached
-        self.budget.reserve_lm_call()
-        timeout = self.lm_timeout
-        left = self.budget.wall_left()
-        if left is not None:
-            timeout = max(1.0, min(timeout, left))
-        return self.call_unchecked(client, messages, node, depth, purpose, timeout)
+        res = self.budget.reserve(self.worst(client, messages))
+        end = self.budget.deadline()
+        return self._send(client, messages, node, depth, purpose, res, self.lm_timeout, end, fatal=True)
 
-    def call_unchecked(
+    def hold_fallback(self, client: Any, messages: Messages, fallback_prompt: Messages) -> None:
+        """Keep back room for the fallback answer of a root whose history is ``messages``."""
+        self.budget.hold_for_fallback(self.worst(client, [*messages, *fallback_prompt], fallback=True))
+
+    def fallback(self, client: Any, request: Messages, node: str, depth: int) -> str:
+        """The root's one call after a stop: it may spend the hold, never a cap. Its history
+        is cut (oldest steps first) to fit what is left; it waits at most
+        ``FALLBACK_TIMEOUT_S``, and never past the wall budget plus ``FALLBACK_GRACE_S``.
+        Raises :class:`BudgetExhausted` (nothing fits) or :class:`LMError`; neither is fatal
+        to the run, whose outcome is the stop that came first."""
+        cached = self._from_cache(client, request, node, depth, "fallback")
+        if cached is not None:
+            return cached
+        request = self._fit(client, request)
+        deadline = self.budget.deadline()
+        end = None if deadline is None else deadline + FALLBACK_GRACE_S - ABANDON_SLACK_S
+        if end is not None and end - time.monotonic() < 1.0:
+            raise BudgetExhausted("timeout", "no time is left for a fallback answer")
+        limit = min(FALLBACK_TIMEOUT_S, self.lm_timeout)
+        # Calls still in flight may be holding room it needs: it may wait for them a while.
+        wait_until = time.monotonic() + limit if end is None else min(end, time.monotonic() + limit)
+        res = self.budget.reserve(
+            self.worst(client, request, fallback=True), fallback=True, wait_until=wait_until
+        )
+        return self._send(client, request, node, depth, "fallback", res, limit, end, fatal=False)
+
+    def _fit(self, client: Any, request: Messages) -> Messages:
+        """``request`` without its oldest steps (assistant + feedback pairs after the system
+        prompt and the task) until its worst case fits in what the budget has left."""
+        tokens_left, cost_left = self.budget.room()
+        candidate = list(request)
+        while True:
+            worst = self.worst(client, candidate, fallback=True)
+            fits = (tokens_left is None or worst.tokens <= tokens_left) and (
+                cost_left is None or worst.cost_usd <= cost_left + 1e-12
+            )
+            if fits:
+                return candidate
+            if len(candidate) <= 3:  # the system prompt, the task and the request to answer
+                room = [f"{tokens_left:,} tokens"] if tokens_left is not None else []
+                room += [f"${cost_left:.4f}"] if cost_left is not None else []
+                raise BudgetExhausted(
+                    "fallback",
+                    f"the fallback answer could use {worst.tokens:,} tokens / ${worst.cost_usd:.4f}; "
+                    f"only {' and '.join(room)} are left",
+                )
+            del candidate[2 : min(4, len(candidate) - 1)]
+
+    def _send(
         self,
         client: Any,
         messages: Messages,
         node: str,
         depth: int,
         purpose: str,
-        timeout: float,
+        res: Reservation,
+        limit: float,
+        end: float | None,
         *,
-        fatal: bool = True,
+        fatal: bool,
     ) -> str:
-        """One model call, counted (per model too) and traced, whatever budget allowed it.
-
-        A failure stops the whole run (``fatal``), except for a call made after the run has
-        already stopped (the fallback): its failure must not replace the stop that came first."""
-        cached = self._from_cache(client, messages, node, depth, purpose)
-        if cached is not None:
-            return cached
+        """One reserved call, counted (per model too) and traced. It is waited for at most
+        ``limit`` seconds from when its request goes out (what a client prepares first, such
+        as LiteLLM's import, does not count) and never past ``end`` (``time.monotonic()``,
+        the run's deadline), each plus ``ABANDON_SLACK_S``; then it is abandoned."""
+        if abandoned_calls() >= MAX_ABANDONED:
+            self.budget.release(res, sent=False)
+            raise LMError(
+                f"{MAX_ABANDONED} model calls this process stopped waiting for are still running: "
+                "a model server accepts requests and does not answer",
+                hint="check the model server (--api-base) or the provider's status; restart the process",
+                kind="timeout",
+                model=client.model,
+            )
+        call_id = next(self._ids)
         t0 = time.perf_counter()
-        self.tracer.emit("lm_start", node=node, depth=depth, purpose=purpose, model=client.model)
+        max_tokens = res.worst.completion_tokens
+        timeout = limit if end is None else max(1.0, min(limit, end - time.monotonic()))
+        self.tracer.emit(
+            "lm_start",
+            node=node,
+            depth=depth,
+            purpose=purpose,
+            model=client.model,
+            call=call_id,
+            timeout_s=round(timeout, 3),
+            reserved_tokens=res.worst.tokens,
+            reserved_cost_usd=round(res.worst.cost_usd, 6),
+        )
         self.models.started()
+        sent = list(messages)  # the caller may go on with its own list once it stops waiting
+        pending = _Pending(lambda p: self._settle_late(p, res, node, depth, client.model, call_id))
+
+        def send() -> Any:
+            prepare = getattr(client, "prepare", None)
+            if callable(prepare):
+                prepare()  # e.g. LiteLLM's import: seconds, not the model's time
+            pending.sent_at = now = time.monotonic()
+            own = limit if end is None else max(1.0, min(limit, end - now))
+            return client.completion(sent, timeout_s=own, max_tokens=max_tokens)
+
+        worker = threading.Thread(
+            target=pending.run,
+            args=(send,),
+            name=f"lm-call-{call_id}",
+            daemon=True,  # an abandoned call must never keep the process alive
+        )
         try:
-            resp = client.completion(messages, timeout_s=timeout)
-        except BaseException as exc:
+            worker.start()
+        except BaseException:  # no thread could start: nothing was sent
             self.models.finished(None)
+            self.budget.release(res, sent=False)
+            raise
+        try:
+            finished = pending.wait(limit, end, ABANDON_SLACK_S)
+        except BaseException:  # Ctrl-C while waiting
+            if pending.abandon():
+                self.budget.count_call(res)
+            self.models.finished(None)
+            raise
+        if not finished and pending.abandon():
+            self.models.finished(None)
+            self.budget.count_call(res)
+            self._abandoned(client, node, depth, call_id, res, time.perf_counter() - t0, fatal)
+        exc = pending.error
+        if exc is not None:
+            self.models.finished(None)
+            self.budget.release(res, sent=isinstance(exc, LMError))
             if isinstance(exc, LMError):
                 left = self.budget.wall_left()
                 if exc.kind == "timeout" and left is not None and left <= 0.5:
                     # The call was cut by the run's wall budget, not by the model: say so.
                     self.tracer.emit("lm_cut", node=node, depth=depth, model=client.model, reason="timeout")
                     self.budget.check()
-                self.tracer.emit("lm_error", node=node, depth=depth, model=client.model, error=str(exc))
+                self.tracer.emit(
+                    "lm_error", node=node, depth=depth, model=client.model, call=call_id, error=str(exc)
+                )
                 if fatal:
                     self._on_fatal(exc)
-            raise
+            raise exc
+        resp = pending.response
         self.models.finished(client.model, resp.prompt_tokens, resp.completion_tokens, resp.cost_usd)
-        self.budget.record_usage(resp.prompt_tokens, resp.completion_tokens, resp.cost_usd)
+        over = self.budget.commit(res, resp.prompt_tokens, resp.completion_tokens, resp.cost_usd)
+        if over:
+            self.tracer.emit(
+                "lm_overrun", node=node, depth=depth, model=client.model, call=call_id, over=over
+            )
         if self.first_call_s is None:
             self.first_call_s = time.monotonic() - self.budget.started
         self.tracer.emit(
@@ -108,6 +347,7 @@ class ModelCalls:
             purpose=purpose,
             model=client.model,  # the name the user configured: per-model accounting uses it
             served_model=resp.model or None,
+            call=call_id,
             prompt_tokens=resp.prompt_tokens,
             completion_tokens=resp.completion_tokens,
             cost_usd=resp.cost_usd,
@@ -148,3 +388,54 @@ class ModelCalls:
             request_sha256=digest,
         )
         return hit.text
+
+    def _abandoned(
+        self, client: Any, node: str, depth: int, call_id: int, res: Reservation, waited: float, fatal: bool
+    ) -> None:
+        """The caller stopped waiting: a budget stop when the wall time is up, else a timeout."""
+        self.tracer.emit(
+            "lm_abandoned",
+            node=node,
+            depth=depth,
+            model=client.model,
+            call=call_id,
+            waited_s=round(waited, 3),
+            reserved_tokens=res.worst.tokens,
+            reserved_cost_usd=round(res.worst.cost_usd, 6),
+        )
+        left = self.budget.wall_left()
+        if left is not None and left <= 0:
+            self.tracer.emit("lm_cut", node=node, depth=depth, model=client.model, reason="timeout")
+            self.budget.check()
+        exc = LMError(
+            f"model {client.model!r} did not answer within {waited:.0f} s; the call was abandoned "
+            "(its client kept waiting past the call's limit)",
+            hint="raise --lm-timeout, or check the model server (a server that accepts and never answers)",
+            kind="timeout",
+            model=client.model,
+        )
+        self.tracer.emit("lm_error", node=node, depth=depth, model=client.model, call=call_id, error=str(exc))
+        if fatal:
+            self._on_fatal(exc)
+        raise exc
+
+    def _settle_late(
+        self, pending: _Pending, res: Reservation, node: str, depth: int, model: str, call_id: int
+    ) -> None:
+        """An abandoned call's thread ended: its real usage replaces its reservation (the
+        budget and the tenant's ledger see it; the run's result may already be out)."""
+        resp = pending.response
+        if resp is None:
+            self.budget.release(res)
+            return
+        self.budget.commit(res, resp.prompt_tokens, resp.completion_tokens, resp.cost_usd)
+        self.tracer.emit(
+            "lm_late",
+            node=node,
+            depth=depth,
+            model=model,
+            call=call_id,
+            prompt_tokens=resp.prompt_tokens,
+            completion_tokens=resp.completion_tokens,
+            cost_usd=resp.cost_usd,
+        )

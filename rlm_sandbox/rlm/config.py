@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from rlm_sandbox.rlm.budget import Limits
+from rlm_sandbox.rlm.limits import Limits
 from rlm_sandbox.rlm.tenants import TenantLimits
 from rlm_sandbox.sandbox.config import SandboxConfig
 from rlm_sandbox.sandbox.engines import EngineSpec
@@ -55,8 +55,17 @@ class RLMConfig(BaseModel):
     )
     pool_idle_timeout: float = Field(30.0, gt=0, description="seconds without demand before the pool empties")
     output_limit: int = Field(20_000, ge=200, description="characters of cell output shown to the model")
-    lm_timeout: float = Field(300.0, gt=0, description="seconds per model call")
-    lm_retries: int = Field(4, ge=1, le=20)
+    lm_timeout: float = Field(
+        300.0, gt=0, description="seconds one model call may take, its retries included"
+    )
+    lm_retries: int = Field(4, ge=1, le=20, description="attempts per model call (1 = no retry)")
+    lm_max_tokens: int = Field(
+        4096,
+        ge=16,
+        le=1_000_000,
+        description="completion tokens per model call at most: sent as max_tokens, and reserved "
+        "against --max-tokens and --max-cost before each call",
+    )
     api_base: str | None = None
     tenant: str = "default"
     tenants: dict[str, TenantLimits] = Field(

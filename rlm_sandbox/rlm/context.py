@@ -37,11 +37,16 @@ class ContextLoader:
         except BaseException as exc:
             self.error = exc
 
-    def join(self) -> None:
-        self._thread.join()
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the load (at most ``timeout``); False if it is still going; re-raise a
+        failed load."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            return False
         if self.error is not None:
             error, self.error = self.error, None
             raise error
+        return True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,9 +2,18 @@
 
 A run that spent its budget has usually learned something; throwing that away is what users
 of other RLM libraries complain about. So the root's model is asked once more, with its
-whole history and the reason for stopping, to answer from what it has. This one call is
-outside the budget that ran out (otherwise it could never happen) but bounded: one call, a
-short timeout, no code run. Its cost is still counted, and the result says it is a fallback.
+history and the reason for stopping, to answer from what it has: one call, no code run, and
+the result says it is a fallback.
+
+It is *not* outside the budgets: the caps are hard, and the cap wins. After each of its
+steps the root keeps a hold for this call -- one call, and the worst case of its history plus
+a short reply (``FALLBACK_MAX_TOKENS``) -- that other calls may not use, taken only out of
+room that is free then. The fallback spends the hold and whatever else is left, its history
+cut from the oldest steps when it would not fit, and it is skipped (traced, with the reason)
+when even the system prompt and the task do not fit. In time it is bounded by ``FALLBACK_TIMEOUT_S``
+and, after a wall-time stop, by the grace of :data:`rlm_sandbox.rlm.budget.FALLBACK_GRACE_S`
+(see :mod:`rlm_sandbox.rlm.budget` and :meth:`rlm_sandbox.rlm.calls.ModelCalls.fallback`).
+A tenant's caps and a cancelled run allow no fallback at all.
 """
 
 from __future__ import annotations
@@ -14,10 +23,20 @@ from collections.abc import Callable
 from rlm_sandbox.errors import RLMSandboxError
 from rlm_sandbox.rlm.prompts import render
 
-#: The fallback call's own time limit: it is outside the budget that ran out, so it is short.
+#: The fallback call's own time limit.
 FALLBACK_TIMEOUT_S = 60.0
+#: Completion tokens of the fallback at most (fewer when ``lm_max_tokens`` is lower): an
+#: answer, not a step of code. Its hold is sized with it, so it crowds out less work.
+FALLBACK_MAX_TOKENS = 1024
+#: Characters of the stop's reason the fallback prompt carries (the hold is sized for them).
+REASON_ROOM = 400
 
 Messages = list[dict[str, str]]
+
+
+def fallback_prompt(reason: str) -> Messages:
+    """The message that asks for the answer now (the hold uses a reason of full length)."""
+    return [{"role": "user", "content": render("fallback", reason=reason[:REASON_ROOM])}]
 
 
 def best_answer(
@@ -26,13 +45,14 @@ def best_answer(
     ask: Callable[[Messages], str],
     finish: Callable[[str], str | None],
 ) -> str | None:
-    """Ask the model for its answer now; None if it has none or the call fails.
+    """Ask the model for its answer now; None if it has none or the call fails (or does
+    not fit: ``ask`` raises then).
 
     ``ask`` sends one request to the node's model; ``finish`` turns its reply into an answer
     the run accepts (``FINAL``/``FINAL_VAR``, checked against the schema), or None."""
     if not messages:
         return None
-    request = [*messages, {"role": "user", "content": render("fallback", reason=reason)}]
+    request = [*messages, *fallback_prompt(reason)]
     try:
         text = ask(request)
     except RLMSandboxError:

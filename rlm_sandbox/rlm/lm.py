@@ -267,8 +267,19 @@ class LiteLLMClient:
 
     # ------------------------------------------------------------------ calling
 
-    def completion(self, messages: list[dict[str, str]], *, timeout_s: float | None = None) -> LMResponse:
-        """One chat completion, retried on transient failures; raises :class:`LMError`."""
+    def prepare(self) -> None:
+        """What must happen once before a first request: LiteLLM's import (seconds, more on
+        a busy machine). Callers run it before they start a call's clock, so a model call's
+        time limit measures the model, not our import."""
+        preload_litellm()
+
+    def completion(
+        self, messages: list[dict[str, str]], *, timeout_s: float | None = None, max_tokens: int | None = None
+    ) -> LMResponse:
+        """One chat completion, retried on transient failures; raises :class:`LMError`.
+
+        ``max_tokens`` bounds the completion (the budget reserved that much for it); None
+        leaves it to ``extra`` or the provider's default."""
         from tenacity import (
             RetryCallState,
             Retrying,
@@ -287,6 +298,8 @@ class LiteLLMClient:
             kwargs["api_key"] = self._api_key
         if self.temperature is not None:
             kwargs["temperature"] = self.temperature
+        if max_tokens is not None:
+            kwargs["max_tokens"] = max_tokens
         kwargs["num_retries"] = 0  # we retry (below); LiteLLM's and the SDK's retries are off
         kwargs["max_retries"] = 0
         kwargs.pop("stream", None)  # we need one complete response with usage

@@ -19,7 +19,7 @@ from rlm_sandbox.rlm.answers import AnswerSpec
 from rlm_sandbox.rlm.citations import CitationLog
 from rlm_sandbox.rlm.compaction import compact_if_needed, known_window
 from rlm_sandbox.rlm.context import ContextLoader, describe_context, host_context_info, preview
-from rlm_sandbox.rlm.fallback import FALLBACK_TIMEOUT_S, best_answer
+from rlm_sandbox.rlm.fallback import REASON_ROOM, best_answer, fallback_prompt
 from rlm_sandbox.rlm.parsing import find_code_blocks, find_final, truncate_output
 from rlm_sandbox.rlm.prompts import render
 from rlm_sandbox.rlm.run import Run
@@ -59,6 +59,7 @@ class Node:
         self.messages: Messages = []
         self.cited = CitationLog()  # its cells' citations and those of its answered children
         self._loader: ContextLoader | None = None
+        self._holds_fallback = False  # a root run by ``solve`` keeps room for its fallback
 
     # ---- what a cell asks the host
 
@@ -118,6 +119,7 @@ class Node:
     def solve(self) -> str:
         """Run this node to its answer in a sandbox of its own; raises a typed error when it
         cannot give one (the root's budget stop carries the model's best answer, if any)."""
+        self._holds_fallback = self.depth == 0 and self.run.config.fallback_answer
         with self.run.node_sandbox(self) as sandbox:
             try:
                 self.start_history(self.begin_load(sandbox))
@@ -143,9 +145,12 @@ class Node:
         return info
 
     def _loaded(self) -> None:
-        """Block until ``context`` is in the sandbox; re-raise a failed load."""
+        """Block until ``context`` is in the sandbox; re-raise a failed load. The wait
+        ends with the run (its wall time, a stop): the load itself ends when the sandbox
+        is closed."""
         if self._loader is not None:
-            self._loader.join()
+            while not self._loader.join(timeout=0.5):
+                self.run.budget.check()
 
     def start_history(self, info: Any) -> None:
         """The conversation a node starts with: the system prompt and the task."""
@@ -187,6 +192,7 @@ class Node:
             self._compact()
             text = run.calls.call(self.lm, self.messages, self.id, self.depth, "step")
             self.messages.append({"role": "assistant", "content": text})
+            self._hold_fallback()
             self._loaded()
             outputs, answer = self._run_blocks(sandbox, text, step)
             if answer is None:
@@ -326,6 +332,12 @@ class Node:
 
     # ---- the best answer after a budget stop
 
+    def _hold_fallback(self) -> None:
+        """After each of the root's steps: keep room for a fallback from this history (the
+        work of this step -- its cells, its children -- may not use it)."""
+        if self._holds_fallback:
+            self.run.calls.hold_fallback(self.lm, self.messages, fallback_prompt("x" * REASON_ROOM))
+
     def _may_fall_back(self, exc: BudgetExhausted) -> bool:
         return (
             self.depth == 0
@@ -335,16 +347,24 @@ class Node:
         )
 
     def _fallback(self, sandbox: Sandbox, exc: BudgetExhausted) -> str | None:
-        """Ask the root's model once (bounded, outside the spent budget) for its best answer."""
+        """Ask the root's model once for its best answer: within the caps (it spends the
+        hold kept for it), bounded in time; skipped when it does not fit."""
         run = self.run
+        skipped: list[str] = []
 
         def ask(request: Messages) -> str:
-            run.budget.count_unchecked_call()
-            timeout = min(FALLBACK_TIMEOUT_S, run.config.lm_timeout)
-            return run.calls.call_unchecked(
-                self.lm, request, self.id, self.depth, "fallback", timeout, fatal=False
-            )
+            try:
+                return run.calls.fallback(self.lm, request, self.id, self.depth)
+            except BudgetExhausted as why:
+                skipped.append(why.message)
+                raise
 
         found = best_answer(self.messages, exc.message, ask, lambda text: self._accepted_final(sandbox, text))
-        run.tracer.emit("fallback", node=self.id, budget=exc.budget, answered=found is not None)
+        run.tracer.emit(
+            "fallback",
+            node=self.id,
+            budget=exc.budget,
+            answered=found is not None,
+            **({"skipped": skipped[0]} if skipped else {}),
+        )
         return found

@@ -110,13 +110,15 @@ def _int(value: Any) -> int | None:
     return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def price_of(model: str) -> Price | None:
+def price_of(model: str, table: dict[str, Any] | None = None) -> Price | None:
     """The price of ``model`` (a LiteLLM model string), or None when LiteLLM does not know it
-    (a local server's own model name): such calls cost nothing that can be counted."""
-    table = _load()
+    (a local server's own model name): such calls cost nothing that can be counted.
+    ``table`` is another map of the same shape (LiteLLM's ``model_cost`` with the models a
+    program registered at run time); the bundled map by default."""
+    table = _load() if table is None else table
     for key in _candidates(model):
         entry = table.get(key)
-        if entry is None:
+        if not isinstance(entry, dict):
             continue
         inp = _number(entry.get("input_cost_per_token"))
         out = _number(entry.get("output_cost_per_token"))

@@ -111,6 +111,7 @@ class Run:
             self.budget,
             tracer,
             lm_timeout=config.lm_timeout,
+            max_tokens=config.lm_max_tokens,
             on_fatal=self.fail_run,
             cache=_open_cache(config),
         )
@@ -354,15 +355,23 @@ class Run:
         return Outcome(status, message, budget, hint, fallback)
 
     def stop(self) -> None:
-        """Close every container of the run and wait for what is still unwinding."""
+        """Close every container of the run and wait for what is still unwinding, never past
+        the run's wall-time budget plus its grace (``Budget.stop_deadline``): what is still
+        unwinding then closes its own container when it gets there, and the CLI's exit
+        removes every container the process started."""
         self.containers.close_all()
         # Children cut short are still unwinding in their threads (a cold start may be
         # finishing): wait for them, then close whatever they opened after the sweep.
         sb = self.config.sandbox
-        self._wait_nodes(max(10.0, sb.start_timeout + sb.kill_grace))
+        self._wait_nodes(self._until_stop_deadline(max(10.0, sb.start_timeout + sb.kill_grace)))
         self.containers.close_all()
         # Calls still in flight (a fan-out the stop cut short) cost money: wait for them.
-        self.models.drain(min(30.0, self.config.lm_timeout))
+        self.models.drain(self._until_stop_deadline(min(30.0, self.config.lm_timeout)))
+
+    def _until_stop_deadline(self, wait_s: float) -> float:
+        """``wait_s``, cut to what is left before the run must have ended."""
+        end = self.budget.stop_deadline()
+        return wait_s if end is None else max(0.0, min(wait_s, end - time.monotonic()))
 
     def interrupt(self, exc: BaseException) -> None:
         """Ctrl-C or SIGTERM: stop the tree, remove every container, close the trace with the

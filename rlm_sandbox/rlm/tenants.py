@@ -3,7 +3,9 @@
 Teams that embed the controller serve several tenants from one process: a tenant's limits
 (containers alive at once, total cost) must hold across all of its runs, not per run. The
 ledger is process-wide and thread-safe; a run's :class:`~rlm_sandbox.budget.Budget` takes a
-tenant slot next to its own for every container and adds every LM call's cost to it.
+tenant slot next to its own for every container, reserves every LM call's worst-case cost
+against the tenant's cap before the call is sent (``reserved_cost``, calls in flight of all
+its runs), and adds the real cost when it returns.
 Isolation between tenants does not rest on this: every container is its own (no shared
 volumes, IPC or mounts) and labelled with its tenant.
 """
@@ -39,6 +41,9 @@ class TenantAccount:
     limits: TenantLimits
     containers_alive: int = 0
     cost_usd: float = 0.0
+    reserved_cost: float = 0.0  # worst case of this tenant's calls in flight, all runs
+    in_flight: int = 0
+    abandoned: int = 0  # of those, calls abandoned at a deadline
 
 
 class TenantLedger:

@@ -28,7 +28,9 @@ from rlm_sandbox.sandbox.image import (
     LABEL_FROM,
     LABEL_IMAGE,
     LABEL_PACKAGES,
+    Progress,
     configured_tag,
+    ensure_image,
     packages_tag,
     sandbox_tag,
 )
@@ -235,3 +237,33 @@ def image_status(client, config: SandboxConfig) -> tuple[str, bool, int]:
         built = False
     stale = 0 if config.image else sum(i.stale for i in list_images(client, config))
     return tag, built, stale
+
+
+# ---- for the CLI, which names an engine by its URL and never holds a Docker client
+
+
+def _client(config: SandboxConfig):
+    from rlm_sandbox.sandbox.docker_backend import docker_client
+
+    return docker_client(config.docker_url)
+
+
+def build_configured_image(
+    config: SandboxConfig, *, progress: Progress | None = None, force: bool = False
+) -> str:
+    """The image a run with ``config`` would use, built if missing (``image build``)."""
+    return ensure_image(_client(config), config, progress=progress, force=force)
+
+
+def list_built_images(config: SandboxConfig) -> list[BuiltImage]:
+    """``image ls``: the images rlm-sandbox built on the configured engine."""
+    return list_images(_client(config), config)
+
+
+def remove_built_images(
+    config: SandboxConfig, tags: Sequence[str], *, everything: bool, stale: bool, dry_run: bool
+) -> RemovalPlan:
+    """``image rm``: what was (or, with ``dry_run``, would be) removed and what was kept."""
+    client = _client(config)
+    plan = plan_removal(list_images(client, config), tags, everything=everything, stale=stale)
+    return plan if dry_run else remove_images(client, plan)

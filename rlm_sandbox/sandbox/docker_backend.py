@@ -69,7 +69,9 @@ def hardened_host_config(api, config: SandboxConfig) -> dict:
         ulimits=[Ulimit(name="nofile", soft=config.nofile, hard=config.nofile)],
         ipc_mode="private",
         shm_size="16m",
-        init=True,
+        # PID 1 is the image's own supervisor (rlm_sandbox/kernel/supervisor.py): it reaps as
+        # Docker's init did and also ends the container when the controller's stream goes.
+        init=False,
         privileged=False,
         # Frames are not logs: nothing the sandbox prints is kept on the host's disk.
         log_config=LogConfig(type="none"),
@@ -100,8 +102,8 @@ class DockerBackend:
             created = self.api.create_container(
                 image=image,
                 user=SANDBOX_UID,
-                stdin_open=True,  # with detach=False this also sets StdinOnce: the kernel sees
-                detach=False,  # EOF if the controller dies, so no orphan keeps running
+                stdin_open=True,  # with detach=False this also sets StdinOnce: the engine closes
+                detach=False,  # stdin when the controller's connection goes; PID 1 then ends all
                 tty=False,
                 environment=dict(SANDBOX_ENV),
                 labels=labels,

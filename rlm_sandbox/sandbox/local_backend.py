@@ -7,6 +7,13 @@ What it still does: an empty environment (no host keys), a private working direc
 process group (so a kill reaches every child), address-space, file and core limits. The
 engine refuses it for tenants, and every output that could be mistaken for a sandboxed run
 says it was not (``unsafe`` in the trace, ``--json`` and the live view).
+
+The kernel runs under the same supervisor as in a container (``kernel/supervisor.py``): when
+this process dies, the supervisor sees its stdin end and kills the kernel and everything it
+started, ``setsid`` daemons included (it is their subreaper), so a spinning cell does not
+outlive its controller here either. Unlike in a container, a cell can kill or stop the
+supervisor (same user, no PID namespace); the kernel then dies with it (``PR_SET_PDEATHSIG``),
+but what the cell detached may not.
 """
 
 from __future__ import annotations
@@ -28,9 +35,10 @@ from rlm_sandbox.sandbox.config import SandboxConfig
 from .attach import send_with_deadline
 from .backend import ExitInfo, SandboxInfo, Started
 
-KERNEL = Path(__file__).resolve().parents[1] / "kernel" / "kernel.py"
+SUPERVISOR = Path(__file__).resolve().parents[1] / "kernel" / "supervisor.py"
 _UNITS = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-# Runs inside the child before the kernel: limits first, then the kernel as __main__.
+# Runs inside the child before the supervisor: limits first (the kernel inherits them), then
+# the supervisor as __main__, which starts the kernel.
 _BOOT = (
     "import resource, runpy, sys\n"
     "mem, nofile = int(sys.argv[1]), int(sys.argv[2])\n"
@@ -123,7 +131,7 @@ class LocalBackend:
             _BOOT,
             str(memory_bytes(config.memory) + (256 << 20)),  # the interpreter's own mappings
             str(config.nofile),
-            str(KERNEL),
+            str(SUPERVISOR),
         ]
         try:
             proc = subprocess.Popen(
@@ -181,6 +189,13 @@ class LocalBackend:
         live.discard(self, sandbox_id)
         if k is None:
             return False
+        if k.proc.stdin is not None and k.proc.stdin.closed:
+            # The stream is closed: the supervisor is ending the kernel's whole tree, daemons
+            # included. Give it a moment, then kill the process group whatever it did.
+            try:
+                k.proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass
         try:
             os.killpg(k.proc.pid, signal.SIGKILL)
         except OSError:

@@ -13,10 +13,13 @@ from rlm_sandbox.testing.replies import (
     HTTPReply,
     Policy,
     Reply,
+    Stall,
     always_status,
     error_body,
     fail_then,
+    never_answers,
     sequence_policy,
+    trickles,
 )
 from rlm_sandbox.testing.server import RequestLog, ScriptedModelServer
 from rlm_sandbox.testing.step_code import COUNT_TASK_RE, MAX_PIECE, NOT_FOUND, build_step1_code
@@ -34,6 +37,7 @@ __all__ = [
     "RequestLog",
     "ScriptedClient",
     "ScriptedModelServer",
+    "Stall",
     "always_status",
     "answer_leaf",
     "build_step1_code",
@@ -42,6 +46,8 @@ __all__ = [
     "generate_log",
     "grep_first_policy",
     "messages_of",
+    "never_answers",
     "rlm_policy",
     "sequence_policy",
+    "trickles",
 ]

@@ -1,5 +1,7 @@
-"""What a scripted policy may answer: text, or an HTTP failure, so a test can script rate limits,
-5xx storms or a broken key; and small combinators of policies (a sequence, failures first)."""
+"""What a scripted policy may answer: text, an HTTP failure (so a test can script rate limits,
+5xx storms or a broken key) or no answer at all (a server that accepts a request and stays
+silent, or trickles bytes so that no read timeout fires); and small combinators of policies
+(a sequence, failures first)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,17 @@ class HTTPReply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-Reply: TypeAlias = str | HTTPReply
+@dataclass(frozen=True)
+class Stall:
+    """No answer: the request is accepted and the connection held until the server closes.
+
+    With ``trickle_s`` the server sends a 200 status and headers, then one byte of a body
+    that never ends every ``trickle_s`` seconds: a client's per-read timeout never fires."""
+
+    trickle_s: float | None = None
+
+
+Reply: TypeAlias = str | HTTPReply | Stall
 Policy: TypeAlias = Callable[[dict[str, Any]], Reply]
 
 _ERROR_TYPES = {
@@ -80,5 +92,19 @@ def always_status(status: int, message: str | None = None) -> Policy:
 
     def policy(request: dict[str, Any]) -> Reply:
         return HTTPReply(status, error_body(status, message))
+
+    return policy
+
+
+def never_answers(request: dict[str, Any]) -> Reply:
+    """A server that accepts every request and never says a word (a hung provider)."""
+    return Stall()
+
+
+def trickles(interval_s: float = 1.0) -> Policy:
+    """A server that answers 200 and then sends one byte every ``interval_s``, forever."""
+
+    def policy(request: dict[str, Any]) -> Reply:
+        return Stall(trickle_s=interval_s)
 
     return policy

@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from rlm_sandbox.testing.policies import messages_of, rlm_policy
-from rlm_sandbox.testing.replies import HTTPReply, Policy, error_body
+from rlm_sandbox.testing.replies import HTTPReply, Policy, Stall, error_body
 
 # --------------------------------------------------------------------------- the server
 
@@ -41,6 +41,9 @@ class RequestLog:
     (``time.perf_counter()`` of the server's process, taken as the request line and headers
     have been read): a benchmark that runs the server in its own process and notes when it
     spawned an engine learns, at the server, when that engine's first model request came.
+
+    Its token counts are the server's own (the usage it reported), so a test can check a
+    client's accounting and budgets against the server, not against the client.
     """
 
     def __init__(self, keep: int = 64) -> None:
@@ -49,6 +52,10 @@ class RequestLog:
         self._bodies: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep)
         self._arrivals: list[float] = []  # sorted
         self._connections = 0
+        self._answered = 0
+        self._prompt_tokens = 0
+        self._completion_tokens = 0
+        self._by_model: dict[str, list[int]] = {}
 
     def record(self, body: dict[str, Any], arrived: float | None = None) -> None:
         """Count ``body``; ``arrived`` is its perf_counter arrival time (now when omitted)."""
@@ -72,6 +79,43 @@ class RequestLog:
         with self._lock:
             i = bisect.bisect_left(self._arrivals, since)
             return self._arrivals[i] if i < len(self._arrivals) else None
+
+    def served(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """One completion answered, with the usage the server reported for it."""
+        with self._lock:
+            self._answered += 1
+            self._prompt_tokens += prompt_tokens
+            self._completion_tokens += completion_tokens
+            row = self._by_model.setdefault(model, [0, 0, 0])
+            row[0] += 1
+            row[1] += prompt_tokens
+            row[2] += completion_tokens
+
+    @property
+    def answered(self) -> int:
+        """Completions the server answered (200 with usage)."""
+        with self._lock:
+            return self._answered
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Prompt tokens of every completion answered, as the server counted them."""
+        with self._lock:
+            return self._prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        """Completion tokens of every completion answered, as the server counted them."""
+        with self._lock:
+            return self._completion_tokens
+
+    def usage_by_model(self) -> dict[str, dict[str, int]]:
+        """``{model: {"calls", "prompt_tokens", "completion_tokens"}}`` as the server served them."""
+        with self._lock:
+            return {
+                m: {"calls": r[0], "prompt_tokens": r[1], "completion_tokens": r[2]}
+                for m, r in self._by_model.items()
+            }
 
     def connection_opened(self) -> None:
         with self._lock:
@@ -103,8 +147,21 @@ class RequestLog:
         return self.count
 
 
+CHARS_PER_TOKEN = 4
+"""The server's tokenizer: one token per 4 characters (rounded up), at least one."""
+
+
 def _estimate_tokens(text: str) -> int:
-    return max(1, (len(text) + 3) // 4)
+    return max(1, (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN)
+
+
+def _max_tokens(body: dict[str, Any]) -> int | None:
+    """The completion limit a request asks for (``max_tokens`` or ``max_completion_tokens``)."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 class _Server(ThreadingHTTPServer):
@@ -194,16 +251,45 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(reply, HTTPReply):
             self._send_json(reply.status, reply.body, reply.headers)
             return
+        if isinstance(reply, Stall):
+            self._stall(reply)
+            return
         self._answer(body, str(reply))
+
+    def _stall(self, stall: Stall) -> None:
+        """Hold the request without an answer until the server closes (see :class:`Stall`)."""
+        closing = self.server.owner.closing
+        self.close_connection = True
+        if stall.trickle_s is None:
+            closing.wait()
+            return
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(1 << 30))
+            self.end_headers()
+            self.wfile.write(b"{")
+            self.wfile.flush()
+            while not closing.wait(stall.trickle_s):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+        except OSError:
+            return  # the client gave up
 
     def _answer(self, body: dict[str, Any], content: str) -> None:
         model = str(body.get("model") or self.server.owner.served_name)
+        limit = _max_tokens(body)
+        finish = "stop"
+        if limit is not None and _estimate_tokens(content) > limit:
+            # A provider honours max_tokens: the reply is cut at the limit.
+            content, finish = content[: limit * CHARS_PER_TOKEN], "length"
         prompt_chars = sum(len(m["content"]) for m in messages_of(body))
         usage = {
-            "prompt_tokens": max(1, (prompt_chars + 3) // 4),
+            "prompt_tokens": max(1, (prompt_chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN),
             "completion_tokens": _estimate_tokens(content),
         }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        self.server.owner.requests.served(model, usage["prompt_tokens"], usage["completion_tokens"])
         ident = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         if body.get("stream"):
@@ -220,7 +306,7 @@ class _Handler(BaseHTTPRequestHandler):
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": content},
-                        "finish_reason": "stop",
+                        "finish_reason": finish,
                     }
                 ],
                 "usage": usage,
@@ -282,6 +368,7 @@ class ScriptedModelServer:
         self._thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
+        self.closing = threading.Event()  # set by close(): stalled requests end then
 
     @property
     def url(self) -> str:
@@ -313,6 +400,7 @@ class ScriptedModelServer:
         server, self._server = self._server, None
         if server is None:
             return
+        self.closing.set()
         server.shutdown()
         server.server_close()
         with self._conns_lock:

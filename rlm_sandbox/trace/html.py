@@ -14,8 +14,8 @@ import base64
 import hashlib
 from html import escape
 
+from rlm_sandbox.trace.model import Cell, Node, RunTrace
 from rlm_sandbox.trace.render import excerpt, fmt_cost, fmt_s, fmt_tokens, one_line
-from rlm_sandbox.trace.tree import Cell, Node, RunTrace
 
 CSS = """
 :root { --ok: #2e7d32; --err: #c62828; --open: #ef6c00; --muted: #666; --line: #ddd; }

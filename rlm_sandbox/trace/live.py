@@ -22,6 +22,9 @@ from rich.text import Text
 from rich.tree import Tree
 
 from rlm_sandbox.safe_text import visible_data
+from rlm_sandbox.trace import events
+from rlm_sandbox.trace.model import Node
+from rlm_sandbox.trace.tree import TraceBuilder
 from rlm_sandbox.trace.view import TraceView
 
 STATUS_STYLE = {
@@ -32,19 +35,18 @@ STATUS_STYLE = {
     "done": "green",
     "failed": "red",
 }
+WAIT_SHOWN_S = 10.0  # a node's own model call waiting longer than this is shown, with its limit
 SHOWN_FINISHED = 3  # finished children shown per parent (the most recent); the rest are folded
 
 
 @dataclass
 class NodeState:
-    id: str
-    parent: str | None
-    depth: int
+    """What only a live view knows of a node (what it is doing now, for how long), over the
+    node model every trace reader shares (:class:`rlm_sandbox.trace.tree.Node`)."""
+
+    facts: Node
     began: float
     status: str = "starting"
-    steps: int = 0
-    tokens: int = 0
-    cost: float = 0.0
     ended: float | None = None
     pending: int = 0
     loaded: int = 0
@@ -53,10 +55,38 @@ class NodeState:
     note: str = ""
     children: list[str] = field(default_factory=list)
     started: bool = False  # it got a container (a node refused by a budget never does)
+    call: Any = None  # the node's own model call in flight (its id), when one is
+    call_since: float = 0.0
+    call_limit: float | None = None
+
+    @property
+    def id(self) -> str:
+        return self.facts.id
+
+    @property
+    def depth(self) -> int:
+        return self.facts.depth
+
+    @property
+    def parent(self) -> str | None:
+        return self.facts.parent
 
     @property
     def finished(self) -> bool:
         return self.status in ("done", "failed")
+
+    @property
+    def steps(self) -> int:
+        """Model turns of the node's own (steps, compaction, last word): sub-calls are not."""
+        return sum(1 for c in self.facts.lm_calls if c.finished and c.purpose != "sub_call")
+
+    @property
+    def tokens(self) -> int:
+        return sum(c.tokens for c in self.facts.lm_calls if c.finished)
+
+    @property
+    def cost(self) -> float:
+        return sum(c.cost_usd for c in self.facts.lm_calls if c.finished)
 
 
 def _human_tokens(n: int) -> str:
@@ -77,6 +107,7 @@ class LiveTree:
     def __init__(self, console: Console, *, verbose: bool = False) -> None:
         self.console = console
         self.nodes: dict[str, NodeState] = {}
+        self.builder = TraceBuilder()  # the node model every trace reader shares
         self.lock = threading.Lock()
         self.t0 = time.monotonic()
         self.limits: dict[str, Any] = {}
@@ -117,82 +148,100 @@ class LiveTree:
     # ---- events
 
     def on_event(self, raw: dict[str, Any]) -> None:
-        ev = visible_data(raw)
-        kind = ev.get("event")
-        node_id = str(ev.get("node") or "")
+        clean = visible_data(raw)
         with self.lock:
-            node = self.nodes.get(node_id)
-            if kind == "run_start":
-                self.limits = dict(ev.get("limits") or {})
-                self.model = str(ev.get("model") or "")
-                self.unsafe = bool(ev.get("unsafe"))
-            elif kind == "node_begin":
-                parent = ev.get("parent")
-                self.nodes[node_id] = NodeState(node_id, parent, int(ev.get("depth") or 0), time.monotonic())
-                if parent in self.nodes:
-                    self.nodes[parent].children.append(node_id)
-            elif node is None:
-                pass
-            elif kind == "node_start":
-                node.status = "thinking"
-                if not node.started:
-                    node.started = True
-                    self.alive += 1
-            elif kind == "lm_start" and ev.get("purpose") != "sub_call":
-                node.status = "thinking"
-                node.note = ""
-            elif kind == "lm_cache_hit":
-                self.cache_hits += 1
-            elif kind == "lm_call":
-                self.lm_calls += 1
-                used = int(ev.get("prompt_tokens") or 0) + int(ev.get("completion_tokens") or 0)
-                cost = float(ev.get("cost_usd") or 0.0)
-                self.tokens += used
-                self.cost += cost
-                node.tokens += used
-                node.cost += cost
-                if ev.get("purpose") == "sub_call":
-                    node.pending = max(0, node.pending - 1)
-                else:
-                    node.steps += 1
-            elif kind == "question":
-                node.status = "thinking"
-                node.note = ""
-            elif kind == "answer":
-                node.status = "done" if ev.get("status") == "ok" else "failed"
-                node.note = "" if ev.get("status") == "ok" else str(ev.get("error") or "")[:80]
-            elif kind == "cell_start":
-                node.status = "running a cell"
-            elif kind == "cell":
-                if ev.get("error"):
-                    node.note = str(ev.get("error")).splitlines()[0][:60]
-            elif kind == "sub_call":
-                node.pending += 1
-            elif kind == "load_progress":
-                node.loaded, node.size = int(ev.get("sent") or 0), int(ev.get("size") or 0)
-                node.loading = node.size < 0 or node.loaded < node.size
-            elif kind == "node_end":
-                node.status = "done" if ev.get("status") == "done" else "failed"
-                node.ended = time.monotonic()
-                node.loading = False
-                if node.status == "failed":
-                    error = str(ev.get("error") or "")
-                    stopped = error.startswith(("KeyboardInterrupt", "SystemExit"))
-                    node.note = "interrupted" if stopped else error[:80]
-                if node.started:
-                    node.started = False
-                    self.alive = max(0, self.alive - 1)
-                parent = self.nodes.get(node.parent or "")
-                if parent is not None:
-                    parent.pending = max(0, parent.pending - 1)
-            if kind == "image_progress":
-                self.image_note = str(ev.get("message") or "")[:100]
-            elif kind == "node_start":
-                self.image_note = ""
-            elif kind == "run_end":
-                self.final = ev
-        if self._lines is not None and kind in ("cell", "lm_error", "budget", "error"):
-            self._lines.on_event(ev)
+            ev = self.builder.feed(clean)
+            self._apply(ev)
+        if self._lines is not None and ev.name in ("cell", "lm_error", "budget", "error"):
+            self._lines.on_event(clean)
+
+    def _apply(self, ev: events.Event) -> None:
+        """What the event changes of the view, beyond the shared node model (fed already)."""
+        if isinstance(ev, events.RunStart):
+            self.limits = dict(ev.limits or {})
+            self.model = ev.model or ""
+            self.unsafe = bool(ev.unsafe)
+        elif isinstance(ev, events.ImageProgress):
+            self.image_note = (ev.message or "")[:100]
+        elif isinstance(ev, events.RunEnd):
+            self.final = ev.model_dump()
+            self._close_open_nodes()
+        node_id = events.declared(ev, "node")
+        if isinstance(ev, events.NodeBegin) and node_id is not None:
+            facts = self.builder.run.nodes[node_id]
+            self.nodes[node_id] = NodeState(facts, time.monotonic())
+            if facts.parent in self.nodes:
+                self.nodes[facts.parent].children.append(node_id)
+            return
+        node = self.nodes.get(node_id or "")
+        if node is not None:
+            self._apply_to_node(node, ev)
+
+    def _apply_to_node(self, node: NodeState, ev: events.Event) -> None:
+        if isinstance(ev, events.NodeStart):
+            node.status = "thinking"
+            self.image_note = ""
+            if not node.started:
+                node.started = True
+                self.alive += 1
+        elif isinstance(ev, events.LMStart) and ev.purpose != "sub_call":
+            node.status, node.note = "thinking", ""
+            node.call, node.call_since, node.call_limit = ev.call, time.monotonic(), ev.timeout_s
+        elif isinstance(ev, events.LMError | events.LMAbandoned | events.LMCut):
+            if ev.call in (None, node.call):
+                node.call = None
+        elif isinstance(ev, events.LMCacheHit):
+            self.cache_hits += 1
+            if ev.purpose == "sub_call":
+                node.pending = max(0, node.pending - 1)
+        elif isinstance(ev, events.LMCall):
+            self.lm_calls += 1
+            self.tokens += (ev.prompt_tokens or 0) + (ev.completion_tokens or 0)
+            self.cost += ev.cost_usd or 0.0
+            if ev.call is not None and ev.call == node.call:
+                node.call = None
+            if ev.purpose == "sub_call":
+                node.pending = max(0, node.pending - 1)
+        elif isinstance(ev, events.Question):
+            node.status, node.note = "thinking", ""
+        elif isinstance(ev, events.Answer):
+            node.status = "done" if ev.status == "ok" else "failed"
+            node.note = "" if ev.status == "ok" else (ev.error or "")[:80]
+        elif isinstance(ev, events.Cell):
+            if ev.error:
+                node.note = ev.error.splitlines()[0][:60]
+        elif isinstance(ev, events.CellStart):
+            node.status = "running a cell"
+        elif isinstance(ev, events.SubCall):
+            node.pending += 1
+        elif isinstance(ev, events.LoadProgress):
+            node.loaded, node.size = ev.sent or 0, ev.size or 0
+            node.loading = node.size < 0 or node.loaded < node.size
+        elif isinstance(ev, events.NodeEnd):
+            stopped = (ev.error or "").startswith(("KeyboardInterrupt", "SystemExit"))
+            self._end_node(node, ev.status == "done", "interrupted" if stopped else (ev.error or "")[:80])
+
+    def _end_node(self, node: NodeState, done: bool, note: str) -> None:
+        node.status = "done" if done else "failed"
+        node.ended = time.monotonic()
+        node.loading = False
+        node.call = None
+        if not done:
+            node.note = note
+        if node.started:
+            node.started = False
+            self.alive = max(0, self.alive - 1)
+        parent = self.nodes.get(node.parent or "")
+        if parent is not None:
+            parent.pending = max(0, parent.pending - 1)
+
+    def _close_open_nodes(self) -> None:
+        """The run ended: its last frame must be true (no node still "thinking", no
+        container counted up), whatever events a stop cut short."""
+        reason = str((self.final or {}).get("reason") or (self.final or {}).get("status") or "stopped")
+        for node in self.nodes.values():
+            if not node.finished:
+                self._end_node(node, False, reason[:80])
 
     # ---- drawing
 
@@ -207,6 +256,11 @@ class LiveTree:
         text.append(f" d{n.depth} ")
         text.append(f"{status:<22}", style=style)
         text.append(f" {n.steps:>2} steps  {_human_tokens(n.tokens):>6} tok  ${n.cost:.4f}  {elapsed:6.1f} s")
+        waited = time.monotonic() - n.call_since
+        if n.call is not None and not n.finished and waited >= WAIT_SHOWN_S:
+            # A model that does not answer must be visible, not a silent "thinking".
+            limit = f" (limit {n.call_limit:.0f} s)" if n.call_limit else ""
+            text.append(f"  waiting for the model {waited:.0f} s{limit}", style="yellow")
         if n.loading:
             total = _human_bytes(n.size) if n.size > 0 else "?"
             text.append(f"  loading {_human_bytes(n.loaded)}/{total}", style="cyan")

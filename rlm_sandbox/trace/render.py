@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from rlm_sandbox.trace.tree import Cell, Node, RunTrace, Totals
+from rlm_sandbox.trace.model import Cell, Node, RunTrace, Totals
 
 STATUS_STYLE = {"done": "green", "ok": "green", "error": "red", "running": "yellow", "incomplete": "yellow"}
 

@@ -16,6 +16,7 @@ from rich.text import Text
 
 from rlm_sandbox.safe_text import line as safe_line
 from rlm_sandbox.safe_text import visible_data
+from rlm_sandbox.trace import events
 
 
 def _first_line(text: str | None, width: int = 90) -> str:
@@ -40,62 +41,58 @@ class TraceView:
 
     def render(self, raw: dict[str, Any]) -> Text | None:
         """The line an event is shown as (None: not shown)."""
-        ev = visible_data(raw)
-        kind = ev.get("event")
-        try:
-            pad = "  " * int(ev.get("depth") or 0)
-        except (TypeError, ValueError):
-            pad = ""
-        node = str(ev.get("node", ""))
-        if kind == "image_progress":
+        ev = events.parse(visible_data(raw))
+        pad = "  " * max(0, min(events.declared(ev, "depth") or 0, 64))
+        node = events.declared(ev, "node") or ""
+        if isinstance(ev, events.ImageProgress):
             # A first build (minutes for a derived image): one line every 10 s, not each apt line.
             now = time.monotonic()
             if self._image_said is not None and now - self._image_said < 10.0:
                 return None
             self._image_said = now
-            return safe_line(("image", "cyan"), f" {_first_line(ev.get('message'), 110)}")
-        if kind == "run_start":
-            out = safe_line(
-                ("run", "bold"), f" {ev.get('run')} model={ev.get('model')} depth={ev.get('depth')}"
-            )
-            if ev.get("unsafe"):
+            return safe_line(("image", "cyan"), f" {_first_line(ev.message, 110)}")
+        if isinstance(ev, events.RunStart):
+            out = safe_line(("run", "bold"), f" {ev.run} model={ev.model} depth={ev.depth}")
+            if ev.unsafe:
                 out.append(
                     "\nUNSAFE: --backend local runs the code on this machine with no sandbox", "bold red"
                 )
             return out
-        if kind == "node_start":
+        if isinstance(ev, events.NodeStart):
             return safe_line(
                 pad,
                 (f"▶ {node}", "cyan"),
-                f" depth {ev.get('depth')} container {str(ev.get('container'))[:12]} ({ev.get('start_s')} s)",
+                f" depth {ev.depth} container {str(ev.container)[:12]} ({ev.start_s} s)",
             )
-        if kind == "node_end":
-            colour = "green" if ev.get("status") == "done" else "red"
-            tail = _first_line(ev.get("answer") or ev.get("error"), 70)
+        if isinstance(ev, events.NodeEnd):
+            colour = "green" if ev.status == "done" else "red"
+            tail = _first_line(ev.answer or ev.error, 70)
             return safe_line(
-                pad,
-                (f"■ {node}", colour),
-                f" {ev.get('status')} after {ev.get('steps')} steps, {ev.get('wall_s')} s: {tail}",
+                pad, (f"■ {node}", colour), f" {ev.status} after {ev.steps} steps, {ev.wall_s} s: {tail}"
             )
         if self.quiet:
             return None
-        if kind == "lm_call":
+        return self._detail(ev, pad, node)
+
+    def _detail(self, ev: events.Event, pad: str, node: str) -> Text | None:
+        """The lines only ``-v`` shows: model calls, cells, problems."""
+        if isinstance(ev, events.LMCall):
             return safe_line(
                 f"{pad}  ",
                 ("lm", "magenta"),
-                f" {node} {ev.get('purpose')} {ev.get('prompt_tokens')}+{ev.get('completion_tokens')} tok "
-                f"{ev.get('latency_s')} s",
+                f" {node} {ev.purpose} {ev.prompt_tokens}+{ev.completion_tokens} tok {ev.latency_s} s",
             )
-        if kind == "cell":
-            status = ("error", "red") if ev.get("error") else "ok"
+        if isinstance(ev, events.Cell):
+            status = ("error", "red") if ev.error else "ok"
             return safe_line(
                 f"{pad}  ",
                 ("cell", "yellow"),
-                f" {node} step {ev.get('step')} ",
+                f" {node} step {ev.step} ",
                 status,
-                f" {ev.get('duration_s')} s: {_first_line(ev.get('code'))}\n{pad}    → "
-                f"{_first_line(ev.get('output'), 100)}",
+                f" {ev.duration_s} s: {_first_line(ev.code)}\n{pad}    → {_first_line(ev.output, 100)}",
             )
-        if kind in ("budget", "error", "lm_error"):
-            return safe_line((str(kind), "red"), f" {ev.get('error')}")
+        if isinstance(ev, events.Budget | events.LMError):
+            return safe_line((ev.name, "red"), f" {ev.error}")
+        if isinstance(ev, events.Malformed):
+            return safe_line((f"? {ev.event}", "dim"), f" (malformed: {ev.problem})")
         return None

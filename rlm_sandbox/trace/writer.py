@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from rlm_sandbox.errors import ConfigError
 from rlm_sandbox.safe_text import json_text
+from rlm_sandbox.trace.events import check_emitted
 
 Listener = Callable[[dict[str, Any]], None]
 
@@ -41,6 +42,8 @@ class Tracer:
         self._listeners.append(listener)
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Write one event (declared in :mod:`rlm_sandbox.trace.events`) and tell listeners."""
+        check_emitted(event, fields)
         record = {
             "event": event,
             "run": self.run_id,
@@ -73,6 +76,7 @@ class Tracer:
     def notify(self, event: str, **fields: Any) -> None:
         """Tell listeners only: progress ticks (bytes loaded, image build steps) would
         swamp the trace file and say nothing a reader of it needs."""
+        check_emitted(event, fields)
         self._deliver(
             {"event": event, "run": self.run_id, "t": round(time.monotonic() - self._t0, 6), **fields}
         )
@@ -103,92 +107,6 @@ def answer_fields(answer: str | None, limit: int = TRACE_ANSWER_CHARS) -> dict[s
         "answer_chars": len(answer),
         "answer_sha256": hashlib.sha256(answer.encode("utf-8", "surrogatepass")).hexdigest(),
     }
-
-
-# The types of the fields events carry, declared once for every reader. A trace is
-# untrusted input (a file anyone can hand over): a reader checks an event with
-# :func:`check_event` before it uses a field. ``None`` always means "absent".
-_STR = (
-    "event",
-    "run",
-    "node",
-    "parent",
-    "purpose",
-    "model",
-    "sub_model",
-    "served_model",
-    "request_sha256",
-    "kind",
-    "tool",
-    "status",
-    "task",
-    "code",
-    "response",
-    "output",
-    "error",
-    "answer",
-    "budget",
-    "container",
-    "engine",
-    "reason",
-    "answer_sha256",
-    "message",
-)
-_INT = (
-    "depth",
-    "step",
-    "index",
-    "steps",
-    "prompt_tokens",
-    "completion_tokens",
-    "prompt_chars",
-    "lm_calls",
-    "nodes",
-    "containers",
-    "max_steps",
-    "max_depth_reached",
-    "number",
-    "questions",
-    "answer_chars",
-    "containers_alive",
-    "lm_cache_hits",
-    "cited",
-)
-_NUM = ("t", "ts", "wall_s", "duration_s", "start_s", "cost_usd", "latency_s")
-_BOOL = ("pooled", "timed_out", "unsafe", "session", "answer_truncated", "fallback", "answered")
-_DICT = ("tokens", "limits", "models", "timings", "pool")
-_MAX_INT = 1 << 53  # fmt: skip
-
-
-def check_event(event: Any) -> str | None:
-    """None if ``event`` is an event whose known fields have their types; else what is wrong."""
-    if not isinstance(event, dict):
-        return "not a JSON object"
-    if not isinstance(event.get("event"), str):
-        return "its 'event' is not a string"
-    for name, value in event.items():
-        if value is None:
-            continue
-        if name in _STR:
-            ok = isinstance(value, str)
-        elif name in _INT:
-            ok = type(value) is int and abs(value) <= _MAX_INT
-        elif name in _NUM:
-            ok = (
-                isinstance(value, int | float)
-                and not isinstance(value, bool)
-                and abs(value) <= _MAX_INT
-                and value == value
-            )
-        elif name in _BOOL:
-            ok = isinstance(value, bool)
-        elif name in _DICT:
-            ok = isinstance(value, dict)
-        else:
-            continue
-        if not ok:
-            return f"its {name!r} is a {type(value).__name__}"
-    return None
 
 
 def create_trace_file(path: Path) -> TextIO:

@@ -103,11 +103,11 @@ def test_sleep_forever_is_interrupted(attack) -> None:
 def test_llm_query_flood_past_the_budget(attack) -> None:
     out = attack("answers = llm_query_batched(['x'] * 500)", rlm={"max_lm_calls": 20})
     assert out.result.status == "budget_exhausted" and out.result.budget == "max_lm_calls"
-    # The flood spends nothing past the limit; the one bounded best-answer call after the
-    # stop is the only extra, and it is counted, never hidden.
+    # The flood spends nothing past the limit, the best-answer call after the stop included
+    # (it spends the call the root kept for it), and it is counted, never hidden.
     fallback_calls = [e for e in out.events if e["event"] == "lm_call" and e["purpose"] == "fallback"]
     assert len(fallback_calls) <= 1
-    assert out.result.lm_calls <= 20 + len(fallback_calls) and out.result.exit_code == 3
+    assert out.result.lm_calls <= 20 and out.result.exit_code == 3
     assert len(out.bodies) == out.result.lm_calls  # what the server saw is what we counted
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -17,7 +19,8 @@ from rlm_sandbox.sandbox.config import SandboxConfig
 from rlm_sandbox.sandbox.gc import collect_garbage
 
 from ..conftest import containers_of
-from ..helpers import cells_then_final
+from ..helpers import cells_then_final, cli, json_out
+from .conftest import ROWS, RUNTIME, SECRET_VARS
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 
@@ -124,3 +127,59 @@ def test_unique_runs_do_not_see_each_other(run_id: str) -> None:
         report = collect_garbage(run_id=other, include_live=True)
         assert [i.id for i in report.removed] and mine.execute("print(1)").stdout == "1\n"
     assert containers_of(other) == []
+
+
+def test_a_silent_model_server_cannot_hold_a_run_past_its_timeout(scripted, tmp_path: Path) -> None:
+    """A server that accepts every request and never answers: ``--timeout 20`` ends the run
+    at 20 s plus the documented grace (the fallback's try, then the stop), as a budget stop
+    naming the timeout, with no container left -- whatever the client's timeouts and retries."""
+    from rlm_sandbox.rlm.budget import TIMEOUT_GRACE_S
+    from rlm_sandbox.testing import never_answers
+
+    server = scripted(never_answers)
+    tenant = f"silent-{uuid.uuid4().hex[:8]}"
+    trace = tmp_path / "t.jsonl"
+    args = ["run", "--model", server.model_name, "--api-base", server.url, "--task", "t", "--timeout", "20"]
+    t0 = time.monotonic()
+    proc = cli(
+        *args,
+        "--tenant",
+        tenant,
+        "--trace",
+        str(trace),
+        "--json",
+        stdin=b"abc",
+        env={"OPENAI_API_KEY": server.api_key},
+        timeout=240,
+    )
+    took = time.monotonic() - t0
+    out = json_out(proc)
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    stops = [e["budget"] for e in events if e["event"] == "budget"]
+    left = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=rlm-sandbox.tenant={tenant}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    shown = proc.stdout.decode() + proc.stderr.decode() + trace.read_text()
+    breached = any(v in shown for v in SECRET_VARS.values())
+    ROWS.append(
+        {
+            "attack": "silent model server (--timeout 20)",
+            "runtime": RUNTIME,
+            "status": out["status"],
+            "outcome": (out["error"] or "")[:160],
+            "seconds": round(took, 2),
+            "breached": breached,
+        }
+    )
+    assert proc.returncode == 3 and out["status"] == "budget_exhausted" and stops == ["timeout"], out
+    assert "budget_exhausted (timeout)" in proc.stderr.decode()
+    # Generous: 20 s of budget, the documented grace, and 30 s for the process to start
+    # (LiteLLM's import) on a busy machine. Without the abandonment it ran past 150 s.
+    assert took < 20 + TIMEOUT_GRACE_S + 30, took
+    assert left == [] and not breached
+    # The root's call was sent to the model (or was still preparing: LiteLLM's import can
+    # take 20 s on a loaded machine) and the run stopped waiting for it at the deadline.
+    assert any(e["event"] == "lm_abandoned" for e in events)

@@ -82,7 +82,9 @@ def stops_then_answers(request: dict[str, Any]) -> str:
     [
         ({"max_lm_calls": 3}, "max_lm_calls"),
         ({"max_steps": 2}, "max_steps"),
-        ({"max_tokens": 3000}, "max_tokens"),
+        # Each call reserves its prompt's bytes + lm_max_tokens: a few steps fit, then the
+        # fallback spends what the root kept back for it.
+        ({"max_tokens": 12000, "lm_max_tokens": 256}, "max_tokens"),
     ],
 )
 def test_a_budget_stop_still_returns_the_models_best_answer(
@@ -99,8 +101,14 @@ def test_a_budget_stop_still_returns_the_models_best_answer(
     assert result.to_json()["fallback"] is True and result.exit_code == 3
     events = [json.loads(line) for line in trace.read_text().splitlines()]
     assert events[-1]["answer"] == "about 42 disk errors"
-    # The extra call is counted, never hidden.
-    assert result.lm_calls == server.requests.count
+    # The extra call is counted, never hidden, and fits in the caps: the server's own counts.
+    assert result.lm_calls == server.requests.count <= limits.get("max_lm_calls", 500)
+    served = server.requests.prompt_tokens + server.requests.completion_tokens
+    assert result.tokens == {
+        "prompt": server.requests.prompt_tokens,
+        "completion": server.requests.completion_tokens,
+    }
+    assert served <= limits.get("max_tokens", served)
 
 
 def test_no_fallback_when_turned_off(scripted, run_id: str) -> None:

@@ -112,7 +112,9 @@ def test_tenant_cost_cap_spans_runs(run_id: str) -> None:
     with ScriptedModelServer(never_finishes, served_name="priced-tenant") as server:
 
         def run(max_steps: int):
-            cfg = RLMConfig(api_base=server.url, tenant=tenant, tenants=limits, max_steps=max_steps)
+            cfg = RLMConfig(
+                api_base=server.url, tenant=tenant, tenants=limits, max_steps=max_steps, lm_max_tokens=256
+            )
             return RLM(model=server.model_name, config=cfg, api_key=server.api_key).run(
                 context="abc", task="t", run_id=run_id
             )
@@ -124,7 +126,9 @@ def test_tenant_cost_cap_spans_runs(run_id: str) -> None:
     assert stopped, [r.budget for r in later]
     assert "tenant" in (stopped[0].error or "")
     spent = ledger.account(tenant, None).cost_usd
-    assert 0.5 <= spent < 0.5 + 0.2
+    served = server.requests.prompt_tokens + server.requests.completion_tokens
+    assert spent <= 0.5 and spent == pytest.approx(served * 0.0001, abs=1e-6)  # a hard cap
+    assert ledger.account(tenant, None).reserved_cost == 0 and ledger.account(tenant, None).in_flight == 0
 
 
 def test_nothing_is_shared_between_tenants(run_id: str) -> None:

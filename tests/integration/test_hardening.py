@@ -87,7 +87,10 @@ def test_container_is_hardened(
         assert host["PidsLimit"] == cfg.effective_pids()
         assert host["NanoCpus"] == int(cfg.cpus * 1e9)
         assert {"Name": "nofile", "Soft": cfg.nofile, "Hard": cfg.nofile} in host["Ulimits"]
-        assert host["Init"] is True
+        # PID 1 is the image's supervisor, not Docker's init: it reaps, and it ends the
+        # container when the controller's stream goes (rlm_sandbox/kernel/supervisor.py).
+        assert not host.get("Init")
+        assert conf["Entrypoint"][-1] == "/opt/rlm-kernel/supervisor.py", conf["Entrypoint"]
 
         # Nothing the sandbox prints is logged on the host.
         assert host["LogConfig"]["Type"] == "none"
@@ -115,9 +118,14 @@ def test_container_is_hardened(
             "import os\n"
             "st = dict(l.split(':\\t', 1) for l in open('/proc/self/status').read().splitlines() if ':\\t' in l)\n"
             "print(os.getuid(), st['CapEff'].strip(), st['NoNewPrivs'].strip(), st['Seccomp'].strip())\n"
-            "print(sorted(os.environ))"
+            "print(sorted(os.environ))\n"
+            "print(os.getppid(), open('/proc/1/cmdline').read().split(chr(0))[-2])\n"
+            "print(st['Seccomp_filters'].strip() if 'Seccomp_filters' in st else '?')"
         )
         assert r.ok, r
-        uid_line, env_line = r.stdout.splitlines()
+        uid_line, env_line, pid1_line, filters = r.stdout.splitlines()
         assert uid_line == f"{user.split(':')[0]} 0000000000000000 1 2"
         assert set(ast.literal_eval(env_line)) <= INSIDE_ENV, env_line
+        assert pid1_line == "1 /opt/rlm-kernel/supervisor.py", pid1_line
+        # The engine's seccomp profile and the supervisor's own (where the kernel says).
+        assert filters in ("2", "?"), filters

@@ -97,7 +97,7 @@ def host_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-# Lists the processes of the container other than docker-init (pid 1) and the kernel that
+# Lists the processes of the container other than its supervisor (pid 1) and the kernel that
 # are still alive (not zombies), waiting up to WAIT seconds for them to go.
 LIVE_OTHERS = """
 import os, time
@@ -336,9 +336,11 @@ def test_output_flood_is_truncated_and_bounded(sandbox_config: SandboxConfig) ->
 def test_diagnostic_stream_flood_is_a_protocol_violation(sandbox_config: SandboxConfig, run_id: str) -> None:
     """The container's real stderr (the kernel's diagnostics fd) is capped too."""
     code = (
-        "import os\n"
-        "fd = [f for f in range(100, 110) if os.path.exists(f'/proc/self/fd/{f}') "
-        "and os.readlink(f'/proc/self/fd/{f}') == os.readlink('/proc/1/fd/2')][0]\n"
+        "import os, fcntl\n"
+        "out = llm_query.__self__.link.send.__self__.fd_out  # the protocol's copy of stdout\n"
+        "# The kernel's copy of the container's stderr: its other private write-only pipe.\n"
+        "fd = [f for f in range(100, 110) if f != out and os.path.exists(f'/proc/self/fd/{f}') "
+        "and fcntl.fcntl(f, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY][0]\n"
         "chunk = b'e' * (1 << 20)\n"
         "for _ in range(100):\n"
         "    os.write(fd, chunk)\n"
@@ -593,10 +595,10 @@ def _target(fd):
         return os.readlink(f'/proc/self/fd/{fd}')
     except OSError:
         return None
-# The kernel's private copy of the container's stdout: same pipe as docker-init's fd 1.
-out_fds = [fd for fd in range(100, 1024) if _target(fd) and _target(fd) == os.readlink('/proc/1/fd/1')]
-assert len(out_fds) == 1, out_fds
-OUT = out_fds[0]
+# The kernel's private copy of the container's stdout (PID 1, the supervisor, is not
+# dumpable: its /proc/1/fd is closed to the cell, so the kernel's own channel names it).
+OUT = llm_query.__self__.link.send.__self__.fd_out
+assert OUT >= 100 and _target(OUT) and _target(OUT).startswith('pipe:'), OUT
 """
 
 

@@ -122,3 +122,46 @@ def test_sessions_are_refused_for_tenants_too(scripted) -> None:
     rlm = RLM(model=server.model_name, config=cfg, api_key=server.api_key)
     with pytest.raises(ConfigError, match="refused for tenants"), rlm.session(context="x"):
         pass
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("after", ["spin", "sleep-between-cells"])
+def test_a_dead_controller_takes_its_local_kernel_and_daemons_along(tmp_path: Path, after: str) -> None:
+    """SIGKILL the controller while the cell spins with signals blocked (or the kernel idles
+    between cells): the kernel, its children and the daemons it detached all end."""
+    from ..helpers import ARMED, kill_controller_when_armed
+
+    code = (
+        "import os, signal, subprocess, json\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT, signal.SIGALRM, signal.SIGUSR1, signal.SIGTERM])\n"
+        "pids = [os.getpid(), subprocess.Popen(['sleep', '600']).pid]\n"
+        "for i in range(2):\n"
+        "    r, w = os.pipe()\n"
+        "    first = os.fork()\n"
+        "    if first == 0:\n"
+        "        os.setsid()\n"
+        "        if os.fork() == 0:\n"
+        "            os.write(w, str(os.getpid()).encode())\n"
+        "            while True:\n"
+        "                pass\n"
+        "        os._exit(0)\n"
+        "    os.waitpid(first, 0)\n"
+        "    pids.append(int(os.read(r, 32)))\n"
+        f"llm_query('{ARMED} ' + json.dumps(pids))\n" + ("while True:\n    pass\n" if after == "spin" else "")
+    )
+    armed, _killed_at = kill_controller_when_armed(
+        code, "local-orphan", tmp_path / "controller.log", backend="local"
+    )
+    pids = json.loads(armed.split(" ", 1)[1])
+    assert len(pids) == 4
+    try:
+        deadline = time.monotonic() + 20  # generous: the supervisor acts within milliseconds
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [p for p in pids if _alive(p)], "processes outlived their controller"
+    finally:
+        for p in pids:  # never leave a spinner on the machine, whatever happened
+            try:
+                os.kill(p, 9)
+            except OSError:
+                pass

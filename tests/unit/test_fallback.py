@@ -67,21 +67,22 @@ def test_a_failed_call_or_a_dead_sandbox_gives_no_answer() -> None:
 
 
 def test_a_budget_stop_at_the_root_asks_once_and_returns_a_fallback(seam) -> None:
-    h = seam(answering("FINAL(best guess)"), max_lm_calls=2)
+    h = seam(answering("FINAL(best guess)"), max_lm_calls=3)
     result = h.run("abc")
     assert (result.status, result.budget) == ("budget_exhausted", "max_lm_calls")
     assert (result.answer, result.fallback) == ("best guess", True)
     assert list(result.to_json()) == [*JSON_KEYS, "fallback"]
+    # The cap holds the fallback too: one of the 3 calls was kept back for it.
     assert [c["purpose"] for c in h.calls()] == ["step", "step", "fallback"]
     (event,) = h.named("fallback")
     assert (event["node"], event["budget"], event["answered"]) == ("root", "max_lm_calls", True)
     question = h.client.requests[-1]["messages"][-1]["content"]
-    assert "limit of 2 LM calls" in question
+    assert "limit of 3 LM calls" in question
     assert h.named("run_end")[0]["fallback"] is True
 
 
 def test_the_fallback_may_name_a_variable_of_the_repl(seam) -> None:
-    h = seam(answering("FINAL_VAR(found)", explore="found = context.upper()"), max_lm_calls=1)
+    h = seam(answering("FINAL_VAR(found)", explore="found = context.upper()"), max_lm_calls=2)
     result = h.run("abc")
     assert (result.answer, result.fallback) == ("ABC", True)
 

@@ -156,3 +156,17 @@ def test_a_node_ended_without_a_container_does_not_count_as_one_going_down() -> 
     t.on_event({"event": "node_end", "node": "n2", "status": "error", "error": "BudgetExhausted: max_nodes"})
     assert t.alive == 1
     assert "1 containers up" in draw(t) and "containers 3" in draw(t)
+
+
+def test_a_model_call_that_waits_is_shown_with_its_limit() -> None:
+    """A silent model must be visible: after a while the node says how long it has waited."""
+    t = make()
+    t.on_event({"event": "run_start", "model": "m/x", "limits": {"timeout_s": 600}})
+    t.on_event({"event": "node_begin", "node": "root", "parent": None, "depth": 0})
+    t.on_event({"event": "node_start", "node": "root", "depth": 0})
+    t.on_event({"event": "lm_start", "node": "root", "purpose": "step", "call": 1, "timeout_s": 300.0})
+    assert "waiting for the model" not in draw(t)  # a normal call is just "thinking"
+    t.nodes["root"].call_since -= 45  # as if 45 s had passed
+    assert "waiting for the model 45 s (limit 300 s)" in draw(t)
+    t.on_event({"event": "lm_abandoned", "node": "root", "call": 1})
+    assert "waiting for the model" not in draw(t)

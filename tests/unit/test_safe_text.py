@@ -144,13 +144,15 @@ def test_trace_view_lines_are_text_not_markup() -> None:
         {
             "event": "cell",
             "node": "root",
-            "depth": "not a number",
+            "depth": 1,
             "step": 1,
             "code": "[/]",
             "output": "\x9b2J",
         }
     )
     view.on_event({"event": "error", "error": "[/] kernel said: \x1b]8;;https://evil\x1b\\"})
+    view.on_event({"event": "cell", "node": "root", "depth": "not a number", "output": "\x9b2J"})
     out = console.file.getvalue()
+    assert "? cell" in out and "(malformed: its 'depth' is a str)" in out  # shown for what it is
     assert "[link=https://x]m[/link]\\x1b]0;t\\x07" in out and "[/]" in out and "\\x9b2J" in out
     assert "\x1b]" not in out and "\x9b" not in out

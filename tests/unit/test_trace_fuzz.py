@@ -14,7 +14,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rlm_sandbox.trace.tree import KNOWN_EVENTS, build
+from rlm_sandbox.trace.events import EVENTS
+from rlm_sandbox.trace.tree import build
 
 FIELDS = [
     "event", "run", "t", "ts", "node", "parent", "depth", "step", "index", "code", "output", "error",
@@ -29,7 +30,7 @@ confused = st.one_of(
     st.text(max_size=20), st.just("n" + "9" * 40), st.just([]), st.just({}),
     st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
 )  # fmt: skip
-event_name = st.one_of(st.sampled_from(sorted(KNOWN_EVENTS)), confused)
+event_name = st.one_of(st.sampled_from(sorted(EVENTS)), confused)
 node_id = st.one_of(st.sampled_from(["root", "n1", "n2"]), confused)
 events = st.lists(
     st.one_of(
