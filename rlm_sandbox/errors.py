@@ -119,7 +119,11 @@ class LMError(RLMSandboxError):
     """The model call failed after retries (auth, provider, network, bad model name).
 
     ``kind`` says what a caller can do about it (``auth``, ``not_found``, ``bad_request``,
-    ``timeout``, ``rate_limit``, ``connection``, ``server``, ``other``) and decides retries.
+    ``bad_response`` (the server answered something that is not a chat completion),
+    ``bad_config`` (the server's URL is unusable), ``timeout``, ``rate_limit``,
+    ``connection``, ``server``, ``other``) and decides retries: only ``rate_limit``,
+    ``timeout``, ``connection`` and ``server`` are retried. ``attempts`` is 0 when the call
+    was refused before any request (a key that is not set).
     """
 
     status = "lm_error"

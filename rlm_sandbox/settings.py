@@ -10,7 +10,7 @@ holding a project file the user has not trusted to what it may decide (it may on
 the user's own settings: :mod:`rlm_sandbox.project_trust`).
 
 Bounds and defaults are taken from :class:`RLMConfig` and :class:`SandboxConfig` field by
-field, so a limit is defined once. API keys are not settings: LiteLLM reads them from the
+field, so a limit is defined once. API keys are not settings: the model clients read them from the
 environment, and nothing here ever holds or prints one.
 """
 

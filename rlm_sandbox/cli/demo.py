@@ -25,7 +25,7 @@ from rlm_sandbox.errors import RLMSandboxError
 def demo(
     model: str | None, sub_model: str | None, size: str, task_kind: str, latency: float, **o: Any
 ) -> None:
-    """A real RLM run (real containers, real LiteLLM HTTP path) on a built-in generated log.
+    """A real RLM run (real containers, the real model HTTP path) on a built-in generated log.
 
     With no --model it serves a scripted model on 127.0.0.1, so no key is needed.
     """

@@ -87,16 +87,10 @@ class CommandRegistry(click.Group):
 @click.version_option(package_name="rlm-sandbox")
 @click.pass_context
 def main(ctx: click.Context) -> None:
-    """Recursive Language Models whose code runs in hardened Docker containers."""
-    if ctx.invoked_subcommand in ("run", "demo") and not any(a in ("-h", "--help") for a in sys.argv):
-        # LiteLLM's import takes seconds: start it now, so it overlaps option parsing,
-        # container start and input load instead of adding to them. The engine's own modules
-        # are imported first (a third of a second), or they would queue behind LiteLLM's.
-        import rlm_sandbox.rlm.api
-        import rlm_sandbox.sandbox.core  # noqa: F401
-        from rlm_sandbox.rlm.lm import start_preload
+    """Recursive Language Models whose code runs in hardened Docker containers.
 
-        start_preload()
+    Nothing is imported here: a run starts LiteLLM's import itself, and only when one of its
+    models needs LiteLLM (see rlm_sandbox.rlm.lm), once the settings say which models."""
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 A trace's ``lm_call`` events carry the digest of each request and the whole response, so a
 run can be played again with no model: a local OpenAI-compatible server answers each
-request whose digest was recorded with the recorded text, through the real LiteLLM path,
+request whose digest was recorded with the recorded text, through the real model HTTP path,
 while the code runs in fresh containers. Whatever the code does differently (another
 input, another image, a nondeterministic cell) changes the next request, so the first
 divergence is found exactly.

@@ -16,7 +16,7 @@ from rlm_sandbox.errors import BudgetExhausted, ConfigError, LMError, RLMSandbox
 from rlm_sandbox.inputs import as_input
 from rlm_sandbox.rlm.answers import AnswerSpec
 from rlm_sandbox.rlm.config import RLMConfig
-from rlm_sandbox.rlm.lm import LiteLLMClient, start_preload
+from rlm_sandbox.rlm.lm import LMClient, make_client, needs_litellm, start_preload
 from rlm_sandbox.rlm.models import ModelRouter
 from rlm_sandbox.rlm.node import Node
 from rlm_sandbox.rlm.result import RLMResult
@@ -59,6 +59,20 @@ class RLM:
         )
         self._api_key = api_key
         self.listeners: list[Listener] = []
+        if any(needs_litellm(m, cfg.api_base) for m in self._model_names()):
+            # The model names are known: a provider that needs LiteLLM starts its import now,
+            # so it overlaps the engine check, the container start and the input load.
+            start_preload()
+
+    def _model_names(self) -> list[str]:
+        """The model strings this RLM makes clients for, as ``_models`` does: not the clients
+        given to it, nor a name one of them already serves."""
+        given = {getattr(c, "model", None) for c in (self._root_lm, self._sub_lm) if c is not None}
+        names = [] if self._root_lm is not None else [self.model or ""]
+        if self._sub_lm is None and self.sub_model != self.model:
+            names.append(self.sub_model or "")
+        names += list(self.config.depth_models.values())
+        return [n for n in dict.fromkeys(names) if n and n not in given]
 
     def setup(self) -> RunSetup:
         """What every run and session of this RLM is made of."""
@@ -78,14 +92,12 @@ class RLM:
         return Session(self.setup(), context, run_id=run_id)
 
     def _models(self) -> ModelRouter:
-        """The clients of a run: the ones given, else LiteLLM clients by model name. LiteLLM's
-        import (seconds) starts in the background when the first such client is made, so it
-        overlaps the container start; a run whose clients were all given never imports it."""
+        """The clients of a run: the ones given, else one per model name (OpenAI-compatible
+        endpoints over httpx, every other provider through LiteLLM: see rlm_sandbox.rlm.lm)."""
         cfg = self.config
 
-        def make(model: str) -> LiteLLMClient:
-            start_preload()
-            return LiteLLMClient(
+        def make(model: str) -> LMClient:
+            return make_client(
                 model,
                 api_base=cfg.api_base,
                 api_key=self._api_key,
@@ -135,9 +147,11 @@ class RLM:
         root = Node(run, depth=0, parent=None, context=context, task=task, output=spec)
         answer, outcome = None, Outcome()
         try:
+            run.check_credentials()  # a missing key fails here, before any container starts
             run.take_input(context)  # a known size past the cap stops here: no container yet
-            run.start_containers()
-            answer = root.solve()
+            # The engines' check and the warm pools start while the root's first model call
+            # is already out (the call needs nothing from a container).
+            answer = root.solve(before_sandbox=run.start_containers)
         except (KeyboardInterrupt, SystemExit) as exc:
             run.interrupt(exc)
             raise

@@ -128,9 +128,12 @@ class Budget:
             raise BudgetExhausted("cancelled", f"the run was stopped: {reason}")
         left = self.wall_left()
         if left is not None and left <= 0:
-            raise self._exhaust(
-                "timeout", f"the run's wall-time budget of {self.limits.timeout_s:g} s ran out"
-            )
+            raise self.out_of_time()
+
+    def out_of_time(self) -> BudgetExhausted:
+        """The run's wall-time stop (recorded, the run cancelled), for the caller to raise: a
+        model call whose deadline was the run's may end a moment before the clock does."""
+        return self._exhaust("timeout", f"the run's wall-time budget of {self.limits.timeout_s:g} s ran out")
 
     def wall_left(self) -> float | None:
         if self.limits.timeout_s is None:

@@ -21,6 +21,11 @@ up (bounded by the client's timeout and retries; a process holds at most
 :data:`MAX_ABANDONED` of them, then refuses new calls), and whatever usage it reports then is
 still recorded (the tenant's ledger sees it); until then its worst case stays reserved.
 
+*The first call.* A run says how soon it could call the model: ``lm_ready`` when its first
+prompt was built and the call was made, ``lm_sent`` when that request actually went out
+(later only when its client had to get ready first: LiteLLM's import). Both land in
+``RLMResult.timings`` as ``lm_ready_s`` and ``first_request_s`` (seconds since the run started).
+
 *The response cache.* With ``--lm-cache`` (:mod:`rlm_sandbox.rlm.lm_cache`) every request is
 looked up by model and request digest before anything else: a hit is answered from disk
 before the budget or the client is touched (nothing reserved, no call counted, no cost),
@@ -145,6 +150,9 @@ class ModelCalls:
         self.max_tokens = max_tokens
         self._on_fatal = on_fatal
         self.first_call_s: float | None = None
+        self.ready_s: float | None = None  # the first call was made (its prompt built)
+        self.first_request_s: float | None = None  # ... and its request went out
+        self._first_lock = threading.Lock()
         self._prices: dict[str, Price | None] = {}
         self._ids = itertools.count(1)
 
@@ -266,6 +274,7 @@ class ModelCalls:
                 model=client.model,
             )
         call_id = next(self._ids)
+        first = self._ready(node, depth, client.model, call_id)
         t0 = time.perf_counter()
         max_tokens = res.worst.completion_tokens
         timeout = limit if end is None else max(1.0, min(limit, end - time.monotonic()))
@@ -289,6 +298,9 @@ class ModelCalls:
             if callable(prepare):
                 prepare()  # e.g. LiteLLM's import: seconds, not the model's time
             pending.sent_at = now = time.monotonic()
+            if first:
+                self.first_request_s = now - self.budget.started
+                self.tracer.emit("lm_sent", node=node, depth=depth, model=client.model, call=call_id)
             own = limit if end is None else max(1.0, min(limit, end - now))
             return client.completion(sent, timeout_s=own, max_tokens=max_tokens)
 
@@ -322,9 +334,10 @@ class ModelCalls:
             if isinstance(exc, LMError):
                 left = self.budget.wall_left()
                 if exc.kind == "timeout" and left is not None and left <= 0.5:
-                    # The call was cut by the run's wall budget, not by the model: say so.
+                    # The call was cut by the run's wall budget, not by the model: say so. (The
+                    # client stops at its deadline, so the clock may have a moment left.)
                     self.tracer.emit("lm_cut", node=node, depth=depth, model=client.model, reason="timeout")
-                    self.budget.check()
+                    raise self.budget.out_of_time() from exc
                 self.tracer.emit(
                     "lm_error", node=node, depth=depth, model=client.model, call=call_id, error=str(exc)
                 )
@@ -367,6 +380,15 @@ class ModelCalls:
                 resp.model or None,
             )
         return resp.text
+
+    def _ready(self, node: str, depth: int, model: str, call_id: int) -> bool:
+        """True for the run's first call, after saying ``lm_ready`` for it."""
+        with self._first_lock:
+            if self.ready_s is not None:
+                return False
+            self.ready_s = time.monotonic() - self.budget.started
+        self.tracer.emit("lm_ready", node=node, depth=depth, model=model, call=call_id)
+        return True
 
     def _from_cache(self, client: Any, messages: Messages, node: str, depth: int, purpose: str) -> str | None:
         """The cached answer to this request, traced as a hit; None when there is none."""

@@ -46,6 +46,10 @@ class ModelRouter:
         self.usage: dict[str, ModelUsage] = {}
         self.in_flight = 0
 
+    def clients(self) -> list[Any]:
+        """Every client of the run, once each."""
+        return list({id(c): c for c in self._clients.values()}.values())
+
     def for_node(self, depth: int) -> Any:
         """The model an RLM node at ``depth`` writes its code with."""
         return self._by_depth.get(depth) or (self.root if depth == 0 else self.sub)

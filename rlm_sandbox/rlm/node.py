@@ -9,7 +9,9 @@ plain call to the sub model below that. Children run in the sandbox's handler po
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rlm_sandbox.errors import AnswerInvalid, BudgetExhausted
@@ -30,6 +32,39 @@ Messages = list[dict[str, str]]
 #: A tenant's caps are the operator's, hard: no call past them, not even the fallback.
 #: Nor when the input could not be loaded: there is nothing to answer from.
 NO_FALLBACK_BUDGETS = frozenset({"cancelled", "tenant_max_cost", "tenant_max_containers", "max_input_bytes"})
+
+
+class _FirstStep:
+    """A node's first model call, made in a thread of its own so that the node's container
+    starts meanwhile; ``result()`` waits for it and re-raises what it raised."""
+
+    def __init__(self, node: Node) -> None:
+        self._text: str | None = None
+        self._error: BaseException | None = None
+        # In flight from now on, not only once the request is sent: a run that stops (its
+        # container failed to start) waits for this call and counts its cost.
+        self._models = node.run.models
+        self._models.started()
+        self._thread = threading.Thread(
+            target=self._run, args=(node,), name=f"first-step-{node.id}", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, node: Node) -> None:
+        try:
+            self._text = node.step_call(1)
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._models.finished(None)
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        assert self._text is not None
+        return self._text
 
 
 class Node:
@@ -116,14 +151,32 @@ class Node:
 
     # ---- the node's life
 
-    def solve(self) -> str:
+    def solve(self, *, before_sandbox: Callable[[], None] | None = None) -> str:
         """Run this node to its answer in a sandbox of its own; raises a typed error when it
-        cannot give one (the root's budget stop carries the model's best answer, if any)."""
+        cannot give one (the root's budget stop carries the model's best answer, if any).
+
+        When the host already knows what the first prompt says of ``context`` (a file's
+        size, a string's length), the first model call is sent as soon as the node is
+        admitted, and the container starts (and the input streams into it) while the model
+        thinks: neither is on the way to the first call. ``before_sandbox`` (the root's
+        engine check and warm pools) runs in that window too."""
         self._holds_fallback = self.depth == 0 and self.run.config.fallback_answer
-        with self.run.node_sandbox(self) as sandbox:
+        info = host_context_info(self.context)
+        first: _FirstStep | None = None
+
+        def send_first_step() -> None:
+            nonlocal first
+            self.start_history(info)
+            first = _FirstStep(self)
+
+        early = send_first_step if info is not None else None
+        with self.run.node_sandbox(self, while_starting=early, before_sandbox=before_sandbox) as sandbox:
             try:
-                self.start_history(self.begin_load(sandbox))
-                self.answer = self.run_steps(sandbox)
+                if first is None:
+                    self.start_history(self.begin_load(sandbox))
+                else:
+                    self.begin_load(sandbox)
+                self.answer = self.run_steps(sandbox, first=first)
                 return self.answer
             except BudgetExhausted as exc:
                 if self._may_fall_back(exc):
@@ -181,16 +234,13 @@ class Node:
             budget_note=note,
         )
 
-    def run_steps(self, sandbox: Sandbox) -> str:
+    def run_steps(self, sandbox: Sandbox, *, first: _FirstStep | None = None) -> str:
         """Steps until an answer, from whatever history the node has (a session's follow-up
-        question continues the same conversation, REPL and all)."""
-        run, cfg = self.run, self.run.config
+        question continues the same conversation, REPL and all). ``first`` is the first
+        step's model call, already sent while the sandbox started."""
+        cfg = self.run.config
         for step in range(1, cfg.max_steps + 1):
-            run.budget.check()
-            self.steps = step
-            run.budget.add_step()
-            self._compact()
-            text = run.calls.call(self.lm, self.messages, self.id, self.depth, "step")
+            text = first.result() if step == 1 and first is not None else self.step_call(step)
             self.messages.append({"role": "assistant", "content": text})
             self._hold_fallback()
             self._loaded()
@@ -206,6 +256,15 @@ class Node:
                 outputs.append(render("schema_retry", problem=problem))
             self.messages.append(conversation.step_feedback(outputs, step, cfg.max_steps))
         return self._last_word(sandbox)
+
+    def step_call(self, step: int) -> str:
+        """The model call of step ``step``: counted, compacted, admitted by the budget."""
+        run = self.run
+        run.budget.check()
+        self.steps = step
+        run.budget.add_step()
+        self._compact()
+        return run.calls.call(self.lm, self.messages, self.id, self.depth, "step")
 
     def _last_word(self, sandbox: Sandbox) -> str:
         """Out of steps: one last turn to answer with what it has. A child's last word is

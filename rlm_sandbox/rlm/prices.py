@@ -8,9 +8,15 @@ read here without importing the package, once per process.
 
 Budgets need a price *before* a call (to reserve its worst case) as well as after it, so
 :class:`Price` offers both: ``cost`` as LiteLLM computes it for plain text usage (base
-rates, or the ``_above_Nk_tokens`` tier the prompt falls in), and ``worst_cost``, an upper
-bound whatever tier applies. Service tiers, batches, caching and audio/image rates are not
-used by this engine's calls and are not modelled.
+rates, or the ``_above_Nk_tokens`` tier the prompt falls in; prompt tokens the provider
+read from its cache at the cache-read rate, as OpenAI reports them in
+``prompt_tokens_details.cached_tokens``), and ``worst_cost``, an upper bound whatever tier
+applies. Service tiers, batches, cache writes and audio/image rates are not used by this
+engine's calls and are not modelled.
+
+When LiteLLM is already imported (a program that uses it, or a run that needed it), its live
+``litellm.model_cost`` is read first, so a price registered with ``litellm.register_model``
+counts on every path, as it did when every call went through LiteLLM.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +76,8 @@ class Price:
     tiers: tuple[tuple[int, float, float], ...] = field(default=())  # (threshold, input, output), ascending
     max_input_tokens: int | None = None
     max_output_tokens: int | None = None
+    cache_read_per_token: float | None = None  # None: cached prompt tokens cost the input rate
+    cache_read_tiers: tuple[tuple[int, float], ...] = field(default=())  # (threshold, rate), ascending
 
     def rates(self, prompt_tokens: int) -> tuple[float, float]:
         """The (input, output) rates LiteLLM applies to a prompt of this size: the highest
@@ -79,9 +88,18 @@ class Price:
                 rates = (inp, out)
         return rates
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        """USD for one call, as LiteLLM's ``completion_cost`` computes it: ``cached_tokens``
+        (part of ``prompt_tokens``) at the cache-read rate of the prompt's tier."""
         inp, out = self.rates(prompt_tokens)
-        return max(0, prompt_tokens) * inp + max(0, completion_tokens) * out
+        cached = min(max(0, cached_tokens), max(0, prompt_tokens))
+        cache_rate = self.cache_read_per_token
+        for threshold, rate in self.cache_read_tiers:
+            if prompt_tokens > threshold:
+                cache_rate = rate
+        if cache_rate is None:
+            cache_rate = inp
+        return (max(0, prompt_tokens) - cached) * inp + cached * cache_rate + max(0, completion_tokens) * out
 
     def worst_cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         """An upper bound of ``cost`` for at most these many tokens, whatever tier applies."""
@@ -110,14 +128,36 @@ def _int(value: Any) -> int | None:
     return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
+def _entry(key: str) -> dict[str, Any] | None:
+    """The price map's entry for ``key``: LiteLLM's live table when it is loaded (it holds what
+    ``register_model`` added), else the bundled file."""
+    litellm = sys.modules.get("litellm")
+    live = getattr(litellm, "model_cost", None) if litellm is not None else None
+    if isinstance(live, dict):
+        entry = live.get(key)
+        if isinstance(entry, dict):
+            return entry
+    entry = _load().get(key)
+    return entry if isinstance(entry, dict) else None
+
+
+def model_entry(model: str) -> dict[str, Any] | None:
+    """The price map's entry for ``model`` (provider, mode, limits, rates), None when unknown:
+    the model clients read a model's provider and API mode from it without importing LiteLLM."""
+    for key in _candidates(model):
+        entry = _entry(key)
+        if entry is not None:
+            return entry
+    return None
+
+
 def price_of(model: str, table: dict[str, Any] | None = None) -> Price | None:
     """The price of ``model`` (a LiteLLM model string), or None when LiteLLM does not know it
     (a local server's own model name): such calls cost nothing that can be counted.
-    ``table`` is another map of the same shape (LiteLLM's ``model_cost`` with the models a
-    program registered at run time); the bundled map by default."""
-    table = _load() if table is None else table
+    ``table`` is another map of the same shape; by default LiteLLM's live ``model_cost`` when
+    LiteLLM is loaded (with the models a program registered at run time), else the bundled map."""
     for key in _candidates(model):
-        entry = table.get(key)
+        entry = table.get(key) if table is not None else _entry(key)
         if not isinstance(entry, dict):
             continue
         inp = _number(entry.get("input_cost_per_token"))
@@ -125,6 +165,7 @@ def price_of(model: str, table: dict[str, Any] | None = None) -> Price | None:
         if inp is None and out is None:
             continue
         tiers = []
+        cache_tiers = []
         for name, value in entry.items():
             match = _TIER.match(name)
             rate = _number(value)
@@ -133,6 +174,9 @@ def price_of(model: str, table: dict[str, Any] | None = None) -> Price | None:
                 suffix = name.removeprefix("input_cost_per_token")
                 out_rate = _number(entry.get("output_cost_per_token" + suffix))
                 tiers.append((threshold, rate, out_rate if out_rate is not None else out or 0.0))
+                cache_rate = _number(entry.get("cache_read_input_token_cost" + suffix))
+                if cache_rate is not None:
+                    cache_tiers.append((threshold, cache_rate))
         return Price(
             key=key,
             input_per_token=inp or 0.0,
@@ -140,15 +184,16 @@ def price_of(model: str, table: dict[str, Any] | None = None) -> Price | None:
             tiers=tuple(sorted(tiers)),
             max_input_tokens=_int(entry.get("max_input_tokens")) or _int(entry.get("max_tokens")),
             max_output_tokens=_int(entry.get("max_output_tokens")),
+            cache_read_per_token=_number(entry.get("cache_read_input_token_cost")),
+            cache_read_tiers=tuple(sorted(cache_tiers)),
         )
     return None
 
 
 def context_window(model: str) -> int | None:
     """Tokens ``model`` accepts in a prompt, as LiteLLM knows it (None when it does not)."""
-    table = _load()
     for key in _candidates(model):
-        entry = table.get(key)
+        entry = _entry(key)
         if entry is not None:
             window = _int(entry.get("max_input_tokens")) or _int(entry.get("max_tokens"))
             if window:

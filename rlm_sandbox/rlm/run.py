@@ -165,6 +165,14 @@ class Run:
         )
         return run
 
+    def check_credentials(self) -> None:
+        """Refuse, before any container starts, a model whose key is certainly missing (the
+        error names the variable to set); the clients that cannot know say nothing here."""
+        for client in self.models.clients():
+            check = getattr(client, "check_credentials", None)
+            if callable(check):
+                check()
+
     def start_containers(self) -> None:
         """Engines probed and warm pools filling; inside the run's error handling."""
         self.containers.start()
@@ -183,10 +191,21 @@ class Run:
             return f"n{self._ids}" if parent else "root"
 
     @contextmanager
-    def node_sandbox(self, node: NodeLike) -> Iterator[Sandbox]:
+    def node_sandbox(
+        self,
+        node: NodeLike,
+        *,
+        while_starting: Callable[[], None] | None = None,
+        before_sandbox: Callable[[], None] | None = None,
+    ) -> Iterator[Sandbox]:
         """A sandbox for ``node`` while the block runs: a container slot of the budget, an
         engine, a sandbox (pooled or new) with the run's tools, traced from ``node_begin`` to
-        ``node_end`` and released whatever happens."""
+        ``node_end`` and released whatever happens.
+
+        ``while_starting`` runs once the node is admitted and before its container is asked
+        for: the node sends its first model call there, so the call and the container start
+        overlap. ``before_sandbox`` (the root's: engines probed, warm pools filling) runs
+        after it, for the same reason."""
         tracer = self.tracer
         tracer.emit("node_begin", node=node.id, parent=node.parent, depth=node.depth)
         self._node_entered()
@@ -197,6 +216,10 @@ class Run:
         try:
             self.budget.admit_node(node.depth)  # a container slot: released below, whatever happens
             admitted = True
+            if while_starting is not None:
+                while_starting()
+            if before_sandbox is not None:
+                before_sandbox()
             lease = self.containers.acquire(node.id, node.handler)
             tracer.emit(
                 "node_start",
@@ -410,9 +433,15 @@ class Run:
         now = self.budget.snapshot()
         base = since or {"lm_calls": 0, "tokens": {"prompt": 0, "completion": 0}, "cost_usd": 0.0}
         cfg = self.config
+        calls = self.calls
         timings = {
             k: round(v, 4)
-            for k, v in (("first_lm_call_s", self.calls.first_call_s), ("first_cell_s", self.first_cell_s))
+            for k, v in (
+                ("lm_ready_s", calls.ready_s),
+                ("first_request_s", calls.first_request_s),
+                ("first_lm_call_s", calls.first_call_s),
+                ("first_cell_s", self.first_cell_s),
+            )
             if v is not None
         }
         return RLMResult(

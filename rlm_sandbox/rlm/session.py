@@ -60,6 +60,7 @@ class Session:
         self._opened = run.snapshot()
         node = self.node = Node(run, depth=0, parent=None, context=self.context, task="(session)")
         try:
+            run.check_credentials()  # a missing key fails here, before any container starts
             run.take_input(self.context)
             run.start_containers()
             self._sandbox = self._stack.enter_context(run.node_sandbox(node))

@@ -57,7 +57,10 @@ class ScriptedClient:
         reply = self.policy(request)
         if isinstance(reply, HTTPReply):
             kind = _KINDS.get(reply.status, "server" if reply.status >= 500 else "bad_request")
-            message = str(reply.body.get("error", {}).get("message", f"status {reply.status}"))
+            error = reply.body.get("error") if isinstance(reply.body, dict) else None
+            message = str(
+                error.get("message", f"status {reply.status}") if isinstance(error, dict) else reply.status
+            )
             raise LMError(
                 f"scripted {reply.status}: {message}", kind=kind, status_code=reply.status, model=self.model
             )

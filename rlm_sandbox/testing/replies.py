@@ -13,11 +13,14 @@ from typing import Any, TypeAlias
 
 @dataclass(frozen=True)
 class HTTPReply:
-    """A non-200 answer, so a policy can script provider failures (429, 500, 401 ...)."""
+    """An answer other than a chat completion, so a policy can script provider failures (429,
+    500, 401 ...) and garbage: a dict is sent as JSON, ``str``/``bytes`` exactly as given
+    (an HTML error page, a truncated body) with ``content_type``."""
 
     status: int
-    body: dict[str, Any]
+    body: dict[str, Any] | str | bytes
     headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,19 @@ def error_body(status: int, message: str | None = None) -> dict[str, Any]:
             "code": kind,
         }
     }
+
+
+def garbage(
+    body: str | bytes | dict[str, Any], *, status: int = 200, content_type: str = "text/html"
+) -> Policy:
+    """Every call gets ``body`` instead of a chat completion (a proxy's login page, ``{}``,
+    invalid JSON): what a misconfigured ``--api-base`` answers."""
+    ctype = "application/json" if isinstance(body, dict) else content_type
+
+    def policy(request: dict[str, Any]) -> Reply:
+        return HTTPReply(status, body, content_type=ctype)
+
+    return policy
 
 
 def sequence_policy(*replies: Reply) -> Policy:

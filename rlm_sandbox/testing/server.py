@@ -1,9 +1,11 @@
 """A local OpenAI-compatible model server that plays scripted policies.
 
-Why it exists: the demo and the tests must run the *real* LiteLLM HTTP path (client caching,
-retries, error mapping, usage accounting) without an API key and without any traffic leaving
-the machine. A tiny chat-completions server on 127.0.0.1 gives exactly that: LiteLLM talks
-to it as ``openai/<name>`` with ``api_base=server.url``, and a *policy* (a plain callable)
+Why it exists: the demo and the tests must run the *real* HTTP path of both model clients
+(the OpenAI-compatible one and LiteLLM's: connection reuse, retries, error mapping, usage
+accounting) without an API key and without any traffic leaving the machine. A tiny
+chat-completions server on 127.0.0.1 gives exactly that: the engine talks to it as
+``openai/<name>`` (or through LiteLLM as ``litellm_proxy/<name>``) with
+``api_base=server.url``, and a *policy* (a plain callable)
 decides each reply, so a test can script rate limits, 5xx storms, slow answers or a whole
 deterministic RLM run.
 
@@ -197,10 +199,19 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read the log object
         pass
 
-    def _send_json(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode()
+    def _send_json(
+        self,
+        status: int,
+        payload: dict[str, Any] | str | bytes,
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> None:
+        if isinstance(payload, dict):
+            data = json.dumps(payload).encode()
+        else:
+            data = payload.encode() if isinstance(payload, str) else bytes(payload)
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
@@ -249,7 +260,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(500, error_body(500, f"policy failed: {type(exc).__name__}: {exc}"))
             return
         if isinstance(reply, HTTPReply):
-            self._send_json(reply.status, reply.body, reply.headers)
+            self._send_json(reply.status, reply.body, reply.headers, reply.content_type)
             return
         if isinstance(reply, Stall):
             self._stall(reply)
@@ -342,7 +353,7 @@ class _Handler(BaseHTTPRequestHandler):
 class ScriptedModelServer:
     """An OpenAI-compatible chat-completions endpoint on loopback, answering from a policy.
 
-    Use it as a context manager; point LiteLLM at it with ``model=server.model_name``,
+    Use it as a context manager; point a run at it with ``model=server.model_name``,
     ``api_base=server.url`` and ``api_key=server.api_key``. It binds 127.0.0.1 only.
     """
 
@@ -372,14 +383,14 @@ class ScriptedModelServer:
 
     @property
     def url(self) -> str:
-        """The api_base to give LiteLLM (OpenAI style, ending in /v1)."""
+        """The api_base to give a client (OpenAI style, ending in /v1)."""
         if self._server is None:
             raise RuntimeError("the scripted model server is not started")
         return f"http://{self.host}:{self.port}/v1"
 
     @property
     def model_name(self) -> str:
-        """The LiteLLM model string: the OpenAI-compatible provider, our served name."""
+        """The model string: the OpenAI-compatible provider, our served name."""
         return f"openai/{self.served_name}"
 
     def start(self) -> ScriptedModelServer:

@@ -197,6 +197,20 @@ class LMStart(_Call):
     reserved_cost_usd: Num | None = None
 
 
+class LMReady(_Call):
+    """The run's first model call was made: its prompt was built, so the run could call the
+    model from this moment (once per run; ``RLMResult.timings['lm_ready_s']``)."""
+
+    name = "lm_ready"
+
+
+class LMSent(_Call):
+    """... and that first call's request went out: later than ``lm_ready`` only when its
+    client had to get ready first, e.g. LiteLLM's import (``timings['first_request_s']``)."""
+
+    name = "lm_sent"
+
+
 class LMCall(_Call):
     """A model call that answered: what it used and cost, its whole response (for replay)."""
 

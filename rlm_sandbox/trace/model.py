@@ -189,6 +189,8 @@ class RunTrace:
     skipped_lines: int = 0
     unknown_events: dict[str, int] = field(default_factory=dict)
     last_t: float = 0.0
+    lm_ready_t: float | None = None  # the run could call the model from then on (``lm_ready``)
+    first_request_t: float | None = None  # ... and its first request went out (``lm_sent``)
     cache_hits: int = 0  # model requests answered by --lm-cache
     warnings: list[str] = field(default_factory=list)
 

@@ -9,6 +9,8 @@ so no escape sequence in it reaches the terminal either.
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -153,10 +155,22 @@ def run_header(run: RunTrace) -> Text:
         f"\ndepth {start.get('depth', '?')}  {total.nodes} nodes  {total.lm_calls} lm calls  "
         f"{fmt_tokens(total.tokens)} tok  {fmt_cost(total.cost_usd)}  {fmt_s(run.wall_s)}"
     )
+    if run.lm_ready_t is not None or run.first_request_t is not None:
+        began = _opt_t(start.get("t"))
+        parts = []
+        if run.lm_ready_t is not None:
+            parts.append(f"ready to call the model at +{run.lm_ready_t - began:.2f} s")
+        if run.first_request_t is not None:
+            parts.append(f"first request at +{run.first_request_t - began:.2f} s")
+        head.append("\n" + ", ".join(parts), style="dim")
     if start.get("task"):
         head.append("\ntask ", style="dim")
         head.append(one_line(str(start["task"]), 120))
     return head
+
+
+def _opt_t(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
 def show(run: RunTrace, node_id: str | None = None) -> RenderableType:

@@ -104,6 +104,14 @@ class TraceBuilder:
         if node.t_begin is None and ev.t is not None and node.wall_s is not None:
             node.t_begin = max(0.0, ev.t - node.wall_s)
 
+    def on_lm_ready(self, ev: events.LMReady, raw: dict[str, Any]) -> None:
+        if self.run.lm_ready_t is None:
+            self.run.lm_ready_t = ev.t
+
+    def on_lm_sent(self, ev: events.LMSent, raw: dict[str, Any]) -> None:
+        if self.run.first_request_t is None:
+            self.run.first_request_t = ev.t
+
     def on_lm_start(self, ev: events.LMStart, raw: dict[str, Any]) -> None:
         if ev.node is None:
             return

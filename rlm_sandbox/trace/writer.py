@@ -33,6 +33,10 @@ class Tracer:
         self.path = Path(path) if path else None
         self._file: TextIO | None = None
         self._lock = threading.Lock()
+        # Events come from several threads (a node's first model call runs beside its
+        # container start): one order for the file and every listener, so the live view and a
+        # reader of the trace see the same run. Reentrant: a listener may emit.
+        self._order = threading.RLock()
         self._listeners: list[Listener] = []
         self._t0 = time.monotonic()
         if self.path is not None:
@@ -51,13 +55,14 @@ class Tracer:
             "ts": time.time(),
         }
         record.update(fields)
-        with self._lock:
-            if self._file is not None:
-                # Escaped controls, separators and lone surrogates: one line per event for any
-                # reader, and a file that `cat` cannot turn into terminal commands.
-                self._file.write(json_text(record, default=str) + "\n")
-                self._file.flush()
-        self._deliver(record)
+        with self._order:
+            with self._lock:
+                if self._file is not None:
+                    # Escaped controls, separators and lone surrogates: one line per event for
+                    # any reader, and a file that `cat` cannot turn into terminal commands.
+                    self._file.write(json_text(record, default=str) + "\n")
+                    self._file.flush()
+            self._deliver(record)
         return record
 
     def _deliver(self, record: dict[str, Any]) -> None:
@@ -77,9 +82,10 @@ class Tracer:
         """Tell listeners only: progress ticks (bytes loaded, image build steps) would
         swamp the trace file and say nothing a reader of it needs."""
         check_emitted(event, fields)
-        self._deliver(
-            {"event": event, "run": self.run_id, "t": round(time.monotonic() - self._t0, 6), **fields}
-        )
+        with self._order:
+            self._deliver(
+                {"event": event, "run": self.run_id, "t": round(time.monotonic() - self._t0, 6), **fields}
+            )
 
     def close(self) -> None:
         with self._lock:

@@ -17,6 +17,7 @@ from rlm_sandbox.rlm.api import RLM
 from rlm_sandbox.rlm.config import RLMConfig
 from rlm_sandbox.sandbox.config import SandboxConfig
 from rlm_sandbox.sandbox.gc import collect_garbage
+from rlm_sandbox.testing import HTTPReply, ScriptedModelServer
 
 from ..conftest import containers_of
 from ..helpers import cells_then_final, cli, json_out
@@ -102,20 +103,25 @@ def test_engine_disappears_mid_run(scripted, run_id: str, tmp_path: Path) -> Non
     assert containers_of(run_id) == []
 
 
-def test_model_timeouts_are_retried_then_reported(scripted, run_id: str) -> None:
+def test_a_model_that_never_answers_is_cut_at_the_call_deadline(scripted, run_id: str) -> None:
+    """``lm_timeout`` is the whole call's deadline, retries included: a server that holds the
+    answer past it ends the call once, not ``lm_retries`` times over."""
+
     def slow(request: dict) -> str:
         time.sleep(3)
         return "too late"
 
     server = scripted(slow)
-    cfg = RLMConfig(api_base=server.url, lm_timeout=1, lm_retries=2)
+    cfg = RLMConfig(api_base=server.url, lm_timeout=1, lm_retries=4)
     t0 = time.monotonic()
     result = RLM(model=server.model_name, config=cfg, api_key=server.api_key).run(
         context="x", task="t", run_id=run_id
     )
     assert result.status == "lm_error" and result.exit_code == 5, result
-    assert "did not answer" in (result.error or "") and server.requests.count == 2
-    assert time.monotonic() - t0 < 20
+    assert "did not answer within 1 s" in (result.error or "") and server.requests.count == 1
+    assert (
+        time.monotonic() - t0 < 20
+    )  # generous (noisy machine): 4 full attempts would be 12 s of server time
 
 
 def test_unique_runs_do_not_see_each_other(run_id: str) -> None:
@@ -180,6 +186,34 @@ def test_a_silent_model_server_cannot_hold_a_run_past_its_timeout(scripted, tmp_
     # (LiteLLM's import) on a busy machine. Without the abandonment it ran past 150 s.
     assert took < 20 + TIMEOUT_GRACE_S + 30, took
     assert left == [] and not breached
-    # The root's call was sent to the model (or was still preparing: LiteLLM's import can
-    # take 20 s on a loaded machine) and the run stopped waiting for it at the deadline.
-    assert any(e["event"] == "lm_abandoned" for e in events)
+    # The root's call was sent to the model and ended at the run's deadline: the client gives
+    # up there itself (its timeout is the run's time left), or the run abandons it.
+    kinds = {e["event"] for e in events}
+    assert "lm_sent" in kinds and ({"lm_cut", "lm_abandoned"} & kinds)
+
+
+HOSTILE_ANSWERS = {
+    # A server that answers with terminal escapes (retitle the window, clear the screen) and
+    # echoes the key it was sent, in an HTML page instead of a completion.
+    "escapes_and_key_echo": lambda key: HTTPReply(
+        200, f"\x1b]0;owned\x07\x1b[2J<html>key {key} \x1b[31mrejected</html>", content_type="text/html"
+    ),
+    # A server that floods: 40 MB where a completion is a few KB.
+    "flood": lambda key: HTTPReply(200, b'{"choices": "' + b"A" * (40 << 20) + b'"}'),
+}
+
+
+@pytest.mark.parametrize("answer", sorted(HOSTILE_ANSWERS))
+def test_a_hostile_model_server_is_read_as_untrusted(attack, answer: str) -> None:
+    """What a model server answers reaches the person as a short, clean excerpt: no escape
+    sequence, no key, no unbounded read (the body is cut at 32 MB), and no retry of garbage."""
+    make = HOSTILE_ANSWERS[answer]
+    out = attack("print('never runs')", policy=lambda request: make(ScriptedModelServer.api_key))
+    result = out.result
+    assert result.status == "lm_error" and result.exit_code == 5, result
+    assert result.lm_calls == 1 and len(out.bodies) == 1  # not retried
+    error = result.error or ""
+    assert "did not answer with a chat completion" in error and len(error) < 600
+    assert "\x1b" not in error and "\x07" not in error and ScriptedModelServer.api_key not in error
+    assert "--api-base" in (result.hint or "")
+    assert out.seconds < 30  # generous (noisy machine): contained at the first answer

@@ -1,4 +1,4 @@
-"""The whole engine: real containers, the real LiteLLM HTTP path, a scripted model on loopback."""
+"""The whole engine: real containers, the real model HTTP path, a scripted model on loopback."""
 
 from __future__ import annotations
 

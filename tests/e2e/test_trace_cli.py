@@ -43,7 +43,8 @@ def test_show_summary_html_of_a_depth_3_run(scripted, gen_log, run_id: str, tmp_
     assert focus.exit_code == 0, focus.output
     inside = {n for n in ends if f"{n}  done" in focus.output}
     assert inside == {child} | {n for n, e in ends.items() if e["parent"] == child}
-    assert len(inside) == 1 + 4 and focus.output.splitlines()[3].startswith(f"└── {child}  done")
+    first_branch = next(line for line in focus.output.splitlines() if line.startswith(("└──", "├──")))
+    assert len(inside) == 1 + 4 and first_branch.startswith(f"└── {child}  done")
     assert f"answer: {ends[child]['answer']}" in focus.output and "root  done" not in focus.output
 
     summary = runner.invoke(main, ["trace", "summary", str(trace)], terminal_width=160)

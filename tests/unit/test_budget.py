@@ -298,6 +298,9 @@ def test_a_trickling_server_is_abandoned_at_the_calls_limit() -> None:
 
 
 def test_a_silent_server_cannot_outlive_the_runs_wall_time() -> None:
+    from rlm_sandbox.rlm.lm import preload_litellm
+
+    preload_litellm()  # before the 3 s wall clock starts: the import is not the run's time
     with ScriptedModelServer(never_answers) as server:
         budget = Budget(Limits(timeout_s=3))
         calls, client, events = _calls(server, budget, lm_timeout=300)
@@ -306,4 +309,6 @@ def test_a_silent_server_cannot_outlive_the_runs_wall_time() -> None:
             calls.call(client, [{"role": "user", "content": "hi"}], "root", 0, "step")
         assert time.monotonic() - t0 < 30  # generous: 3 s of wall time + 2 s of slack
         assert info.value.budget == "timeout" and budget.lm_calls == 1 and server.requests.count >= 1
-        assert {"lm_abandoned", "lm_cut"} <= {e["event"] for e in events}
+        # The client gives up at the call's deadline (the run's), so the run ends on time
+        # whether or not the caller had to abandon it (a trickling server: see above).
+        assert "lm_cut" in {e["event"] for e in events}

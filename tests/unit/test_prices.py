@@ -73,3 +73,48 @@ def test_a_provider_prefix_is_looked_up_without_it() -> None:
     assert routed is not None and bare is not None
     assert routed.key == bare.key == "gpt-4o"
     assert routed == bare
+
+
+@pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "openai/gpt-5", "gpt-4o", "gemini/gemini-2.5-pro"])
+@pytest.mark.parametrize(("prompt", "completion", "cached"), [(2000, 100, 1024), (300_000, 1000, 200_000)])
+def test_cached_prompt_tokens_cost_what_litellm_says(
+    model: str, prompt: int, completion: int, cached: int
+) -> None:
+    """OpenAI reports prompt tokens read from its cache (``prompt_tokens_details.cached_tokens``);
+    LiteLLM's ``completion_cost`` prices them at the cache-read rate, and so do we."""
+    from rlm_sandbox.rlm.lm import preload_litellm
+
+    litellm = preload_litellm()
+    response = litellm.ModelResponse(
+        model=model.split("/", 1)[-1],
+        choices=[{"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}],
+        usage={
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        },
+    )
+    theirs = litellm.completion_cost(completion_response=response, model=model)
+    price = price_of(model)
+    assert price is not None
+    assert price.cost(prompt, completion, cached) == pytest.approx(theirs, rel=1e-9)
+    assert price.cost(prompt, completion, cached) < price.cost(prompt, completion)
+
+
+def test_a_price_registered_with_litellm_counts_once_it_is_loaded() -> None:
+    from rlm_sandbox.rlm.lm import preload_litellm
+
+    litellm = preload_litellm()
+    litellm.register_model(
+        {
+            "openai/priced-for-test": {
+                "input_cost_per_token": 0.001,
+                "output_cost_per_token": 0.002,
+                "litellm_provider": "openai",
+                "mode": "chat",
+            }
+        }
+    )
+    price = price_of("openai/priced-for-test")
+    assert price is not None and price.cost(10, 5) == pytest.approx(0.02)

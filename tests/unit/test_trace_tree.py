@@ -357,3 +357,30 @@ def test_newer_events_are_known_and_tool_calls_are_counted() -> None:
     run = build(events)
     assert run.unknown_events == {}
     assert run.nodes["root"].sub_calls == {"tool:lookup": 2}
+
+
+def test_the_first_model_call_is_shown_and_unknown_events_do_not_break_the_tools(tmp_path: Path) -> None:
+    """``lm_ready`` (the run could call the model) and ``lm_sent`` (its first request went
+    out) appear in the header; an event from a newer version is counted and named, and no view
+    crashes on it."""
+    events = full_run()
+    events.insert(1, ev("lm_ready", 0.05, node="root", depth=0, model="openai/m-root"))
+    events.insert(2, ev("lm_sent", 0.25, node="root", depth=0, model="openai/m-root"))
+    events.insert(2, ev("lm_from_the_future", 0.06, node="root", depth=0, payload={"x": [1, 2]}))
+    events.insert(3, ev("another_new_one", 0.07))
+    run = build(events)
+    assert run.unknown_events == {"another_new_one": 1, "lm_from_the_future": 1}
+    assert run.lm_ready_t == 0.05 and run.first_request_t == 0.25
+    shown = text_of(show(run))
+    assert "ready to call the model at +0.05 s" in shown and "first request at +0.25 s" in shown
+    assert "lm_from_the_future x1" in shown
+    assert "calls" in text_of(summary(run))
+    assert "<html" in render_html(run)
+    path = write(tmp_path / "t.jsonl", events)
+    for args in (
+        ["trace", "show", str(path)],
+        ["trace", "summary", str(path)],
+        ["trace", "html", str(path), "-o", str(tmp_path / "t.html")],
+    ):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output

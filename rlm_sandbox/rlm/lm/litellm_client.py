@@ -1,43 +1,47 @@
-"""The LM client: every model call of the engine goes through :class:`LiteLLMClient`.
+"""Every provider that is not OpenAI-compatible (``anthropic/``, ``gemini/``, ``bedrock/``, ...)
+goes through LiteLLM: one client for all of them.
 
-Why LiteLLM: one client for every provider (``--model`` in LiteLLM's ``provider/model``
-form, ``--api-base`` for any OpenAI-compatible server). Why wrapped: LiteLLM's import is
-heavy and, unless told otherwise, reaches out to the internet for a cost map, so it is
-imported lazily (and can be preloaded in a background thread while containers start); and
-its errors are many and provider-shaped, so they are mapped here onto one
-:class:`~rlm_sandbox.errors.LMError` with a ``kind`` a caller can act on.
-
-Retries are ours (tenacity, exponential backoff with jitter) and only for what a retry can
-fix: rate limits, timeouts, connection failures and 5xx. LiteLLM's and the OpenAI SDK's own
-retries are turned off so that ``max_retries`` means what it says. Keys are read from the
-environment by LiteLLM and never appear in a message this module writes.
+LiteLLM's import is the heaviest thing a run does (seconds, ~200 MB) and, unless told
+otherwise, reaches out to the internet for a cost map; so it is imported once, in a
+background thread that starts the moment a run knows it needs LiteLLM (:func:`start_preload`,
+called when such a client is made), and overlaps the engine check, the container start and
+the input load. Its errors are many and provider-shaped: :func:`classify` maps them onto the
+kinds of :mod:`rlm_sandbox.rlm.lm.base`, whose retry policy and messages both clients share.
+LiteLLM's and the OpenAI SDK's own retries are turned off so that ``max_retries`` means what
+it says. Keys are read from the environment by LiteLLM and never appear in a message.
 """
 
 from __future__ import annotations
 
 import os
-import re
+import sys
 import threading
 import time
-from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 from rlm_sandbox.errors import LMError
+from rlm_sandbox.rlm.lm.base import (
+    Failure,
+    GaveUp,
+    LMResponse,
+    Messages,
+    RetryPolicy,
+    key_env,
+    lm_error,
+    missing_key,
+    scrub,
+)
 from rlm_sandbox.untrusted import valid_text
 
-__all__ = ["LMResponse", "LiteLLMClient", "litellm_loaded", "preload_litellm", "start_preload"]
+__all__ = ["LiteLLMClient", "classify", "litellm_loaded", "preload_litellm", "start_preload"]
 
 _litellm: ModuleType | None = None
 _import_lock = threading.Lock()
 
 
 def preload_litellm() -> ModuleType:
-    """Import and configure LiteLLM once; safe to call from several threads at the same time.
-
-    Callers start this in a background thread so the ~5 s import overlaps container start
-    and input loading instead of adding to them.
-    """
+    """Import and configure LiteLLM once; safe to call from several threads at the same time."""
     global _litellm
     if _litellm is not None:
         return _litellm
@@ -80,22 +84,8 @@ def litellm_loaded() -> bool:
     return _litellm is not None
 
 
-@dataclass
-class LMResponse:
-    """One model answer with what it cost, so budgets and the trace can account for it."""
+# --------------------------------------------------------------------------- classification
 
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float
-    latency_s: float
-    """Wall time of the whole call, retries and backoff included: what the caller waited."""
-    model: str
-    attempts: int = 1
-    """How many HTTP attempts it took (1 when the first one succeeded)."""
-
-
-_RETRYABLE_KINDS = frozenset({"rate_limit", "timeout", "connection", "server"})
 _BAD_REQUEST_NAMES = (
     "BadRequestError",
     "UnprocessableEntityError",
@@ -118,24 +108,13 @@ _STATUS_KINDS = {
     422: "bad_request",
     429: "rate_limit",
 }
-
-# The environment variable LiteLLM reads for a provider's key, for the auth error's hint.
-_KEY_ENV = {
-    "openai": "OPENAI_API_KEY",
-    "anthropic": "ANTHROPIC_API_KEY",
-    "azure": "AZURE_API_KEY",
-    "gemini": "GEMINI_API_KEY",
-    "groq": "GROQ_API_KEY",
-    "mistral": "MISTRAL_API_KEY",
-    "openrouter": "OPENROUTER_API_KEY",
-    "together_ai": "TOGETHERAI_API_KEY",
-    "deepseek": "DEEPSEEK_API_KEY",
-    "xai": "XAI_API_KEY",
-    "cohere": "COHERE_API_KEY",
-    "fireworks_ai": "FIREWORKS_AI_API_KEY",
-}
-
-_SECRETISH = re.compile(r"\b(sk|pk|rk|key|xai|gsk)-[A-Za-z0-9_\-]{6,}")
+# What LiteLLM says when a server answered 200 with something that is not a chat completion
+# (an HTML page, invalid JSON, ``{}``): not a server error to retry, a server to fix.
+_GARBAGE_MARKERS = (
+    "Empty or invalid response from LLM endpoint",
+    "returned a response with no 'choices'",
+    "Received response - <APIResponse",
+)
 
 
 def _classes(litellm: ModuleType, names: tuple[str, ...]) -> tuple[type[BaseException], ...]:
@@ -176,13 +155,18 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 def classify(litellm: ModuleType, exc: BaseException) -> str:
     """The :class:`LMError` kind of a LiteLLM exception; it also decides whether to retry."""
+    if isinstance(exc, Failure):
+        return exc.kind
 
     def is_(*names: str) -> bool:
         classes = _classes(litellm, names)
         return bool(classes) and isinstance(exc, classes)
 
-    if "LLM Provider NOT provided" in str(exc):
+    text = str(exc)
+    if "LLM Provider NOT provided" in text:
         return "not_found"
+    if any(marker in text for marker in _GARBAGE_MARKERS):
+        return "bad_response"
     if is_("AuthenticationError", "PermissionDeniedError"):
         return "auth"
     if is_("NotFoundError"):
@@ -224,15 +208,30 @@ def _retry_after_s(exc: BaseException) -> float | None:
         return None
 
 
+def _garbage_detail(text: str) -> str:
+    """What LiteLLM saw of a body that was not a chat completion, without its object dumps."""
+    if "Received: '" in text:  # "... Received: '<html>...'. Check the reverse proxy ..."
+        body = text.split("Received: '", 1)[1].rsplit("'. Check", 1)[0]
+        return f"it answered {body[:160]!r}"
+    if "no 'choices'" in text:
+        raw = text.split("Raw keys:", 1)[1].split("Traceback", 1)[0] if "Raw keys:" in text else ""
+        keys = ", ".join(k.strip(" '\"") for k in raw.strip().strip("[]").split(",") if k.strip(" '\""))
+        return f"it answered a JSON object without choices (keys: {keys or 'none'})"
+    if "Received response - <APIResponse" in text:
+        why = text.split("error - ", 1)[1].split(", Received response", 1)[0] if "error - " in text else ""
+        return "it answered a body that is not valid JSON" + (f" ({why})" if why else "")
+    return text
+
+
 class LiteLLMClient:
-    """A thread-safe model client: one instance serves every concurrent call of a run.
+    """A thread-safe model client through LiteLLM: one instance serves every concurrent call.
 
     It holds configuration only; LiteLLM keeps (and reuses) the underlying HTTP clients,
-    keyed by model, base URL, key and timeout, so connections are pooled across calls.
+    keyed by model, base URL, key and timeout, so connections are pooled across calls. Making
+    one starts LiteLLM's import in the background (:func:`start_preload`).
 
     ``max_retries`` is the total number of attempts for a transient failure (so 1 means no
-    retry). ``retry_wait_s`` is the first backoff, doubling up to ``retry_max_wait_s``, with
-    jitter so that many threads hit by one rate limit do not retry in lockstep.
+    retry). ``retry_wait_s`` is the first backoff, doubling up to ``retry_max_wait_s``.
     """
 
     def __init__(
@@ -261,37 +260,44 @@ class LiteLLMClient:
         self.extra: dict[str, Any] = dict(extra or {})
         self.retry_wait_s = retry_wait_s
         self.retry_max_wait_s = retry_max_wait_s
+        start_preload()
 
     def __repr__(self) -> str:  # never shows the key
         return f"LiteLLMClient(model={self.model!r}, api_base={self.api_base!r}, timeout_s={self.timeout_s})"
 
-    # ------------------------------------------------------------------ calling
+    @property
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(self.max_retries, self.retry_wait_s, self.retry_max_wait_s)
+
+    def check_credentials(self) -> None:
+        """Raise :class:`LMError` (kind ``auth``) when the provider's key is certainly missing
+        (providers of :data:`~rlm_sandbox.rlm.lm.base.KEY_ENV` only: no import needed, so this
+        runs before any container starts). Nothing is sent."""
+        litellm = sys.modules.get("litellm")
+        if litellm is not None and isinstance(getattr(litellm, "api_key", None), str) and litellm.api_key:
+            return  # a key set on LiteLLM itself serves every provider
+        if missing_key(self.model, api_base=self.api_base, api_key=self._api_key) is not None:
+            raise lm_error(
+                Failure("auth", no_key=True), model=self.model, api_base=None, attempts=0, timeout_s=0
+            )
 
     def prepare(self) -> None:
         """What must happen once before a first request: LiteLLM's import (seconds, more on
-        a busy machine). Callers run it before they start a call's clock, so a model call's
-        time limit measures the model, not our import."""
+        a busy machine; started in the background with this client). Callers run it before
+        they start a call's clock, so a model call's time limit measures the model, not our
+        import."""
         preload_litellm()
 
+    # ------------------------------------------------------------------ calling
+
     def completion(
-        self, messages: list[dict[str, str]], *, timeout_s: float | None = None, max_tokens: int | None = None
+        self, messages: Messages, *, timeout_s: float | None = None, max_tokens: int | None = None
     ) -> LMResponse:
-        """One chat completion, retried on transient failures; raises :class:`LMError`.
-
-        ``max_tokens`` bounds the completion (the budget reserved that much for it); None
-        leaves it to ``extra`` or the provider's default."""
-        from tenacity import (
-            RetryCallState,
-            Retrying,
-            retry_if_exception,
-            stop_after_attempt,
-            wait_exponential_jitter,
-        )
-
+        """One chat completion, retried on transient failures within ``timeout_s`` in all."""
         litellm = preload_litellm()
         timeout = self.timeout_s if timeout_s is None else timeout_s
         kwargs: dict[str, Any] = dict(self.extra)
-        kwargs.update(model=self.model, messages=messages, timeout=timeout, drop_params=True)
+        kwargs.update(model=self.model, messages=list(messages), drop_params=True)
         if self.api_base:
             kwargs["api_base"] = self.api_base
         if self._api_key:
@@ -304,35 +310,24 @@ class LiteLLMClient:
         kwargs["max_retries"] = 0
         kwargs.pop("stream", None)  # we need one complete response with usage
 
-        backoff = wait_exponential_jitter(
-            multiplier=self.retry_wait_s, max=self.retry_max_wait_s, jitter=self.retry_wait_s
-        )
-
-        def wait(state: RetryCallState) -> float:
-            delay = backoff(state)
-            exc = state.outcome.exception() if state.outcome is not None else None
-            hinted = _retry_after_s(exc) if exc is not None else None
-            if hinted is not None:
-                delay = max(delay, min(hinted, self.retry_max_wait_s))
-            return delay
-
-        attempts = 0
-
-        def call() -> Any:
-            nonlocal attempts
-            attempts += 1
-            return litellm.completion(**kwargs)
+        def attempt(left: float) -> Any:
+            # Whole seconds: LiteLLM caches its HTTP clients (and their pooled connections) by
+            # timeout, so a value that changed with every call would open a connection per call.
+            response = litellm.completion(**kwargs, timeout=float(int(left)) if left >= 1 else left)
+            if not getattr(response, "choices", None):
+                raise Failure("bad_response", "it answered a completion without choices")
+            return response
 
         start = time.perf_counter()
         try:
-            response = Retrying(
-                stop=stop_after_attempt(self.max_retries),
-                wait=wait,
-                retry=retry_if_exception(lambda e: classify(litellm, e) in _RETRYABLE_KINDS),
-                reraise=True,
-            )(call)
-        except Exception as exc:
-            raise self._to_lm_error(litellm, exc, attempts, timeout) from exc
+            response, attempts = self.policy.run(
+                attempt,
+                timeout_s=timeout,
+                kind_of=lambda exc: classify(litellm, exc),
+                retry_after=_retry_after_s,
+            )
+        except GaveUp as gave_up:
+            raise self._to_lm_error(litellm, gave_up, timeout) from gave_up.cause
         latency = time.perf_counter() - start
         return self._to_response(litellm, response, latency, attempts)
 
@@ -365,65 +360,48 @@ class LiteLLMClient:
 
     # ------------------------------------------------------------------ errors
 
-    def _scrub(self, text: str) -> str:
-        """Provider messages can echo a key (or part of one): never let it through."""
-        if self._api_key:
-            text = text.replace(self._api_key, "***")
-        text = _SECRETISH.sub(lambda m: m.group(1) + "-***", text)
-        text = " ".join(text.split())
-        return text if len(text) <= 300 else text[:297] + "..."
-
-    def _key_env(self) -> str:
-        provider = self.model.split("/", 1)[0] if "/" in self.model else "openai"
-        return _KEY_ENV.get(
-            provider, f"{provider.upper()}_API_KEY" if "/" in self.model else "OPENAI_API_KEY"
-        )
-
-    def _to_lm_error(self, litellm: ModuleType, exc: BaseException, attempts: int, timeout: float) -> LMError:
-        kind = classify(litellm, exc)
-        model = self.model
-        tries = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
-        where = f" at {self.api_base}" if self.api_base else ""
-        root = _root_cause(exc)
-        # For network failures the root cause ("Connection refused") says more than LiteLLM's name.
-        with_cause = kind in ("connection", "timeout") and root is not exc
-        detail = self._scrub(f"{exc}; cause: {type(root).__name__}: {root}" if with_cause else str(exc))
-        status = _status_code(exc)
-        context_window = _classes(litellm, ("ContextWindowExceededError",))
-        if kind == "auth":
-            denied = status == 403 or isinstance(exc, _classes(litellm, ("PermissionDeniedError",)))
-            msg = (
-                f"{'permission denied' if denied else 'authentication failed'} for model {model!r}{where}: "
-                f"the provider refused the API key (read from {self._key_env()})"
+    def _key_env(self, litellm: ModuleType) -> str:
+        """The variable to name in an auth error: LiteLLM's own view of what is missing."""
+        try:
+            missing = litellm.validate_environment(model=self.model, api_base=self.api_base).get(
+                "missing_keys"
             )
-            hint = f"set the provider's API key in the environment (e.g. {self._key_env()})" + (
-                " and check that it may use this model" if denied else ""
-            )
-        elif kind == "not_found" and "LLM Provider NOT provided" in str(exc):
-            msg = f"model {model!r} is not known to LiteLLM (names are provider/model)"
-            hint = "name it as provider/model, e.g. --model openai/gpt-4o-mini"
-        elif kind == "not_found":
-            msg = f"model {model!r} was not found{where} ({detail})"
-            hint = "check the model name (provider/model, e.g. openai/gpt-4o-mini) and --api-base"
-        elif kind == "bad_request" and context_window and isinstance(exc, context_window):
-            msg = f"the prompt is longer than the context window of {model!r} ({detail})"
-            hint = "send less text per call: lower the size of the pieces passed to llm_query"
-        elif kind == "bad_request":
-            msg = f"model {model!r} rejected the request: {detail}"
-            hint = "check the model's options (--model, --api-base) and the provider's limits"
-        elif kind == "timeout":
-            msg = f"model {model!r}{where} did not answer within {timeout:g} s, {tries}"
-            hint = "raise the model timeout, or check the provider's status page"
-        elif kind == "rate_limit":
-            msg = f"model {model!r} is rate-limited, {tries} ({detail})"
-            hint = "lower --max-concurrency, or wait and run again"
-        elif kind == "connection":
-            msg = f"could not connect to the provider of {model!r}{where}, {tries} ({detail})"
-            hint = "check the network and --api-base (`rlm-sandbox doctor` tests both)"
-        elif kind == "server":
-            msg = f"the provider of {model!r}{where} failed with a server error, {tries} ({detail})"
-            hint = "the provider is failing: wait and run again, or use another model"
+        except Exception:
+            missing = None
+        keys = [k for k in (missing or []) if isinstance(k, str) and k.endswith(("_KEY", "_TOKEN"))]
+        return keys[0] if keys else key_env(self.model)
+
+    def _to_lm_error(self, litellm: ModuleType, gave_up: GaveUp, timeout: float) -> LMError:
+        exc = gave_up.cause
+        if isinstance(exc, Failure):
+            failure = exc
         else:
-            msg = f"model call to {model!r} failed: {type(exc).__name__}: {detail}"
-            hint = "rerun with --debug to see where it failed"
-        return LMError(msg, hint=hint, kind=kind, attempts=attempts, status_code=status, model=model)
+            kind = classify(litellm, exc)
+            root = _root_cause(exc)
+            # For network failures the root cause ("Connection refused") says more than LiteLLM's name.
+            with_cause = kind in ("connection", "timeout") and root is not exc
+            text = f"{exc}; cause: {type(root).__name__}: {root}" if with_cause else str(exc)
+            if kind == "bad_response":
+                text = _garbage_detail(text)
+            elif kind == "other":
+                text = f"{type(exc).__name__}: {text}"
+            status = _status_code(exc)
+            failure = Failure(
+                kind,
+                scrub(text, self._api_key),
+                status_code=status,
+                denied=kind == "auth"
+                and (status == 403 or isinstance(exc, _classes(litellm, ("PermissionDeniedError",)))),
+                context_window=isinstance(exc, _classes(litellm, ("ContextWindowExceededError",)) or ()),
+            )
+        if failure.kind == "not_found" and "LLM Provider NOT provided" in str(exc):
+            failure.detail = "not known to LiteLLM"
+        return lm_error(
+            failure,
+            model=self.model,
+            api_base=self.api_base,
+            attempts=gave_up.attempts,
+            timeout_s=timeout,
+            deadline=gave_up.deadline,
+            key_name=self._key_env(litellm) if failure.kind == "auth" else None,
+        )

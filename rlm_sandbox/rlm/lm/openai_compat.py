@@ -1,0 +1,443 @@
+"""OpenAI-compatible endpoints over ``httpx``: ``openai/*`` models and any ``--api-base`` server
+(vLLM, Ollama, LM Studio, llama.cpp's server, OpenRouter, a gateway, the scripted model).
+
+Why not LiteLLM here: its import costs seconds (7.8 s idle, 18 s busy on a 2-core machine,
+BerriAI/litellm#2677) before the first request can leave. Why not the ``openai`` SDK: its
+import alone costs 1.1-2.3 s there, most of the budget for a first request within 1.5 s
+of process start. ``httpx`` (0.2-0.5 s; already installed as a dependency of both) does
+what the protocol needs: one POST per call, pooled keep-alive connections shared by every
+thread, proxies from the environment, timeouts.
+
+The behaviour is LiteLLM's, so a run does not change when it takes this path: the same
+request body (``max_tokens`` becomes ``max_completion_tokens`` for the o-series and GPT-5
+models, as LiteLLM maps it), the key from ``api_key`` or OPENAI_API_KEY (no key at all for a
+named server that needs none), the base URL from ``api_base`` or OPENAI_BASE_URL /
+OPENAI_API_BASE, costs from LiteLLM's own price map (:mod:`rlm_sandbox.rlm.prices`,
+cached prompt tokens at the cache-read rate, the served model's price when the map has one,
+as LiteLLM's ``completion_cost`` picks it). Retries, deadlines and messages are the shared
+ones of :mod:`rlm_sandbox.rlm.lm.base`.
+
+Everything the server sends is untrusted: the body is read up to a size limit, checked to
+be a chat completion, and anything else is reported as a short, sanitised excerpt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from rlm_sandbox.errors import LMError
+from rlm_sandbox.rlm.lm.base import (
+    OPENAI_BASE_ENV,
+    Failure,
+    GaveUp,
+    LMResponse,
+    Messages,
+    RetryPolicy,
+    excerpt,
+    lm_error,
+    missing_key,
+    scrub,
+)
+from rlm_sandbox.rlm.prices import model_entry, price_of
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["DEFAULT_BASE", "MAX_RESPONSE_BYTES", "OpenAICompatClient", "is_openai_compatible", "request_body"]
+
+DEFAULT_BASE = "https://api.openai.com/v1"
+#: Connecting gets at most this long (the OpenAI SDK's default): a connect that hangs is
+#: retried while the call's deadline leaves time, whereas waiting for the answer may use all of it.
+CONNECT_TIMEOUT_S = 5.0
+#: A chat completion is kilobytes; a body past this is not one (and must not fill the host's memory).
+MAX_RESPONSE_BYTES = 32 << 20
+
+_STATUS_KINDS = {
+    400: "bad_request",
+    401: "auth",
+    403: "auth",
+    404: "not_found",
+    408: "timeout",
+    409: "server",
+    413: "bad_request",
+    422: "bad_request",
+    429: "rate_limit",
+}
+
+
+def _name(model: str) -> str:
+    """The model name the server is sent: without the ``openai/`` provider prefix."""
+    return model.split("/", 1)[1] if model.startswith("openai/") else model
+
+
+def is_openai_compatible(model: str, api_base: str | None = None) -> bool:
+    """Whether ``model`` is called over the OpenAI protocol without LiteLLM: the ``openai``
+    provider (any server), a bare name LiteLLM files under ``openai``, or a bare name LiteLLM
+    does not know that is sent to a named server. Models LiteLLM serves through OpenAI's
+    Responses API (``mode: responses`` in its price map, e.g. ``o1-pro``) stay with LiteLLM,
+    and so does every other provider (``anthropic/``, ``hosted_vllm/``, ``ollama/``, ...)."""
+    if "/" in model:
+        provider, name = model.split("/", 1)
+        if provider != "openai" or name.startswith("responses/"):
+            return False
+    else:
+        name = model
+    entry = model_entry(model) if "/" in model else model_entry(name)
+    if entry is not None:
+        if entry.get("mode") == "responses":
+            return False
+        if "/" not in model:
+            return entry.get("litellm_provider") == "openai" and entry.get("mode") in (None, "chat")
+        return True
+    return "/" in model or bool(api_base)
+
+
+def _reasoning_model(name: str) -> bool:
+    """LiteLLM's rule for the o-series and GPT-5 models (``OpenAIOSeriesConfig``,
+    ``OpenAIGPT5Config``): they take ``max_completion_tokens`` and no temperature but 1."""
+    short = name.split("/")[-1]
+    if len(short) > 1 and short[0] == "o" and short[1].isdigit():
+        entry = model_entry(short)
+        return bool(entry and entry.get("litellm_provider") == "openai")
+    return any(marker in name for marker in ("gpt-5", "gpt-6")) and "gpt-5-chat" not in short
+
+
+def request_body(
+    model: str,
+    messages: Messages,
+    *,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The chat-completions body LiteLLM sends for these arguments (``drop_params=True``)."""
+    name = _name(model)
+    body: dict[str, Any] = {
+        k: v for k, v in (extra or {}).items() if k not in ("stream", "model", "messages")
+    }
+    body["model"] = name
+    body["messages"] = list(messages)
+    reasoning = _reasoning_model(name)
+    if temperature is not None and not (reasoning and temperature != 1):
+        body["temperature"] = temperature
+    if max_tokens is not None:
+        body["max_completion_tokens" if reasoning else "max_tokens"] = max_tokens
+    return body
+
+
+class OpenAICompatClient:
+    """A thread-safe client of an OpenAI-compatible chat-completions endpoint (see the module).
+
+    Arguments are those of :class:`~rlm_sandbox.rlm.lm.litellm_client.LiteLLMClient`, so the
+    factory can pick either; ``extra`` fields are added to every request body.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_base: str | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 120.0,
+        max_retries: int = 4,
+        temperature: float | None = None,
+        extra: dict[str, Any] | None = None,
+        retry_wait_s: float = 0.2,
+        retry_max_wait_s: float = 8.0,
+    ) -> None:
+        if not model or not isinstance(model, str):
+            raise ValueError("model must be a non-empty model string, e.g. openai/gpt-4o-mini")
+        if max_retries < 1:
+            raise ValueError("max_retries counts attempts and must be >= 1")
+        self.model = model
+        self.api_base = api_base
+        self._api_key = api_key
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.temperature = temperature
+        self.extra: dict[str, Any] = dict(extra or {})
+        self.retry_wait_s = retry_wait_s
+        self.retry_max_wait_s = retry_max_wait_s
+        self._client: httpx.Client | None = None
+        self._client_lock = threading.Lock()
+        # Now, in the thread that makes the run: the first call (sent in a thread of its own
+        # while the container starts) then has nothing left to import but the request.
+        self._http()
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"OpenAICompatClient(model={self.model!r}, api_base={self.api_base!r}, timeout_s={self.timeout_s})"
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(self.max_retries, self.retry_wait_s, self.retry_max_wait_s)
+
+    # ------------------------------------------------------------------ where and who
+
+    def base_url(self) -> str:
+        """``api_base``, else OPENAI_BASE_URL / OPENAI_API_BASE, else OpenAI's own API."""
+        for value in (self.api_base, *(os.environ.get(n) for n in OPENAI_BASE_ENV)):
+            if value and value.strip():
+                return value.strip().rstrip("/")
+        return DEFAULT_BASE
+
+    def _key(self) -> str | None:
+        """The key as LiteLLM would find it: given, LiteLLM's globals when it is loaded, the env."""
+        if self._api_key:
+            return self._api_key
+        litellm = sys.modules.get("litellm")
+        for attr in ("api_key", "openai_key"):
+            value = getattr(litellm, attr, None) if litellm is not None else None
+            if isinstance(value, str) and value.strip():
+                return value
+        value = os.environ.get("OPENAI_API_KEY", "").strip()
+        return value or None
+
+    def check_credentials(self) -> None:
+        """Raise :class:`LMError` (kind ``auth``) when a key is certainly missing: no key, and
+        no named server that might need none. Nothing is sent."""
+        if self._key() is not None:
+            return
+        name = missing_key(self.model, api_base=self.api_base, api_key=None)
+        if name is not None:
+            raise lm_error(
+                Failure("auth", no_key=True), model=self.model, api_base=None, attempts=0, timeout_s=0
+            )
+
+    def prepare(self) -> None:
+        """Nothing to prepare: the HTTP client was made with this client."""
+
+    def _http(self) -> httpx.Client:
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    import httpx
+
+                    # The OpenAI SDK's pool sizes; one client for every thread of the run.
+                    self._client = httpx.Client(
+                        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+                        follow_redirects=True,  # as the OpenAI SDK does
+                    )
+        return self._client
+
+    def close(self) -> None:
+        """Close the pooled connections (the process's exit does it too)."""
+        with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    # ------------------------------------------------------------------ calling
+
+    def completion(
+        self, messages: Messages, *, timeout_s: float | None = None, max_tokens: int | None = None
+    ) -> LMResponse:
+        """One chat completion, retried on transient failures within ``timeout_s`` in all."""
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        body = request_body(
+            self.model, messages, max_tokens=max_tokens, temperature=self.temperature, extra=self.extra
+        )
+        data = _encode(body)  # built once, sent by every attempt
+        del body
+        url = self.base_url() + "/chat/completions"
+        key = self._key()
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        org = os.environ.get("OPENAI_ORGANIZATION") or os.environ.get("OPENAI_ORG_ID")
+        if org and url.startswith(DEFAULT_BASE):
+            headers["OpenAI-Organization"] = org
+
+        start = time.perf_counter()
+        try:
+            payload, attempts = self.policy.run(
+                lambda left: self._attempt(url, data, headers, left, key),
+                timeout_s=timeout,
+                kind_of=lambda exc: exc.kind if isinstance(exc, Failure) else "other",
+                retry_after=lambda exc: exc.retry_after_s if isinstance(exc, Failure) else None,
+            )
+        except GaveUp as gave_up:
+            raise self._to_lm_error(gave_up, timeout, key) from gave_up.cause
+        return self._to_response(payload, time.perf_counter() - start, attempts, key)
+
+    def _attempt(
+        self, url: str, data: bytes, headers: dict[str, str], left: float, key: str | None
+    ) -> dict[str, Any]:
+        """One POST within ``left`` seconds: the parsed completion, or a :class:`Failure`."""
+        import httpx
+
+        deadline = time.monotonic() + left
+        try:
+            with self._http().stream(
+                "POST",
+                url,
+                content=data,
+                headers=headers,
+                timeout=httpx.Timeout(left, connect=min(left, CONNECT_TIMEOUT_S)),
+            ) as response:
+                raw = self._read(response, deadline)
+                status = response.status_code
+                retry_after = _retry_after(response.headers.get("retry-after"))
+                ctype = response.headers.get("content-type", "")
+        except Failure:
+            raise
+        except httpx.TimeoutException as exc:
+            raise Failure("timeout", scrub(f"{type(exc).__name__}: {exc}", key)) from exc
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise Failure("bad_config", scrub(str(exc), key)) from exc
+        except (httpx.TransportError, OSError) as exc:
+            raise Failure("connection", scrub(f"{type(exc).__name__}: {exc}", key)) from exc
+        if status >= 300:
+            failure = _http_failure(status, raw, ctype, retry_after, key)
+            failure.key_sent = key is not None
+            raise failure
+        return _completion(raw, ctype, key)
+
+    @staticmethod
+    def _read(response: httpx.Response, deadline: float) -> bytes:
+        """The body, up to :data:`MAX_RESPONSE_BYTES` and the call's deadline (checked between
+        reads: a server that trickles its answer cannot hold the call past it)."""
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise Failure("bad_response", f"it answered more than {MAX_RESPONSE_BYTES >> 20} MB")
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise Failure("timeout", "the answer was still arriving at the deadline")
+        return b"".join(chunks)
+
+    # ------------------------------------------------------------------ results
+
+    def _to_response(
+        self, payload: dict[str, Any], latency: float, attempts: int, key: str | None
+    ) -> LMResponse:
+        message = payload["choices"][0]["message"]
+        usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
+        prompt = _count(usage.get("prompt_tokens"))
+        completion = _count(usage.get("completion_tokens"))
+        details = usage.get("prompt_tokens_details")
+        cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+        served = payload.get("model") if isinstance(payload.get("model"), str) else None
+        return LMResponse(
+            text=message.get("content") or "",
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost_usd=self._cost(served, prompt, completion, cached),
+            latency_s=latency,
+            model=scrub(served, key, 200) if served else self.model,
+            attempts=attempts,
+        )
+
+    def _cost(self, served: str | None, prompt: int, completion: int, cached: int) -> float:
+        """LiteLLM's ``completion_cost``: the served model's price when the map has one, else
+        the configured model's, else nothing that can be counted."""
+        price = price_of(f"openai/{served}") if served else None
+        if price is None:
+            price = price_of(self.model)
+        return price.cost(prompt, completion, cached) if price is not None else 0.0
+
+    # ------------------------------------------------------------------ errors
+
+    def _to_lm_error(self, gave_up: GaveUp, timeout: float, key: str | None) -> LMError:
+        exc = gave_up.cause
+        failure = (
+            exc if isinstance(exc, Failure) else Failure("other", scrub(f"{type(exc).__name__}: {exc}", key))
+        )
+        return lm_error(
+            failure,
+            model=self.model,
+            api_base=self.base_url() if (self.api_base or self.base_url() != DEFAULT_BASE) else None,
+            attempts=gave_up.attempts,
+            timeout_s=timeout,
+            deadline=gave_up.deadline,
+        )
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    """The request as UTF-8 JSON; text that cannot be UTF-8 (a lone surrogate) is escaped."""
+    try:
+        return json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(body, ensure_ascii=True).encode("ascii")
+
+
+def _count(value: Any) -> int:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+def _http_failure(status: int, raw: bytes, ctype: str, retry_after: float | None, key: str | None) -> Failure:
+    """A non-2xx answer: the provider's own error message when it sent one, else an excerpt."""
+    parsed = _json(raw)
+    message = None
+    if isinstance(parsed, dict):
+        error = parsed.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            message = error["message"]
+        elif isinstance(error, str):
+            message = error
+        elif isinstance(parsed.get("message"), str):
+            message = parsed["message"]
+        elif isinstance(parsed.get("detail"), str):
+            message = parsed["detail"]
+    detail = f"HTTP {status}: " + (scrub(message, key) if message else excerpt(raw, key))
+    kind = _STATUS_KINDS.get(status) or ("server" if status >= 500 else "bad_request")
+    lowered = (message or "").lower()
+    window = kind == "bad_request" and (
+        "context length" in lowered or "context_length" in lowered or "maximum context" in lowered
+    )
+    return Failure(
+        kind,
+        detail,
+        status_code=status,
+        retry_after_s=retry_after,
+        denied=status == 403,
+        context_window=window,
+    )
+
+
+def _completion(raw: bytes, ctype: str, key: str | None) -> dict[str, Any]:
+    """The parsed completion, or a ``bad_response`` Failure saying what came back instead."""
+    parsed = _json(raw)
+    kind_of_body = "an HTML page" if "html" in ctype.lower() or raw.lstrip()[:1] == b"<" else "a body"
+    if parsed is None:
+        raise Failure("bad_response", f"it answered {kind_of_body} that is not JSON: {excerpt(raw, key)}")
+    if not isinstance(parsed, dict):
+        raise Failure("bad_response", f"it answered JSON that is not an object: {excerpt(raw, key)}")
+    if isinstance(parsed.get("error"), dict | str):  # some servers answer 200 with an error body
+        error = parsed["error"]
+        message = error.get("message") if isinstance(error, dict) else error
+        raise Failure("bad_response", f"it answered an error with HTTP 200: {excerpt(str(message), key)}")
+    choices = parsed.get("choices")
+    if not isinstance(choices, list) or not choices:
+        keys = ", ".join(sorted(str(k) for k in parsed)[:8]) or "none"
+        raise Failure(
+            "bad_response", f"it answered a JSON object without choices (keys: {scrub(keys, key, 120)})"
+        )
+    first = choices[0]
+    message = first.get("message") if isinstance(first, dict) else None
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(message, dict) or not (content is None or isinstance(content, str)):
+        raise Failure(
+            "bad_response", f"its first choice has no text message: {excerpt(json.dumps(first)[:400], key)}"
+        )
+    return parsed
