@@ -22,6 +22,9 @@ _EXPORTS = {
     "RLMResult": "rlm_sandbox.rlm.result",
     "Session": "rlm_sandbox.rlm.session",
     "LiteLLMClient": "rlm_sandbox.rlm.lm",
+    "InputSet": "rlm_sandbox.inputs",
+    "collect_inputs": "rlm_sandbox.inputs",
+    "Citation": "rlm_sandbox.rlm.citations",
 }
 _ERRORS = [
     "RLMSandboxError",
@@ -37,6 +40,7 @@ _ERRORS = [
     "SandboxClosed",
     "LMError",
     "BudgetExhausted",
+    "InputTooLarge",
     "AnswerInvalid",
     "EXIT_CODES",
 ]

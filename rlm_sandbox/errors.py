@@ -15,6 +15,7 @@
     │   └── SandboxClosed           the sandbox was used after it was closed
     ├── LMError                     the model failed after retries ("lm_error")
     ├── BudgetExhausted             a shared budget ran out ("budget_exhausted")
+    │   └── InputTooLarge           the input (decompressed) passed --max-input-bytes
     └── AnswerInvalid               a typed answer never matched its schema ("answer_invalid")
 
 Every error carries a ``status`` (the ``status`` of ``--json``), and the process exit code of
@@ -181,6 +182,33 @@ class BudgetExhausted(RLMSandboxError):
         super().__init__(message, hint=hint)
         self.budget = budget
         self.fallback_answer = fallback_answer
+
+
+def format_bytes(n: float) -> str:
+    """``8 GiB``, ``512 MiB``, ``1.5 KiB``, ``300 B``: a size as people read it."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            value = n / size
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+class InputTooLarge(BudgetExhausted):
+    """The input became larger than the cap on it (``--max-input-bytes``, or the tenant's):
+    a file too large, or a compressed one that decompressed past it (a gzip bomb). The load
+    stopped there: the container never held more than the cap. ``file`` names the input
+    that crossed it, ``cap`` is the cap in bytes. No fallback answer is asked for."""
+
+    def __init__(self, file: str, cap: int, source: str = "--max-input-bytes") -> None:
+        super().__init__(
+            "max_input_bytes",
+            f"the input passed its cap of {format_bytes(cap)} ({source}) at {file}; "
+            "the load was stopped there",
+            hint="raise --max-input-bytes if the input is really that large, or give fewer "
+            "files (--glob); a small compressed file that decompresses past it is a bomb",
+        )
+        self.file = file
+        self.cap = cap
 
 
 class AnswerInvalid(RLMSandboxError):

@@ -78,6 +78,16 @@ class Rule:
     measure: Callable[[Any], float] = float
 
 
+def _byte_size(value: Any) -> float:
+    """A byte count as the settings read it (``8g``, ``512m``, bytes); unreadable: infinite."""
+    from rlm_sandbox.rlm.config import parse_size
+
+    try:
+        return float(parse_size(value))
+    except (TypeError, ValueError):
+        return math.inf
+
+
 _BUDGET = "a budget"
 PROJECT_RULES: dict[str, Rule] = {
     # which model answers: within the provider the user chose
@@ -118,21 +128,24 @@ PROJECT_RULES: dict[str, Rule] = {
     "max_run_held_bytes": Rule(Kind.LIMIT, "a bound on the host's memory", unset=float(1 << 30)),
     "held_stall_timeout": Rule(Kind.LIMIT, "a bound on the host's memory"),
     "image_packages": Rule(Kind.USER, "packages change what is installed in the sandbox image"),
+    # the input and the response cache
+    "max_input_bytes": Rule(Kind.LIMIT, "the cap on the input", measure=_byte_size),
+    "lm_cache": Rule(Kind.USER, "the cache stores your prompts and its entries answer the model's requests"),
+    "lm_cache_max_bytes": Rule(Kind.LIMIT, "the bound of the response cache", measure=_byte_size),
     # behaviour only: every budget above still holds
     "recursion": Rule(Kind.FREE, "how llm_query starts children"),
 }
 # Classified before they exist, so the day they become settings a project file cannot set
-# them by accident: host functions the code may call, a cache of model answers on disk,
-# the backend (deliberately a flag only today) and the pids limit.
+# them by accident: host functions the code may call, the backend (deliberately a flag only today) and the pids limit.
 RESERVED_RULES: dict[str, Rule] = {
     "tools": Rule(Kind.USER, "tools run on this machine with your rights"),
-    "lm_cache": Rule(Kind.USER, "the cache is a file written with your prompts and answers"),
     "backend": Rule(Kind.USER, "the backend decides whether there is a sandbox at all"),
     "pids": Rule(Kind.LIMIT, "a container limit"),
 }
 TENANT_RULES: dict[str, Rule] = {
     "max_containers": Rule(Kind.LIMIT, "a tenant's limit"),
     "max_cost": Rule(Kind.LIMIT, "a tenant's limit"),
+    "max_input_bytes": Rule(Kind.LIMIT, "a tenant's limit", measure=_byte_size),
 }
 STRONGER_RUNTIMES = ("runsc",)
 

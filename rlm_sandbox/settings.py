@@ -43,7 +43,7 @@ from pydantic_settings import (
 
 from rlm_sandbox.errors import ConfigError
 from rlm_sandbox.project_trust import Ignored, Trust, config_dir, judge, read_project_file, trust_of
-from rlm_sandbox.rlm.config import RLMConfig
+from rlm_sandbox.rlm.config import ByteSize, RLMConfig
 from rlm_sandbox.rlm.tenants import TenantLimits
 from rlm_sandbox.sandbox.config import SandboxConfig
 from rlm_sandbox.sandbox.packages import check_package_names, split_package_list
@@ -83,6 +83,9 @@ RLM_FIELDS = (
     "depth_models",
     "recursion",
     "schema_retries",
+    "max_input_bytes",
+    "lm_cache",
+    "lm_cache_max_bytes",
 )
 
 
@@ -136,6 +139,9 @@ class Settings(BaseSettings):
     tenant: str = _same_as(SandboxConfig, "tenant")
     tenants: dict[str, TenantLimits] = _same_as(RLMConfig, "tenants")
     trace: str | None = _same_as(RLMConfig, "trace")
+    max_input_bytes: ByteSize = _same_as(RLMConfig, "max_input_bytes")
+    lm_cache: str | None = _same_as(RLMConfig, "lm_cache")
+    lm_cache_max_bytes: ByteSize = _same_as(RLMConfig, "lm_cache_max_bytes")
 
     @field_validator("depth_models", mode="before")
     @classmethod

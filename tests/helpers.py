@@ -26,6 +26,8 @@ JSON_KEYS = [
     "containers",
     "max_depth_reached",
     "trace",
+    "citations",
+    "lm_cache_hits",
     "warnings",
 ]
 
@@ -93,6 +95,26 @@ def json_out(proc: subprocess.CompletedProcess) -> dict[str, Any]:
         f"--json must print exactly one line, got: {out!r}\nstderr: {proc.stderr.decode()[-2000:]}"
     )
     return json.loads(out)
+
+
+def with_cell_line(line: str, policy: Policy = rlm_policy) -> Policy:
+    """``policy``, with ``line`` added at the end of the root's first cell (e.g. a citation
+    the test wants refused)."""
+
+    def wrapped(request: dict[str, Any]) -> Any:
+        reply = policy(request)
+        msgs = request.get("messages") or []
+        is_root = _is_node(request) and "depth 0 of" in str(msgs[0].get("content"))
+        if (
+            is_root
+            and _steps_done(request) == 0
+            and isinstance(reply, str)
+            and reply.rstrip().endswith("```")
+        ):
+            return reply.rstrip()[: -len("```")] + line + "\n```\n"
+        return reply
+
+    return wrapped
 
 
 # A controller as a user's program runs it, in a child process the test can SIGKILL mid-cell.

@@ -1,7 +1,8 @@
-"""``rlm-sandbox image build|ls|rm``: the sandbox images this package builds.
+"""``rlm-sandbox image build|tag|ls|rm``: the sandbox images this package builds.
 
 ``build`` builds what a run would use (the default image, or the derived one for
-``image_packages``); runs also build it on first use. ``ls`` lists every image built here
+``image_packages``); runs also build it on first use. ``tag`` prints the tag of that image
+without building it (a CI cache key). ``ls`` lists every image built here
 (never anything else on the engine) and ``rm`` removes them, never one a container uses.
 Everything that talks to the engine is in :mod:`rlm_sandbox.sandbox`; this module parses,
 calls it and prints.
@@ -77,6 +78,18 @@ class ProgressLines:
         if message.startswith(self.STEPS) or now - self.last >= self.EVERY_S:
             self.last = now
             self.err.print(line(("image:", "cyan"), f" {message.strip()[:200]}"), highlight=False)
+
+
+@image.command("tag")
+@click.option("--base", default=None, help="base image (default: the offline Debian base)")
+@setting_options(*IMAGE_FLAGS)
+def image_tag_command(base: str | None, **flags: Any) -> None:
+    """Print the tag of the image a run would use (a hash of the kernel, the Dockerfile, the
+    base and the packages), without building it or asking an engine: a CI cache key, and
+    the name to `docker save`."""
+    from rlm_sandbox.sandbox.image import configured_tag
+
+    click.echo(configured_tag(_sandbox_config(flags, base)))
 
 
 @image.command("ls")

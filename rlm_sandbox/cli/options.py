@@ -111,6 +111,22 @@ FLAGS: dict[str, SettingFlag] = {
         SettingFlag("tenant", ("--tenant",), "tenant label for containers, trace and [tenants.NAME] limits"),
         SettingFlag("api_base", ("--api-base",), "OpenAI-compatible server URL"),
         SettingFlag(
+            "max_input_bytes",
+            ("--max-input-bytes",),
+            "cap on the whole input once decompressed (bytes, or 8g, 512m): a gzip bomb stops here",
+        ),
+        SettingFlag(
+            "lm_cache",
+            ("--lm-cache",),
+            "directory of a model-response cache: the same request is answered from it, at no cost",
+            click.Path(file_okay=False),
+        ),
+        SettingFlag(
+            "lm_cache_max_bytes",
+            ("--lm-cache-max-bytes",),
+            "bound of the model-response cache (bytes, or 1g, 200m); the entries used longest ago go first",
+        ),
+        SettingFlag(
             "trace",
             ("--trace",),
             "write the trace (JSON lines) to this file",

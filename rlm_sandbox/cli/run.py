@@ -12,14 +12,33 @@ import click
 from rlm_sandbox.cli.execute import execute
 from rlm_sandbox.cli.options import MODEL_FLAGS, budget_options, setting_options
 from rlm_sandbox.cli.output import fail
-from rlm_sandbox.errors import RLMSandboxError
+from rlm_sandbox.errors import ConfigError, RLMSandboxError
 
 
 @click.command("run")
 @setting_options(*MODEL_FLAGS)
 @click.option("--task", required=True, help="what to find or compute over the input")
 @click.option(
-    "-i", "--input", "input_paths", multiple=True, help="input file ('-' or absent: standard input); one"
+    "-i",
+    "--input",
+    "inputs",
+    multiple=True,
+    help="a file, a directory (walked) or '-' for standard input; repeatable; .gz .bz2 .xz .zst "
+    "are decompressed (absent: standard input)",
+)
+@click.option(
+    "--glob",
+    "globs",
+    multiple=True,
+    help="keep only the files of a directory that match (repeatable): *.log, or a path with /",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "github"]),
+    default="text",
+    show_default=True,
+    help="github: citations as workflow annotations, and a summary in $GITHUB_STEP_SUMMARY",
 )
 @click.option(
     "--tools",
@@ -39,18 +58,19 @@ def run(
     model: str | None,
     sub_model: str | None,
     task: str,
-    input_paths: tuple[str, ...],
+    inputs: tuple[str, ...],
+    globs: tuple[str, ...],
+    output_format: str,
     tools_spec: str | None,
     schema_path: str | None,
     **o: Any,
 ) -> None:
     """Answer TASK over a large input with a Recursive Language Model.
 
-    Every option except --task, --input and the output flags can also come from
+    Every option except --task, --input, --glob and the output flags can also come from
     RLM_SANDBOX_* variables or rlm-sandbox.toml (see `rlm-sandbox config show`).
     """
-    from rlm_sandbox.input_check import only_one_input
-    from rlm_sandbox.inputs import open_input
+    from rlm_sandbox.inputs import StreamInput, checked_inputs, collect_inputs
 
     if not model:
         raise click.UsageError(
@@ -67,14 +87,22 @@ def run(
         if schema_path:
             import json
 
-            from rlm_sandbox.errors import ConfigError
-
             try:
                 output = json.loads(Path(schema_path).read_text(encoding="utf-8"))
             except ValueError as exc:
                 raise ConfigError(f"{schema_path} is not JSON: {exc}") from None
-        context = open_input(only_one_input(input_paths))
-        code = execute(model, sub_model, task, context, o, tools=tools, output=output)
+        if (not inputs or "-" in inputs) and (sys.stdin is None or sys.stdin.isatty()):
+            raise ConfigError(
+                "no input: give -i FILE (or a directory) or pipe the input on standard input",
+                hint="e.g. cat big.log | rlm-sandbox run ...",
+            )
+        o["format"] = output_format
+        stdin = (
+            StreamInput(sys.stdin.buffer) if sys.stdin is not None and (not inputs or "-" in inputs) else None
+        )
+        with collect_inputs(inputs, globs, stdin=stdin) as found:
+            context = checked_inputs(found)  # an empty input refused, a binary one kept as bytes
+            code = execute(model, sub_model, task, context, o, tools=tools, output=output)
     except RLMSandboxError as exc:
         fail(exc, o["debug"])
     sys.exit(code)

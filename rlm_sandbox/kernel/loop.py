@@ -1,5 +1,6 @@
 """The kernel's protocol loop: a reader thread routes the host's frames (context chunks straight
-into place, replies to waiting cells, everything else to a queue) and the loop runs one job
+into place, each file's chunks after its ``context_file`` frame for kind "files"; replies
+to waiting cells, everything else to a queue) and the loop runs one job
 at a time: build ``context``, run a cell, stop. Standard library only.
 
 It knows nothing of processes: ``run_cell`` is handed in. Inside the container that is the
@@ -9,6 +10,7 @@ in the host's in-memory test backend it runs the same REPL in a thread.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -40,6 +42,8 @@ class KernelLoop:
         self._ctx_kind = "str"
         self._ctx_buf: bytearray | None = None
         self._ctx_chunks: list[bytes] | None = None
+        self._ctx_files: list[tuple[str, list[bytes]]] | None = None  # kind "files"
+        self._ctx_names: set[str] = set()
         self._ctx_pos = 0
         self._ctx_error: str | None = None
 
@@ -58,6 +62,11 @@ class KernelLoop:
                     if n:
                         self.chan.read_exact(n)
                     continue
+                if t == P.CONTEXT_FILE:
+                    self._context_file(header)
+                    if n:
+                        self.chan.read_exact(n)
+                    continue
                 payload = self.chan.read_exact(n) if n else b""
                 if t == P.LLM_REPLY:
                     self.link.deliver(header, payload)
@@ -71,7 +80,13 @@ class KernelLoop:
             self.link.close()
 
     def _read_context_chunk(self, n: int) -> None:
-        if self._ctx_buf is not None:
+        if self._ctx_files is not None:
+            if not self._ctx_files:
+                self.chan.read_exact(n)
+                self._ctx_error = "a files context sent a chunk before its first context_file"
+                return
+            self._ctx_files[-1][1].append(self.chan.read_exact(n))
+        elif self._ctx_buf is not None:
             if self._ctx_pos + n > len(self._ctx_buf):
                 self._ctx_error = "context chunks exceed the announced size"
                 self.chan.read_exact(n)
@@ -128,28 +143,47 @@ class KernelLoop:
         self._ctx_kind = kind if kind in P.CONTEXT_KINDS else "str"
         self._ctx_error = None
         self._ctx_pos = 0
-        if type(size) is int and size >= 0:
+        self._ctx_files = [] if self._ctx_kind == "files" else None
+        self._ctx_names: set[str] = set()
+        if self._ctx_files is not None:
+            self._ctx_buf, self._ctx_chunks = None, None
+        elif type(size) is int and size >= 0:
             self._ctx_buf, self._ctx_chunks = bytearray(size), None
         else:
             self._ctx_buf, self._ctx_chunks = None, []
+
+    def _context_file(self, header: dict) -> None:
+        """The chunks that follow are the text of the file ``name`` (kind "files")."""
+        name = header.get("name")
+        if self._ctx_files is None:
+            self._ctx_error = "context_file outside a files context"
+        elif not isinstance(name, str) or len(name) > P.MAX_FILE_NAME:
+            self._ctx_error = "context_file without a valid name"
+        elif name in self._ctx_names:
+            self._ctx_error = f"context_file {name!r} sent twice"
+        else:
+            self._ctx_names.add(name)
+            self._ctx_files.append((name, []))
 
     def _context_end(self, header: dict) -> None:
         reply = {"t": P.CONTEXT_REPLY, "id": header["id"], "status": "ok"}
         try:
             if self._ctx_error:
                 raise ValueError(self._ctx_error)
-            if self._ctx_buf is not None:
+            if self._ctx_files is not None:
+                raw: bytes | bytearray | list = self._ctx_files
+            elif self._ctx_buf is not None:
                 if self._ctx_pos != len(self._ctx_buf):
                     raise ValueError(f"context ended after {self._ctx_pos} of {len(self._ctx_buf)} bytes")
-                raw: bytes | bytearray = self._ctx_buf
+                raw = self._ctx_buf
             else:
                 raw = b"".join(self._ctx_chunks or [])
-            self._ctx_buf = self._ctx_chunks = None
+            self._ctx_buf = self._ctx_chunks = self._ctx_files = None
             kind_name, length = self.repl.set_context(self._ctx_kind, raw)
             del raw
             reply.update(type=kind_name, length=length)
         except (ValueError, TypeError, MemoryError, RecursionError) as exc:
-            self._ctx_buf = self._ctx_chunks = None
+            self._ctx_buf = self._ctx_chunks = self._ctx_files = None
             reply.update(status="error", error=f"{type(exc).__name__}: {exc}"[:2000])
         self.chan.send(reply)
 
@@ -165,6 +199,8 @@ class KernelLoop:
                 setattr(self.link, attr, value)
         outcome, out, out_total, err, err_total = self._run_cell(code, header["id"], timeout, cap)
         final = outcome.final.encode("utf-8", errors="replace") if outcome.final is not None else b""
+        cited = self.repl.take_citations()
+        cites = json.dumps(cited, ensure_ascii=False).encode("utf-8", errors="replace") if cited else b""
         self.chan.send(
             {
                 "t": P.EXEC_REPLY,
@@ -174,11 +210,12 @@ class KernelLoop:
                 "evalue": (outcome.evalue or "")[:4000] if outcome.ename else None,
                 "traceback": (outcome.traceback or "")[-8000:] if outcome.ename else None,
                 "duration_s": outcome.duration_s,
-                "sizes": [len(out), len(err), len(final)],
+                "sizes": [len(out), len(err), len(final), len(cites)],
                 "totals": [out_total, err_total],
                 "has_final": outcome.final is not None,
             },
             out,
             err,
             final,
+            cites,
         )

@@ -29,6 +29,7 @@ EXEC_REQUEST = "exec_request"
 CONTEXT_BEGIN = "context_begin"
 CONTEXT_CHUNK = "context_chunk"
 CONTEXT_END = "context_end"
+CONTEXT_FILE = "context_file"  # kind "files": the chunks that follow belong to this file
 LLM_REPLY = "llm_reply"
 SHUTDOWN = "shutdown"
 
@@ -38,8 +39,17 @@ EXEC_REPLY = "exec_reply"
 CONTEXT_REPLY = "context_reply"
 LLM_REQUEST = "llm_request"
 
-# How the kernel should rebuild `context` from the bytes it receives.
-CONTEXT_KINDS = ("str", "bytes", "json")
+# How the kernel should rebuild `context` from the bytes it receives. "files": a dict of
+# name -> text, in the order the files came: each file is a `context_file` frame (its name)
+# followed by the raw chunks of its text.
+CONTEXT_KINDS = ("str", "bytes", "json", "files")
+MAX_FILE_NAME = 4096  # bytes of a file name in a `context_file` frame
+
+# cite(path, line, quote): what one exec_reply may carry (its fourth payload part, a JSON
+# list of [path, line, quote]). The host checks every citation against the original input.
+MAX_CITATIONS = 256
+MAX_CITE_PATH = 1024  # characters
+MAX_CITE_QUOTE = 2000  # characters
 
 # What the host reads of one kernel frame, unless an exec_request says otherwise (the host
 # sends its own limits with every cell). The kernel refuses a request past them with an
@@ -49,7 +59,7 @@ DEFAULT_MAX_HEADER = 64 * 1024
 DEFAULT_MAX_PAYLOAD = 256 * 1024 * 1024
 
 # Names the engine puts in the namespace and restores after every cell.
-ENGINE_NAMES = ("context", "llm_query", "llm_query_batched", "FINAL", "FINAL_VAR", "SHOW_VARS")
+ENGINE_NAMES = ("context", "llm_query", "llm_query_batched", "FINAL", "FINAL_VAR", "SHOW_VARS", "cite")
 
 
 class FrameError(Exception):

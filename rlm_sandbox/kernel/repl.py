@@ -6,6 +6,10 @@ the host's in-memory test backend (``rlm_sandbox.sandbox.fake``) runs the very s
 an in-memory stream. So the semantics of ``FINAL``, ``FINAL_VAR``, ``llm_query`` (typed or
 not), ``rlm_query`` and host tools are written once.
 
+``cite(path, line, quote)`` only records: the citations of a cell travel to the host with
+that cell's reply (bounded in number and size), and the host checks each one against the
+original input on its own disk. Nothing the kernel says about a citation is trusted.
+
 ``HostLink`` is the kernel's half of ``llm_query``: every request gets its own odd id and a
 waiter, so many threads of one cell can ask at once; the reader thread hands each reply to
 its waiter, and a closed channel wakes every waiter with an error instead of a hang.
@@ -235,6 +239,8 @@ class Repl:
         # threads parsing at once can fail with "AST constructor recursion depth mismatch".
         self.compile_guard = compile_guard if compile_guard is not None else nullcontext()
         self.final: str | None = None
+        self.citations: list[list[object]] = []  # cited since the last reply, sent with it
+        self._cite_lock = threading.Lock()
         self.engine: dict[str, object] = {
             "context": None,
             "llm_query": self.llm_query,
@@ -245,6 +251,7 @@ class Repl:
             "FINAL": self.FINAL,
             "FINAL_VAR": self.FINAL_VAR,
             "SHOW_VARS": self.SHOW_VARS,
+            "cite": self.cite,
         }
         self.ns: dict[str, object] = {"__name__": "__main__", "__builtins__": builtins}
         self.ns.update(self.engine)
@@ -323,6 +330,33 @@ class Repl:
                 )
         self.FINAL(name)
 
+    def cite(self, path: str | None, line: int, quote: str) -> None:
+        """Back the answer with evidence: line ``line`` (1-based) of input file ``path`` (a key
+        of ``context``; None when ``context`` is one text) contains ``quote``. The host checks
+        it against the original input and shows it with the answer, verified or refused."""
+        if path is not None and not isinstance(path, str):
+            raise TypeError(f"cite: path must be a str (a key of context) or None, not {type(path).__name__}")
+        if isinstance(line, bool) or not isinstance(line, int):
+            raise TypeError(f"cite: line must be an int (1 is the first line), not {type(line).__name__}")
+        if line < 1:
+            raise ValueError(f"cite: line numbers start at 1, got {line}")
+        if not isinstance(quote, str):
+            raise TypeError(f"cite: quote must be a str (text of that line), not {type(quote).__name__}")
+        if path is not None and len(path) > P.MAX_CITE_PATH:
+            raise ValueError(f"cite: path is longer than {P.MAX_CITE_PATH} characters")
+        if len(quote) > P.MAX_CITE_QUOTE:
+            raise ValueError(f"cite: quote is longer than {P.MAX_CITE_QUOTE} characters; quote less")
+        with self._cite_lock:
+            if len(self.citations) >= P.MAX_CITATIONS:
+                raise ValueError(f"cite: at most {P.MAX_CITATIONS} citations per cell")
+            self.citations.append([path, min(line, 1 << 40), quote])
+
+    def take_citations(self) -> list[list[object]]:
+        """What was cited since the last reply (the kernel sends it with this one)."""
+        with self._cite_lock:
+            taken, self.citations = self.citations, []
+        return taken
+
     def SHOW_VARS(self) -> dict[str, str]:
         """List the variables a cell has created (name -> type), and print them."""
         hidden = set(self.engine) | {
@@ -342,10 +376,24 @@ class Repl:
 
     # ---- what the kernel calls
 
-    def set_context(self, kind: str, raw: bytes | bytearray) -> tuple[str, int]:
-        """Make ``context`` from the bytes the host sent; its type name and ``len()``."""
-        if kind == "str":
-            value: object = codecs.decode(raw, "utf-8", "replace")
+    def set_context(self, kind: str, raw: bytes | bytearray | list) -> tuple[str, int]:
+        """Make ``context`` from the bytes the host sent; its type name and ``len()``.
+
+        ``files``: ``raw`` is a list of ``(name, [chunks])``, decoded one file at a time (each
+        file's bytes are freed as its text is made) into a dict in the order they came."""
+        if kind == "files":
+            files: dict[str, str] = {}
+            parts = list(raw) if isinstance(raw, list) else []
+            parts.reverse()
+            while parts:
+                name, chunks = parts.pop()
+                data = b"".join(chunks)
+                chunks.clear()
+                files[name] = codecs.decode(data, "utf-8", "replace")
+                del data
+            value: object = files
+        elif kind == "str":
+            value = codecs.decode(raw, "utf-8", "replace")
         elif kind == "bytes":
             value = bytes(raw)
         else:

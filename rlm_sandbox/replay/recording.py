@@ -103,7 +103,8 @@ def load_recording(path: str | Path) -> Recording:
     start = next((e for e in events if e.get("event") == "run_start"), None)
     if start is None:
         raise TraceNotReplayable(f"{path} has no run_start event", hint="give the file written by --trace")
-    raw = [e for e in events if e.get("event") == "lm_call"]
+    # A request the response cache answered is recorded as lm_cache_hit: an answer all the same.
+    raw = [e for e in events if e.get("event") in ("lm_call", "lm_cache_hit")]
     if not raw:
         raise TraceNotReplayable(
             f"{path} records no model call, so there is nothing to replay",

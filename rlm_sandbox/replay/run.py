@@ -70,7 +70,8 @@ def replay_config(
                 "(the replay then diverges at its first request)",
             )
     # Every model call goes to the local replay server, whatever models the settings name.
-    values |= {"api_base": api_base, "trace": trace, "depth_models": {}}
+    # ... and none is answered from a response cache: each must reach the replay, to be compared.
+    values |= {"api_base": api_base, "trace": trace, "depth_models": {}, "lm_cache": None}
     values["sandbox"] = values["sandbox"] | {"backend": "docker"}
     try:
         return type(base).model_validate(values)

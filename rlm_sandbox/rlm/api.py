@@ -19,7 +19,9 @@ from rlm_sandbox.errors import (
     RLMSandboxError,
     SandboxError,
 )
-from rlm_sandbox.input_check import checked_input
+from rlm_sandbox.input_check import BinaryInput, checked_input
+from rlm_sandbox.inputs import InputSet, as_input
+from rlm_sandbox.inputs.decompress import compression_of_name
 from rlm_sandbox.rlm.answers import AnswerSpec
 from rlm_sandbox.rlm.config import RLMConfig
 from rlm_sandbox.rlm.lm import LMClient, make_client, needs_litellm, start_preload
@@ -123,7 +125,11 @@ class RLM:
     def run(
         self, context: Any = None, task: str = "", *, run_id: str | None = None, output: Any = None
     ) -> RLMResult:
-        """Answer ``task`` over ``context`` (str, bytes, Path, file object, list or dict).
+        """Answer ``task`` over ``context``: a str, bytes, a ``Path`` (a file, plain or
+        compressed, or a directory), a list of paths, a dict of name -> text (several
+        inputs: ``context`` is then a dict in the REPL), an :class:`InputSet`, a binary
+        file object, or a JSON list/dict. ``result.citations`` are what the model cited,
+        checked against this input on this host.
 
         ``output`` (a pydantic model class or a JSON Schema dict) makes the answer typed: it
         is validated, sent back to the model to fix when it does not match, and returned
@@ -135,14 +141,24 @@ class RLM:
             )
         if context is None:
             context = ""
-        context = _checked(context)
+        given = _checked(context)
+        # Files, directories, compressed files, streams -> an InputSet (an input that is not
+        # UTF-8 text stays bytes: it is loaded as it is).
+        context = given if isinstance(given, BinaryInput) else as_input(given)
+        try:
+            return self._run(context, task, spec, run_id)
+        finally:
+            if isinstance(context, InputSet) and context is not given:
+                context.close()  # a stream's spool: ours to remove
+
+    def _run(self, context: Any, task: str, spec: AnswerSpec | None, run_id: str | None) -> RLMResult:
         run_id = run_id or new_run_id("run")
         run = Run.begin(self.setup(), run_id, task)
         root = Node(run, depth=0, parent=None, context=context, task=task, output=spec)
         answer, outcome = None, Outcome()
         try:
             run.check_credentials()  # a missing key fails here, before any container starts
-            run.take_input(context)
+            run.take_input(context)  # a known size past the cap stops here: no container yet
             # The engines' check and the warm pools start while the root's first model call
             # is already out (the call needs nothing from a container).
             answer = root.solve(before_sandbox=run.start_containers)
@@ -153,16 +169,19 @@ class RLM:
             outcome = run.outcome(exc)
         finally:
             run.stop()
-        result = run.result(answer, outcome, output=root.typed, typed=spec is not None)
+        result = run.result(
+            answer, outcome, output=root.typed, typed=spec is not None, claims=root.cited.claims()
+        )
         run.end_with(result)
         return result
 
 
 def _checked(context: Any) -> Any:
     """A file given as a path is checked from its head: an empty one is refused, one that is
-    not UTF-8 text becomes ``bytes`` in the kernel (:mod:`rlm_sandbox.input_check`)."""
-    if not isinstance(context, Path):
-        return context
+    not UTF-8 text becomes ``bytes`` in the kernel (:mod:`rlm_sandbox.input_check`). A
+    directory (or several paths) is walked and checked file by file as it streams."""
+    if not isinstance(context, Path) or context.is_dir() or compression_of_name(context.name):
+        return context  # walked, or decompressed as it streams: checked as text then
     if not context.is_file():
         raise ConfigError(f"input file not found: {context}", hint="check the path given to -i/--input")
     return checked_input(context, str(context))

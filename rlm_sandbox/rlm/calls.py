@@ -25,6 +25,11 @@ still recorded (the tenant's ledger sees it); until then its worst case stays re
 prompt was built and the call was made, ``lm_sent`` when that request actually went out
 (later only when its client had to get ready first: LiteLLM's import). Both land in
 ``RLMResult.timings`` as ``lm_ready_s`` and ``first_request_s`` (seconds since the run started).
+
+*The response cache.* With ``--lm-cache`` (:mod:`rlm_sandbox.rlm.lm_cache`) every request is
+looked up by model and request digest before anything else: a hit is answered from disk
+before the budget or the client is touched (nothing reserved, no call counted, no cost),
+traced as ``lm_cache_hit``; a miss is stored once its answer arrives.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from rlm_sandbox.errors import BudgetExhausted, LMError
 from rlm_sandbox.rlm.budget import FALLBACK_GRACE_S, Budget
 from rlm_sandbox.rlm.digest import request_digest
 from rlm_sandbox.rlm.fallback import FALLBACK_MAX_TOKENS, FALLBACK_TIMEOUT_S
+from rlm_sandbox.rlm.lm_cache import LMCache
 from rlm_sandbox.rlm.models import ModelRouter
 from rlm_sandbox.rlm.prices import Price, price_of
 from rlm_sandbox.rlm.worst_case import Reservation, Worst, prompt_token_bound
@@ -132,8 +138,12 @@ class ModelCalls:
         lm_timeout: float,
         max_tokens: int,
         on_fatal: Callable[[BaseException], None],
+        cache: LMCache | None = None,
     ) -> None:
         self.models = models
+        self.cache = cache
+        self.cache_hits = 0
+        self._hits_lock = threading.Lock()
         self.budget = budget
         self.tracer = tracer
         self.lm_timeout = lm_timeout
@@ -182,6 +192,9 @@ class ModelCalls:
     def call(self, client: Any, messages: Messages, node: str, depth: int, purpose: str) -> str:
         """A call the budget admits (its worst case reserved first), waited for no longer
         than its own limit or the run's wall time left."""
+        cached = self._from_cache(client, messages, node, depth, purpose)
+        if cached is not None:
+            return cached
         res = self.budget.reserve(self.worst(client, messages))
         end = self.budget.deadline()
         return self._send(client, messages, node, depth, purpose, res, self.lm_timeout, end, fatal=True)
@@ -196,6 +209,9 @@ class ModelCalls:
         ``FALLBACK_TIMEOUT_S``, and never past the wall budget plus ``FALLBACK_GRACE_S``.
         Raises :class:`BudgetExhausted` (nothing fits) or :class:`LMError`; neither is fatal
         to the run, whose outcome is the stop that came first."""
+        cached = self._from_cache(client, request, node, depth, "fallback")
+        if cached is not None:
+            return cached
         request = self._fit(client, request)
         deadline = self.budget.deadline()
         end = None if deadline is None else deadline + FALLBACK_GRACE_S - ABANDON_SLACK_S
@@ -354,6 +370,15 @@ class ModelCalls:
             response=resp.text[:RESPONSE_IN_TRACE],
             request_sha256=request_digest(messages),
         )
+        if self.cache is not None:
+            self.cache.put(
+                client.model,
+                request_digest(messages),
+                resp.text,
+                resp.prompt_tokens,
+                resp.completion_tokens,
+                resp.model or None,
+            )
         return resp.text
 
     def _ready(self, node: str, depth: int, model: str, call_id: int) -> bool:
@@ -364,6 +389,27 @@ class ModelCalls:
             self.ready_s = time.monotonic() - self.budget.started
         self.tracer.emit("lm_ready", node=node, depth=depth, model=model, call=call_id)
         return True
+
+    def _from_cache(self, client: Any, messages: Messages, node: str, depth: int, purpose: str) -> str | None:
+        """The cached answer to this request, traced as a hit; None when there is none."""
+        if self.cache is None:
+            return None
+        digest = request_digest(messages)
+        hit = self.cache.get(client.model, digest)
+        if hit is None:
+            return None
+        with self._hits_lock:
+            self.cache_hits += 1
+        self.tracer.emit(
+            "lm_cache_hit",
+            node=node,
+            depth=depth,
+            purpose=purpose,
+            model=client.model,
+            response=hit.text[:RESPONSE_IN_TRACE],
+            request_sha256=digest,
+        )
+        return hit.text
 
     def _abandoned(
         self, client: Any, node: str, depth: int, call_id: int, res: Reservation, waited: float, fatal: bool

@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from rlm_sandbox.rlm.limits import Limits
 from rlm_sandbox.rlm.tenants import TenantLimits
 from rlm_sandbox.sandbox.config import SandboxConfig
 from rlm_sandbox.sandbox.engines import EngineSpec
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(value: Any) -> Any:
+    """``8g``, ``8GiB``, ``512m``, ``1048576``: a byte count (binary units); other values pass
+    through for the field's own validation to judge."""
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if not m:
+            raise ValueError(f"{value!r} is not a size: give bytes, or a number with k, m, g or t (e.g. 8g)")
+        return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    return value
+
+
+#: A byte count, as a number or with a binary unit (``8g``).
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+DEFAULT_MAX_INPUT_BYTES = 8 << 30
+DEFAULT_LM_CACHE_MAX_BYTES = 1 << 30
 
 
 class RLMConfig(BaseModel):
@@ -82,6 +103,19 @@ class RLMConfig(BaseModel):
         default_factory=list,
         description="Docker engines to spread nodes over; empty = the one of sandbox.docker_url",
     )
+    max_input_bytes: ByteSize = Field(
+        DEFAULT_MAX_INPUT_BYTES,
+        ge=1,
+        description="cap on the whole input once decompressed (8g, 512m, bytes); a gzip bomb stops here",
+    )
+    lm_cache: str | None = Field(
+        None, description="directory of the model-response cache (a hit costs nothing); None: no cache"
+    )
+    lm_cache_max_bytes: ByteSize = Field(
+        DEFAULT_LM_CACHE_MAX_BYTES,
+        ge=1 << 16,
+        description="bound of the model-response cache (oldest out first)",
+    )
 
     def effective_pool_size(self) -> int:
         tenant = self.tenants.get(self.tenant)
@@ -101,6 +135,14 @@ class RLMConfig(BaseModel):
                 "llm_concurrency": self.max_concurrency,
             }
         )
+
+    def input_cap(self) -> tuple[int, str]:
+        """The cap on the input and the setting it comes from (the tenant's when lower)."""
+        cap, source = self.max_input_bytes, "--max-input-bytes"
+        tenant = self.tenants.get(self.tenant)
+        if tenant is not None and tenant.max_input_bytes is not None and tenant.max_input_bytes < cap:
+            cap, source = tenant.max_input_bytes, f"tenant {self.tenant}'s max_input_bytes"
+        return cap, source
 
     def limits(self) -> Limits:
         return Limits(

@@ -12,7 +12,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from rlm_sandbox.errors import format_bytes
 from rlm_sandbox.input_check import BinaryInput
+from rlm_sandbox.inputs import InputSet
+
+#: Files listed by name in the first prompt; the rest are counted.
+FILES_LISTED = 40
 
 
 def load_into(
@@ -71,7 +76,11 @@ class HostContextInfo:
 
 
 def host_context_info(context: Any) -> HostContextInfo | None:
-    """What can be said of the input without the kernel; None for streams (unknown length)."""
+    """What can be said of the input without the kernel; None for streams (unknown length)
+    and for several or compressed files (their sizes and lines are counted as they load)."""
+    if isinstance(context, InputSet):
+        path = context.simple_path()
+        return host_context_info(path) if path is not None else None
     if isinstance(context, str | bytes | list | dict):
         return HostContextInfo(type(context).__name__, len(context))
     if isinstance(context, BinaryInput):
@@ -83,6 +92,8 @@ def host_context_info(context: Any) -> HostContextInfo | None:
 
 
 def describe_context(context: Any, info: Any) -> str:
+    if isinstance(context, InputSet):
+        return _describe_inputs(context, info)
     kind = getattr(info, "type", None) or type(context).__name__
     length = getattr(info, "length", None)
     if isinstance(context, os.PathLike):
@@ -109,12 +120,74 @@ def describe_context(context: Any, info: Any) -> str:
     return f"a {kind}"
 
 
+def _describe_inputs(inputs: InputSet, info: Any) -> str:
+    """One line for the system prompt; the files themselves are listed by :func:`preview`."""
+    if inputs.as_dict:
+        return f"a dict of {len(inputs.files):,} input files, file name -> text, in the order listed below"
+    f = inputs.files[0]
+    path = inputs.simple_path()
+    base = describe_context(path if path is not None else "", info)
+    stats = inputs.stats.get(f.name)
+    # Not the file's name: the same input under another path (a CI's temporary directory, a
+    # replay) must make the same requests, so it is answered from the response cache alike.
+    facts = []
+    compression = inputs.compression_of(f.name)
+    if compression:
+        facts.append(f"{compression}-decompressed")
+    if stats is not None and stats.complete:
+        facts.append(f"{stats.lines:,} lines")
+    return f"{base} ({', '.join(facts)})" if facts else base
+
+
+def _size(n: int) -> str:
+    return f"{n:,} bytes" if n < 1024 else f"{format_bytes(n)} ({n:,} bytes)"
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n:,} {what}" + ("" if n == 1 else "s")
+
+
+def files_table(inputs: InputSet) -> str:
+    """The input files as the first prompt lists them: name, size, lines, in order."""
+    rows = []
+    total_bytes = total_lines = 0
+    for i, f in enumerate(inputs.files):
+        stats = inputs.stats.get(f.name)
+        size, lines = (stats.bytes, stats.lines) if stats is not None else (f.size or 0, 0)
+        total_bytes += size
+        total_lines += lines
+        if i < FILES_LISTED:
+            compression = inputs.compression_of(f.name)
+            how = f", {compression}-decompressed" if compression else ""
+            rows.append(f"- {f.name!r}: {_size(size)}, {_count(lines, 'line')}{how}")
+    more = len(inputs.files) - FILES_LISTED
+    if more > 0:
+        rows.append(f"- ... and {more:,} more files (list them with `list(context)`)")
+    rows.append(f"In all: {len(inputs.files):,} files, {_size(total_bytes)}, {_count(total_lines, 'line')}.")
+    return "\n".join(rows)
+
+
 def preview(context: Any, limit: int = 300) -> str:
     """A short look at the input's start, so the model knows its format before it codes."""
     head: str | None = None
     if isinstance(context, BinaryInput):
         shown = repr(bytes(context.head[: limit // 2]))  # escapes, never raw control bytes
         return f"It begins with these bytes (a Python bytes literal):\n```\n{shown}\n```\n" if shown else ""
+    if isinstance(context, InputSet):
+        listing = ""
+        if context.as_dict:
+            listing = f"The files (keys of `context`):\n{files_table(context)}\n"
+        first = context.files[0]
+        stats = context.stats.get(first.name)
+        path = context.simple_path()
+        if stats is not None:
+            head = bytes(stats.head[:limit]).decode("utf-8", errors="replace")
+        elif path is not None:
+            return listing + preview(path, limit)
+        if not head:
+            return listing
+        which = f" (the first file, {first.name!r})" if context.as_dict else ""
+        return f"{listing}It begins with{which}:\n```\n{head}\n```\n"
     if hasattr(context, "head"):
         head = bytes(context.head[:limit]).decode("utf-8", errors="replace")
     elif isinstance(context, str):

@@ -15,8 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 from rlm_sandbox.errors import AnswerInvalid, BudgetExhausted
+from rlm_sandbox.inputs import InputSet
 from rlm_sandbox.rlm import conversation
 from rlm_sandbox.rlm.answers import AnswerSpec
+from rlm_sandbox.rlm.citations import CitationLog
 from rlm_sandbox.rlm.compaction import compact_if_needed, known_window
 from rlm_sandbox.rlm.context import ContextLoader, describe_context, host_context_info, load_into, preview
 from rlm_sandbox.rlm.fallback import REASON_ROOM, best_answer, fallback_prompt
@@ -29,7 +31,8 @@ from rlm_sandbox.sandbox.held import Hold
 
 Messages = list[dict[str, str]]
 #: A tenant's caps are the operator's, hard: no call past them, not even the fallback.
-NO_FALLBACK_BUDGETS = frozenset({"cancelled", "tenant_max_cost", "tenant_max_containers"})
+#: Nor when the input could not be loaded: there is nothing to answer from.
+NO_FALLBACK_BUDGETS = frozenset({"cancelled", "tenant_max_cost", "tenant_max_containers", "max_input_bytes"})
 
 
 class _FirstStep:
@@ -93,6 +96,7 @@ class Node:
         self.steps = 0
         self.answer: str | None = None
         self.messages: Messages = []
+        self.cited = CitationLog()  # its cells' citations and those of its answered children
         self._loader: ContextLoader | None = None
         self._holds_fallback = False  # a root run by ``solve`` keeps room for its fallback
 
@@ -125,7 +129,9 @@ class Node:
                 output=spec,
                 context_held=req.held,
             )
-            return child.solve()
+            answer = child.solve()
+            self.cited.absorb(child.cited)  # the child's evidence comes back with its answer
+            return answer
         run.tracer.emit("sub_call", node=self.id, depth=self.depth, kind="lm", prompt_chars=len(req.text))
         leaf = run.models.for_leaf(self.depth)
         if spec is not None:
@@ -189,9 +195,12 @@ class Node:
         background while the first model call is made (seconds at 1 GB); cells wait for it."""
         info = host_context_info(self.context)
         progress = self.run.load_progress(self.id)
+        context = self.context
+        if isinstance(context, InputSet) and context.simple_path() is not None:
+            context = context.simple_path()  # one plain file: the way a Path always loads
         if info is None:
-            return load_into(sandbox, self.context, progress, self.context_held)
-        self._loader = ContextLoader(sandbox, self.context, progress, self.context_held)
+            return load_into(sandbox, context, progress, self.context_held)
+        self._loader = ContextLoader(sandbox, context, progress, self.context_held)
         return info
 
     def _loaded(self) -> None:
@@ -304,6 +313,8 @@ class Node:
                 "cell_start", node=self.id, depth=self.depth, step=step, index=index, code=code[:4000]
             )
             result = sandbox.execute(code, timeout=limit)
+            if result.citations:
+                self.cited.add(result.citations, self.id)
             if run.first_cell_s is None:
                 run.first_cell_s = time.monotonic() - run.budget.started
             shown = conversation.format_result(result, cfg.output_limit)
@@ -319,6 +330,7 @@ class Node:
                 duration_s=round(result.duration_s, 6),
                 wall_s=round(result.wall_s, 6),
                 timed_out=result.timed_out,
+                **({"cited": len(result.citations)} if result.citations else {}),
             )
             outputs.append(conversation.cell_output_block(index, shown))
             if result.final is not None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlm_sandbox.errors import exit_code
+from rlm_sandbox.rlm.citations import Citation
 
 
 @dataclass
@@ -32,6 +33,8 @@ class RLMResult:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # usage and cost per model
     output: Any = None  # the validated typed answer, when a schema was given
     typed: bool = False  # a schema was given: ``--json`` carries ``output`` (null without an answer)
+    citations: list[Citation] = field(default_factory=list)  # checked on the host (rlm.citations)
+    lm_cache_hits: int = 0  # model requests answered by --lm-cache (not in lm_calls, no cost)
     warnings: list[str] = field(default_factory=list)  # what the run skipped or doubted, said once
 
     @property
@@ -57,6 +60,8 @@ class RLMResult:
                 "containers": self.containers,
                 "max_depth_reached": self.max_depth_reached,
                 "trace": self.trace,
+                "citations": [c.to_json() for c in self.citations],
+                "lm_cache_hits": self.lm_cache_hits,
                 "warnings": list(self.warnings),
             }
             | ({"output": self.output_json()} if self.typed else {})

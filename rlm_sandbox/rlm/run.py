@@ -20,9 +20,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rlm_sandbox.errors import BudgetExhausted, ConfigError, RLMSandboxError, SandboxError, outcome_of
+from rlm_sandbox.errors import (
+    BudgetExhausted,
+    ConfigError,
+    InputTooLarge,
+    RLMSandboxError,
+    SandboxError,
+    outcome_of,
+)
+from rlm_sandbox.inputs import InputSet
 from rlm_sandbox.rlm.budget import Budget
 from rlm_sandbox.rlm.calls import ModelCalls
+from rlm_sandbox.rlm.citations import Claim, verify
 from rlm_sandbox.rlm.config import RLMConfig
 from rlm_sandbox.rlm.containers import Lease, RunContainers
 from rlm_sandbox.rlm.models import ModelRouter
@@ -106,6 +115,7 @@ class Run:
         )
         self.fatal: BaseException | None = None
         self.first_cell_s: float | None = None
+        self.inputs: Any = None  # the root's input as given: citations are checked against it
         self.warnings: list[str] = []  # said once each: stderr, --json's warnings, the trace
         self.calls = ModelCalls(
             models,
@@ -114,6 +124,7 @@ class Run:
             lm_timeout=config.lm_timeout,
             max_tokens=config.lm_max_tokens,
             on_fatal=self.fail_run,
+            cache=_open_cache(config),
         )
         self.containers = RunContainers(
             config,
@@ -331,10 +342,26 @@ class Run:
         self.tracer.emit(event, message=message[:2000], **fields)
 
     def take_input(self, context: Any) -> None:
-        """What the input itself says the user must know (``context.warnings``: an input
-        that is not UTF-8 text, given to the model as bytes), said once."""
+        """The root's input: kept to check citations against, its warnings said once (an
+        input that is not UTF-8 text, given to the model as bytes), and the cap
+        (``max_input_bytes``, or the tenant's) put on it. An :class:`InputSet` counts as it
+        streams (a compressed file's size is known only then) and refuses at once what it
+        already knows is too large; text given in memory is measured here."""
+        self.inputs = context
         for warning in getattr(context, "warnings", ()):
             self.warn(str(warning))
+        cap, source = self.config.input_cap()
+        if isinstance(context, InputSet):
+            context.bound(cap, source)
+            context.check_known_sizes()
+        elif isinstance(context, str | bytes | bytearray):
+            size = len(context.encode("utf-8", "surrogatepass")) if isinstance(context, str) else len(context)
+            if size > cap:
+                raise InputTooLarge("<context>", cap, source)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The budget's counters and the cache hits: what a session question is measured from."""
+        return self.budget.snapshot() | {"lm_cache_hits": self.calls.cache_hits}
 
     # ---- stopping and ending
 
@@ -403,9 +430,11 @@ class Run:
         since: dict[str, Any] | None = None,
         steps: int | None = None,
         wall_s: float | None = None,
+        claims: Sequence[Claim] = (),
     ) -> RLMResult:
         """The result from the budget's counters: the whole run, or since the ``since``
-        snapshot (one question of a session)."""
+        snapshot (one question of a session). ``claims`` (what the answering node and its
+        children cited) are checked here against the input on this host."""
         if outcome.status != "ok":
             self.tracer.emit(
                 "budget" if outcome.status == "budget_exhausted" else "error",
@@ -416,6 +445,7 @@ class Run:
         fallback = answer is None and outcome.fallback_answer is not None
         if fallback:
             answer = outcome.fallback_answer
+        citations = verify(claims, self.inputs) if answer is not None and claims else []
         now = self.budget.snapshot()
         base = since or {"lm_calls": 0, "tokens": {"prompt": 0, "completion": 0}, "cost_usd": 0.0}
         cfg = self.config
@@ -450,8 +480,10 @@ class Run:
             models=self.models.report(),
             output=output if answer is not None else None,
             typed=typed,
-            warnings=list(self.warnings),
             timings=timings if since is None else {},
+            citations=citations,
+            lm_cache_hits=self.calls.cache_hits - (since or {}).get("lm_cache_hits", 0),
+            warnings=list(self.warnings),
         )
 
     def end_with(self, result: RLMResult) -> None:
@@ -477,3 +509,18 @@ def trace_fields(result: RLMResult) -> dict[str, Any]:
     fields = result.to_json()
     fields.pop("output", None)
     return fields
+
+
+def _open_cache(config: RLMConfig) -> Any:
+    """The run's model-response cache, when ``lm_cache`` names a directory."""
+    if not config.lm_cache:
+        return None
+    from rlm_sandbox.rlm.lm_cache import LMCache
+
+    try:
+        return LMCache(config.lm_cache, config.lm_cache_max_bytes)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot use {config.lm_cache} as the model-response cache: {exc.strerror or exc}",
+            hint="give --lm-cache a directory you can write (it is created if missing)",
+        ) from None

@@ -18,8 +18,11 @@ from contextlib import ExitStack
 from typing import Any
 
 from rlm_sandbox.errors import SandboxClosed
+from rlm_sandbox.input_check import BinaryInput
+from rlm_sandbox.inputs import as_input
 from rlm_sandbox.rlm import conversation
 from rlm_sandbox.rlm.answers import AnswerSpec
+from rlm_sandbox.rlm.citations import CitationLog
 from rlm_sandbox.rlm.node import Node
 from rlm_sandbox.rlm.result import RLMResult
 from rlm_sandbox.rlm.run import Outcome, Run, RunSetup, new_run_id, trace_fields
@@ -30,7 +33,10 @@ from rlm_sandbox.trace.writer import answer_fields
 class Session:
     def __init__(self, setup: RunSetup, context: Any, *, run_id: str | None = None) -> None:
         self.setup = setup
-        self.context = "" if context is None else context
+        self._given = "" if context is None else context
+        # Files, directories, streams -> an InputSet; an input that is not UTF-8 text
+        # (checked by the caller: input_check.BinaryInput) stays as it is, loaded as bytes.
+        self.context = self._given if isinstance(self._given, BinaryInput) else as_input(self._given)
         self.run_id = run_id or new_run_id("session")
         self.questions = 0
         self.run: Run | None = None
@@ -53,7 +59,7 @@ class Session:
         if self.run is not None:
             return self
         run = self.run = Run.begin(self.setup, self.run_id, "(session)", session=True)
-        self._opened = run.budget.snapshot()
+        self._opened = run.snapshot()
         node = self.node = Node(run, depth=0, parent=None, context=self.context, task="(session)")
         try:
             run.check_credentials()  # a missing key fails here, before any container starts
@@ -71,6 +77,8 @@ class Session:
         if self._closed:
             return
         self._closed = True
+        if self.context is not self._given:
+            self.context.close()  # a stream's spool: ours to remove
         run = self.run
         if run is None:
             return
@@ -94,13 +102,14 @@ class Session:
         run, node, sandbox = self.run, self.node, self._sandbox
         assert run is not None and node is not None and sandbox is not None
         self.questions += 1
-        before = self._opened if self.questions == 1 else run.budget.snapshot()
+        before = self._opened if self.questions == 1 else run.snapshot()
         run.budget.started = time.monotonic()  # the wall-time limit is per question
         node.steps = 0
         node.schema_failures = 0
         node.output = AnswerSpec(output) if output is not None else None
         node.typed = None
         node.task = question
+        node.cited = CitationLog()  # this question's evidence only
         run.tracer.emit("question", node=node.id, number=self.questions, task=question[:2000])
         if not node.messages:
             node.start_history(self._info)
@@ -122,6 +131,7 @@ class Session:
             since=before,
             steps=node.steps,
             wall_s=round(time.monotonic() - t0, 3),
+            claims=node.cited.claims(),
         )
         fields = trace_fields(result) | answer_fields(result.answer)
         run.tracer.emit("answer", node=node.id, number=self.questions, **fields)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class TenantLimits(BaseModel):
@@ -23,6 +23,16 @@ class TenantLimits(BaseModel):
 
     max_containers: int | None = Field(None, ge=1, description="containers of this tenant alive at once")
     max_cost: float | None = Field(None, gt=0, description="USD this tenant may spend in this process")
+    max_input_bytes: int | None = Field(
+        None, ge=1, description="cap on one run's input once decompressed (bytes, or 8g, 512m)"
+    )
+
+    @field_validator("max_input_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        from rlm_sandbox.rlm.config import parse_size
+
+        return parse_size(value)
 
 
 @dataclass

@@ -14,10 +14,10 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, BinaryIO, NoReturn, Protocol, runtime_checkable
 
 from rlm_sandbox.errors import (
     CellTimeout,
@@ -37,9 +37,30 @@ from .backend import LABEL, LABEL_NODE, LABEL_OWNER, LABEL_RUN, LABEL_TENANT, Ba
 from .channel import KernelChannel, LLMHandler
 from .frames import FrameLimits
 from .held import Hold
-from .messages import ContextReply, ExecReply
+from .messages import ContextReply, ExecReply, RawCitation, citations_of
 
-ContextInput = str | bytes | bytearray | memoryview | os.PathLike | list | dict | BinaryIO
+
+@dataclass(frozen=True, slots=True)
+class FileStart:
+    """In a ``files`` context stream: the chunks that follow are the text of ``name``."""
+
+    name: str
+
+
+@runtime_checkable
+class ContextStream(Protocol):
+    """A context its owner streams itself (:class:`rlm_sandbox.inputs.InputSet`): several
+    files, compressed ones, standard input. ``kind`` is ``str`` (one text) or ``files`` (a
+    dict of name -> text; each file's chunks follow a :class:`FileStart`); ``size`` is the
+    total in bytes, -1 when unknown. ``pieces`` may raise to stop the load (a cap)."""
+
+    context_kind: str
+    context_size: int
+
+    def pieces(self, chunk: int) -> Iterator[bytes | memoryview | FileStart]: ...
+
+
+ContextInput = str | bytes | bytearray | memoryview | os.PathLike | list | dict | BinaryIO | ContextStream
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +88,7 @@ class ExecResult:
     stdout_truncated: bool
     stderr_truncated: bool
     final: str | None
+    citations: list[RawCitation] = field(default_factory=list)  # cite() calls, unchecked
 
     @property
     def ok(self) -> bool:
@@ -368,6 +390,9 @@ class Sandbox:
                 chunk = self.config.context_chunk
                 sent = 0
                 for piece in source(chunk):
+                    if isinstance(piece, FileStart):
+                        channel.send({"t": P.CONTEXT_FILE, "id": ident, "name": piece.name})
+                        continue
                     channel.send({"t": P.CONTEXT_CHUNK, "id": ident}, piece)
                     sent += len(piece)
                     if progress is not None:
@@ -452,7 +477,11 @@ class Sandbox:
                     )
                 )
             msg: ExecReply = reply[0]
-            return _result(msg, reply[1], self.config.output_cap, time.perf_counter() - t0)
+            try:
+                return _result(msg, reply[1], self.config.output_cap, time.perf_counter() - t0)
+            except ProtocolViolation as exc:  # citations that break the protocol's bounds
+                self._kill("protocol violation")
+                self._raise_failure(exc)
 
     def get_variable(self, name: str, timeout: float | None = None) -> str | None:
         """``str()`` of a variable of the namespace, or None when it does not exist (or its
@@ -464,7 +493,7 @@ class Sandbox:
 
 
 def _result(msg: ExecReply, payload: bytes, cap: int, wall: float) -> ExecResult:
-    out_b, err_b, final_b = P.split_sizes(payload, msg.sizes)
+    out_b, err_b, final_b, *rest = P.split_sizes(payload, msg.sizes)
     out_total, err_total = msg.totals
     stdout = out_b.decode("utf-8", errors="replace")
     stderr = err_b.decode("utf-8", errors="replace")
@@ -488,6 +517,7 @@ def _result(msg: ExecReply, payload: bytes, cap: int, wall: float) -> ExecResult
         stdout_truncated=out_total > len(out_b),
         stderr_truncated=err_total > len(err_b),
         final=final_b.decode("utf-8", errors="replace") if msg.has_final else None,
+        citations=citations_of(rest[0]) if rest else [],
     )
 
 
@@ -495,6 +525,8 @@ def _context_source(data: ContextInput, kind: str | None) -> tuple[Callable[[int
     """How to produce the input's bytes in chunks, its size (-1 unknown) and its kind."""
     if kind is not None and kind not in P.CONTEXT_KINDS:
         raise ValueError(f"kind must be one of {P.CONTEXT_KINDS}")
+    if isinstance(data, ContextStream):
+        return data.pieces, data.context_size, data.context_kind
     if isinstance(data, str):
         raw = data.encode("utf-8", errors="surrogatepass")
         return _chunks_of(raw), len(raw), kind or "str"

@@ -41,7 +41,8 @@ class ExecReply(_Msg):
     evalue: Annotated[str, Field(max_length=4096)] | None
     traceback: Annotated[str, Field(max_length=16384)] | None
     duration_s: Annotated[float, Field(ge=0, le=1e7)]
-    sizes: Annotated[list[NonNeg], Field(min_length=3, max_length=3)]
+    # stdout, stderr, the final answer, and (optional) the cell's citations as JSON
+    sizes: Annotated[list[NonNeg], Field(min_length=3, max_length=4)]
     totals: Annotated[list[NonNeg], Field(min_length=2, max_length=2)]
     has_final: bool
 
@@ -73,6 +74,33 @@ class LlmRequest(_Msg):
         if self.kind == "tool" and len(self.sizes) != 1:
             raise ValueError("a tool request carries exactly one JSON part")
         return self
+
+
+#: One citation as the kernel sends it: [path or null, line, quote]. The host checks it
+#: against the original input; here only its shape and size are checked.
+RawCitation = tuple[
+    Annotated[str, Field(max_length=P.MAX_CITE_PATH)] | None,
+    Annotated[int, Field(ge=1, le=1 << 40)],
+    Annotated[str, Field(max_length=P.MAX_CITE_QUOTE)],
+]
+_CITATIONS: TypeAdapter[list[RawCitation]] = TypeAdapter(
+    Annotated[list[RawCitation], Field(max_length=P.MAX_CITATIONS)]
+)
+#: Bytes of a citations part at most: every citation at its longest, UTF-8, JSON-escaped.
+MAX_CITATIONS_PART = P.MAX_CITATIONS * 6 * (P.MAX_CITE_PATH + P.MAX_CITE_QUOTE + 32)
+
+
+def citations_of(part: bytes) -> list[RawCitation]:
+    """The citations part of an exec_reply, checked; anything else is a protocol violation."""
+    if not part:
+        return []
+    if len(part) > MAX_CITATIONS_PART:
+        raise ProtocolViolation(f"kernel sent {len(part)} bytes of citations (at most {MAX_CITATIONS_PART})")
+    try:
+        return _CITATIONS.validate_json(part, strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ProtocolViolation(f"kernel sent invalid citations: {first.get('msg')}"[:500]) from None
 
 
 KernelMessage = Annotated[Ready | ExecReply | ContextReply | LlmRequest, Field(discriminator="t")]

@@ -80,7 +80,8 @@ def _split_prompt(prompt: str) -> tuple[str, str]:
     rest = prompt[start + len("TASK: ") :]
     sep = rest.find("\n\nTEXT:\n")
     if sep >= 0:
-        return rest[:sep].strip(), rest[sep + len("\n\nTEXT:\n") :]
+        task = rest[:sep].split("\n\nSOURCE: ", 1)[0]  # where the text starts: not the task
+        return task.strip(), rest[sep + len("\n\nTEXT:\n") :]
     sep = rest.find("TEXT:")
     return rest[:sep].strip(), rest[sep + len("TEXT:") :].lstrip("\n")
 

@@ -1,5 +1,8 @@
 """The first cell a scripted RLM node writes: split ``context``, fan out with
-``llm_query_batched``, combine into ``answer``. It is real Python run in the sandbox, kept as
+``llm_query_batched``, combine into ``answer``; on a count of a quoted phrase it also cites
+the lines that hold it (``cite``), in the run's own terms. A piece sent to a helper says
+where it starts (``SOURCE: {"file": ..., "line": ...}`` between the task and the text), so a
+child RLM cites the run's file and line, not its prompt's. It is real Python run in the sandbox, kept as
 a template so that root and leaf agree on what a count or a search task is."""
 
 from __future__ import annotations
@@ -12,14 +15,25 @@ The same pattern is embedded into the generated code, so root and leaf always ag
 NOT_FOUND = "NOT FOUND"
 
 _STEP1_TEMPLATE = """\
+import json
 import re
 
 task = {task!r}
 data = context
+source_file, source_line = None, 1  # where `data` starts in the run's input (for cite)
+nested = False
 # A child RLM's context is its parent's request: "TASK: ...\\n\\nTEXT:\\n...". Unwrap it.
 if isinstance(data, str) and data.startswith("TASK: ") and "\\n\\nTEXT:\\n" in data:
     head, data = data.split("\\n\\nTEXT:\\n", 1)
     task = head[len("TASK: "):]
+    nested = True
+    if "\\n\\nSOURCE: " in task:
+        task, where = task.split("\\n\\nSOURCE: ", 1)
+        try:
+            where = json.loads(where)
+            source_file, source_line = where.get("file"), int(where.get("line", 1))
+        except (ValueError, TypeError, AttributeError):
+            pass
 
 
 def grep_lines(text, task):
@@ -47,9 +61,10 @@ def grep_lines(text, task):
         pos = end + 1
 
 
+original, grepped = data, False
 if {grep_first!r} and isinstance(data, str) and len(data) > 100_000:
     before = len(data)
-    data = grep_lines(data, task)
+    data, grepped = grep_lines(data, task), True
     print(f"grep kept {{len(data)}} of {{before}} chars")
 
 
@@ -69,6 +84,9 @@ def split_pieces(data, n=4, small=2000, max_piece={max_piece!r}):
                 cuts.append(pos + 1)
         cuts.append(len(data))
         return [data[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+    if isinstance(data, dict) and all(isinstance(v, str) for v in data.values()):
+        # Several input files: each is split on its own, so no piece mixes two files.
+        return [piece for text in data.values() for piece in split_pieces(text, n, small, max_piece)]
     if isinstance(data, (list, tuple)):
         items = [x if isinstance(x, str) else repr(x) for x in data]
         if not items:
@@ -79,8 +97,53 @@ def split_pieces(data, n=4, small=2000, max_piece={max_piece!r}):
     return [str(data)]
 
 
-pieces = split_pieces(data)
-prompts = ["TASK: " + task + "\\n\\nTEXT:\\n" + piece for piece in pieces]
+def split_with_sources(data):
+    # The pieces, each with where it starts in the run's input: (file, line), so that a child
+    # can cite in the run's own terms. Pieces are contiguous: lines are counted as they go by.
+    if isinstance(data, dict) and all(isinstance(v, str) for v in data.values()):
+        texts = list(data.items())
+    elif isinstance(data, str) and not grepped:
+        texts = [(source_file, data)]
+    else:
+        return [(piece, None) for piece in split_pieces(data)]
+    out = []
+    for name, text in texts:
+        line = source_line if name == source_file and not isinstance(data, dict) else 1
+        for piece in split_pieces(text):
+            out.append((piece, (name, line)))
+            line += piece.count("\\n")
+    return out
+
+
+def cite_lines(data, phrase, most=10):
+    # Cite the lines that hold the phrase: the first of each file (of the root's text, the
+    # first three), at most `most`, in the run's own terms (file, line).
+    texts = list(data.items()) if isinstance(data, dict) else [(source_file, data)]
+    cited = 0
+    for name, text in texts:
+        if not isinstance(text, str):
+            continue
+        pos = 0
+        for _ in range(1 if isinstance(data, dict) or nested else 3):
+            pos = text.find(phrase, pos)
+            if pos < 0 or cited >= most:
+                break
+            first = source_line if not isinstance(data, dict) else 1
+            cite(name, first + text.count("\\n", 0, pos), phrase)
+            cited += 1
+            pos = text.find("\\n", pos)
+            if pos < 0:
+                break
+
+
+split = split_with_sources(data)
+pieces = [piece for piece, _ in split]
+prompts = [
+    "TASK: " + task
+    + ("\\n\\nSOURCE: " + json.dumps({{"file": where[0], "line": where[1]}}) if where else "")
+    + "\\n\\nTEXT:\\n" + piece
+    for piece, where in split
+]
 answers = llm_query_batched(prompts)
 if re.search({count_re!r}, task, re.IGNORECASE):
     total = 0
@@ -89,6 +152,10 @@ if re.search({count_re!r}, task, re.IGNORECASE):
         if m:
             total += int(m.group())
     answer = str(total)
+    quoted = re.search(r'"([^"\\n]+)"', task)
+    # (an engine without cite(), such as the official rlms the benchmark compares with: skip)
+    if quoted and isinstance(original, (str, dict)) and "cite" in globals():
+        cite_lines(original, quoted.group(1))
 else:
     answer = {not_found!r}
     for a in answers:

@@ -86,7 +86,10 @@ class _Outcome(Event):
     answer_truncated: bool | None = None
     answer_chars: Int | None = None
     answer_sha256: Str | None = None
-    warnings: list[Str] | None = None  # what the run skipped or doubted (each also a warning event)
+    # checked on the host (rlm.citations): [{"file", "line", "quote", "text", "verified", "reason"}]
+    citations: list[Any] | None = None
+    lm_cache_hits: Int | None = None  # model requests answered by the response cache
+    warnings: list[Str] | None = None  # what the run skipped or doubts
 
 
 class RunEnd(_Outcome):
@@ -114,8 +117,9 @@ class EngineWarning(Event):
 
 
 class Warning(Event):
-    """Something the run skipped or doubts (an input given as bytes): said on stderr and in
-    ``--json``'s ``warnings``. An engine that does not answer is an ``engine_warning``."""
+    """Something the run skipped or doubts (an input given as bytes, files left out of a
+    directory): said on stderr and in ``--json``'s ``warnings``. An engine that does not
+    answer is an ``engine_warning``."""
 
     name = "warning"
     message: Str | None = None
@@ -223,6 +227,16 @@ class LMCall(_Call):
     request_sha256: Str | None = None
 
 
+class LMCacheHit(_Call):
+    """A request answered by the response cache (``--lm-cache``): no call, no cost; its
+    response is kept as an ``lm_call``'s is, so ``replay`` can answer it too."""
+
+    name = "lm_cache_hit"
+    purpose: Str | None = None
+    response: Str | None = None
+    request_sha256: Str | None = None
+
+
 class LMError(_Call):
     name = "lm_error"
     error: Str | None = None
@@ -291,6 +305,7 @@ class Cell(CellStart):
     duration_s: Num | None = None
     wall_s: Num | None = None
     timed_out: bool | None = None
+    cited: Int | None = None  # cite() calls the cell made
 
 
 class Compaction(NodeEvent):

@@ -102,6 +102,7 @@ class LiveTree:
         self.limits: dict[str, Any] = {}
         self.model = ""
         self.lm_calls = 0
+        self.cache_hits = 0
         self.tokens = 0
         self.cost = 0.0
         self.alive = 0
@@ -181,6 +182,10 @@ class LiveTree:
         elif isinstance(ev, events.LMError | events.LMAbandoned | events.LMCut):
             if ev.call in (None, node.call):
                 node.call = None
+        elif isinstance(ev, events.LMCacheHit):
+            self.cache_hits += 1
+            if ev.purpose == "sub_call":
+                node.pending = max(0, node.pending - 1)
         elif isinstance(ev, events.LMCall):
             self.lm_calls += 1
             self.tokens += (ev.prompt_tokens or 0) + (ev.completion_tokens or 0)
@@ -290,7 +295,9 @@ class LiveTree:
         lim = self.limits
         elapsed = (self.t_end or time.monotonic()) - self.t0
         totals = Text(
-            f"{self.lm_calls} LM calls · {fmt_tokens(self.tokens)} tokens · ${self.cost:.4f} · "
+            f"{self.lm_calls} LM calls"
+            + (f" (+{self.cache_hits} cached)" if self.cache_hits else "")
+            + f" · {fmt_tokens(self.tokens)} tokens · ${self.cost:.4f} · "
             f"{len(self.nodes)} nodes · {self.alive} containers up · {elapsed:.1f} s",
             style="bold",
         )

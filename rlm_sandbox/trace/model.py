@@ -168,6 +168,11 @@ class Node:
         return cell
 
 
+def _str(value: Any) -> str | None:
+    """A field read as text: None stays None, anything else is shown as text."""
+    return None if value is None else str(value)
+
+
 def node_order(node_id: str) -> tuple[int, str]:
     m = re.fullmatch(r"n(\d{1,18})", node_id)  # a trace is untrusted: no unbounded int()
     return (-1 if node_id == "root" else int(m.group(1)) if m else 1 << 30, node_id)
@@ -188,10 +193,33 @@ class RunTrace:
     last_t: float = 0.0
     lm_ready_t: float | None = None  # the run could call the model from then on (``lm_ready``)
     first_request_t: float | None = None  # ... and its first request went out (``lm_sent``)
+    cache_hits: int = 0  # model requests answered by --lm-cache
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
         return self.end is not None
+
+    @property
+    def citations(self) -> list[dict[str, Any]]:
+        """The run's checked citations (from ``run_end``), each with its fields made safe to
+        read: a trace is untrusted input, so anything malformed is left out."""
+        raw = self.end.get("citations") if self.end is not None else None
+        out = []
+        for c in raw if isinstance(raw, list) else []:
+            if not isinstance(c, dict) or type(c.get("line")) is not int:
+                continue
+            out.append(
+                {
+                    "file": _str(c.get("file")) or "?",
+                    "line": c["line"],
+                    "quote": _str(c.get("quote")) or "",
+                    "text": _str(c.get("text")),
+                    "verified": c.get("verified") is True,
+                    "reason": _str(c.get("reason")),
+                }
+            )
+        return out
 
     @property
     def status(self) -> str:

@@ -222,7 +222,35 @@ def _footer(run: RunTrace) -> list[Text]:
         lines.append(Text.assemble(("final answer: ", "bold green"), excerpt(run.answer, 6, 160)))
     if run.end is not None and run.end.get("error"):
         lines.append(Text.assemble(("run error: ", "bold red"), one_line(str(run.end["error"]), 200)))
+    lines.extend(_citation_lines(run))
+    if run.cache_hits:
+        lines.append(Text(f"{run.cache_hits} model request(s) answered from the response cache", style="dim"))
+    for warning in run.warnings[:10]:
+        lines.append(Text.assemble(("warning: ", "yellow"), one_line(warning, 200)))
     lines.extend(_notes(run))
+    return lines
+
+
+CITATIONS_SHOWN = 50
+
+
+def _citation_lines(run: RunTrace) -> list[Text]:
+    """The answer's citations as the host checked them: ``file:line: text``, or the reason."""
+    citations = run.citations
+    if not citations:
+        return []
+    ok = sum(c["verified"] for c in citations)
+    lines = [Text(f"citations: {ok} verified, {len(citations) - ok} refused", style="bold")]
+    for c in citations[:CITATIONS_SHOWN]:
+        where = f"{one_line(c['file'], 120)}:{c['line']}: "
+        if c["verified"]:
+            lines.append(Text.assemble(("  ✓ ", "green"), where, one_line(c["text"] or "", 160)))
+        else:
+            lines.append(
+                Text.assemble(("  ✗ ", "red"), where, (one_line(c["reason"] or "refused", 160), "red"))
+            )
+    if len(citations) > CITATIONS_SHOWN:
+        lines.append(Text(f"  ... and {len(citations) - CITATIONS_SHOWN} more", style="dim"))
     return lines
 
 

@@ -222,6 +222,13 @@ class TraceBuilder:
             node.questions.append(asked)
         asked.status, asked.answer, asked.error = ev.status or "?", ev.answer, ev.error
 
+    def on_lm_cache_hit(self, ev: events.LMCacheHit, raw: dict[str, Any]) -> None:
+        self.run.cache_hits += 1
+
+    def on_warning(self, ev: events.Warning, raw: dict[str, Any]) -> None:
+        if ev.message:
+            self.run.warnings.append(ev.message)
+
     def on_budget(self, ev: events.Budget, raw: dict[str, Any]) -> None:
         self.run.problems.append(raw)
 

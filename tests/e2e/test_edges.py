@@ -72,15 +72,6 @@ def test_empty_input_is_refused_before_any_container_or_model_call(scripted, tmp
         assert not trace.exists() and server.requests.count == 0
 
 
-def test_two_inputs_are_refused_clearly(scripted, gen_log) -> None:
-    server = scripted()
-    a = gen_log(2000).path
-    proc = cli(*base_args(server), "--task", "t", "-i", str(a), "-i", str(a), env=KEY_ENV)
-    err = proc.stderr.decode()
-    assert proc.returncode == 2 and "-i/--input was given 2 times" in err and "cat a.log b.log" in err
-    assert server.requests.count == 0
-
-
 #: A cell that says what ``context`` is in the kernel: its type, its length, its first bytes.
 WHAT_IS_CONTEXT = "kind = f'{type(context).__name__} {len(context)} {context[:4]!r}'"
 

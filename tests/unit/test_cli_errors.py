@@ -37,7 +37,7 @@ def test_typed_errors_map_to_exit_codes_and_hints(monkeypatch, exc, code: int, h
     def boom(*_a, **_k):
         raise exc
 
-    monkeypatch.setattr("rlm_sandbox.inputs.open_input", boom)
+    monkeypatch.setattr("rlm_sandbox.inputs.collect_inputs", boom)
     r = invoke("run", "--model", "openai/x", "--task", "t", "-i", "-")
     assert r.exit_code == code, r.output
     lines = [line for line in r.output.splitlines() if line]
@@ -49,7 +49,7 @@ def test_an_unexpected_exception_is_one_line_unless_debug(monkeypatch) -> None:
     def boom(*_a, **_k):
         raise RuntimeError("something we did not foresee")
 
-    monkeypatch.setattr("rlm_sandbox.inputs.open_input", boom)
+    monkeypatch.setattr("rlm_sandbox.inputs.collect_inputs", boom)
     r = invoke("run", "--model", "openai/x", "--task", "t")
     assert r.exit_code == 1
     assert "error: unexpected RuntimeError: something we did not foresee" in r.output

@@ -56,8 +56,8 @@ def test_an_unexpected_error_under_json_is_json_too(monkeypatch: pytest.MonkeyPa
     def boom(*_a, **_k):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("rlm_sandbox.inputs.open_input", boom)
-    r = invoke("run", "--model", "openai/x", "--task", "t", "--json")
+    monkeypatch.setattr("rlm_sandbox.inputs.collect_inputs", boom)
+    r = invoke("run", "--model", "openai/x", "--task", "t", "-i", __file__, "--json")
     assert r.exit_code == 1
     out = json.loads(r.stdout)
     assert out["status"] == "error" and "RuntimeError: a bug" in out["error"] and "--debug" in out["hint"]

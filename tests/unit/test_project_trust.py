@@ -64,7 +64,7 @@ def test_every_setting_has_a_class() -> None:
     assert not set(RESERVED_RULES) & set(PROJECT_RULES), "a reserved key became a setting: move its rule"
     for name in ("api_base", "docker_url", "engines", "trace", "tenant"):
         assert PROJECT_RULES[name].kind is Kind.USER, name
-    assert RESERVED_RULES["tools"].kind is Kind.USER and RESERVED_RULES["lm_cache"].kind is Kind.USER
+    assert RESERVED_RULES["tools"].kind is Kind.USER and PROJECT_RULES["lm_cache"].kind is Kind.USER
     for name, rule in PROJECT_RULES.items():
         if rule.kind is Kind.LIMIT and name != "tenants":
             default = Settings.model_fields[name].default

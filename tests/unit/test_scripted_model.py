@@ -244,7 +244,14 @@ def step1_code(task: str) -> str:
 
 
 def run_step1(task: str, context: Any, batched: Any = leaf_batched) -> dict[str, Any]:
-    ns: dict[str, Any] = {"context": context, "llm_query_batched": batched}
+    """Run the first cell; what it cites is kept in ``ns["cited"]`` as (path, line, quote)."""
+    cited: list[tuple[Any, int, str]] = []
+    ns: dict[str, Any] = {
+        "context": context,
+        "llm_query_batched": batched,
+        "cite": lambda path, line, quote: cited.append((path, line, quote)),
+        "cited": cited,
+    }
     exec(compile(step1_code(task), "<cell>", "exec"), ns)
     return ns
 
@@ -257,6 +264,35 @@ def test_step1_count_task(log: LogStats, capsys: pytest.CaptureFixture[str]) -> 
     assert "".join(ns["pieces"]) == log.text  # split at newlines, nothing lost
     assert all(p.endswith("\n") for p in ns["pieces"])
     assert "answer:" in capsys.readouterr().out
+    lines = log.text.splitlines()
+    assert len(ns["cited"]) == 3  # a text: its first three matching lines
+    assert all(path is None and "ERROR disk" in lines[n - 1] for path, n, _quote in ns["cited"])
+    assert [n for _p, n, _q in ns["cited"]] == [i + 1 for i, t in enumerate(lines) if "ERROR disk" in t][:3]
+
+
+def test_step1_counts_a_dict_of_files_and_cites_each_file() -> None:
+    files = {
+        "a.log": "ok\nERROR disk full\nok\n",
+        "b.log.gz": "x\n" * 5000 + "ERROR disk late\n",
+        "none.log": "nothing here\n",
+    }
+    ns = run_step1(COUNT_TASK, files)
+    assert ns["answer"] == "2"
+    assert ns["cited"] == [("a.log", 2, "ERROR disk"), ("b.log.gz", 5001, "ERROR disk")]
+    assert all(p.count("TASK: ") == 1 for p in ns["prompts"])
+
+
+def test_step1_in_a_child_cites_the_runs_file_and_line(log: LogStats) -> None:
+    """A child's text says where it starts (SOURCE): its citations are in the root's terms."""
+    assert log.text is not None
+    lines = log.text.splitlines(keepends=True)
+    first = next(i for i, t in enumerate(lines) if "ERROR disk" in t)
+    start = max(0, first - 10)
+    piece = "".join(lines[start : start + 200])
+    nested = f'TASK: {COUNT_TASK}\n\nSOURCE: {{"file": "big.log", "line": {start + 1}}}\n\nTEXT:\n{piece}'
+    ns = run_step1("Answer the request held in `context` (it came from your parent).", nested)
+    assert ns["task"] == COUNT_TASK
+    assert ns["cited"] and ns["cited"][0] == ("big.log", first + 1, "ERROR disk")
 
 
 def test_step1_search_task(log: LogStats) -> None:
@@ -292,7 +328,7 @@ def test_step1_nested_context_is_unwrapped(log: LogStats) -> None:
     ns = run_step1("Answer the request held in `context` (it came from your parent).", nested, batched)
     assert ns["task"] == COUNT_TASK
     assert ns["answer"] == str(truth)
-    assert all(p.startswith("TASK: " + COUNT_TASK + "\n\nTEXT:\n") for p in seen)
+    assert all(p.startswith("TASK: " + COUNT_TASK + "\n\nSOURCE: ") for p in seen)
     assert all(p.count("TASK: ") == 1 for p in seen)  # the inner text was split, not the wrapper
     assert sum(len(p.split("\n\nTEXT:\n", 1)[1]) for p in seen) == len(piece)
 

@@ -44,6 +44,7 @@ from rlm_sandbox.rlm.lm.base import (
     scrub,
 )
 from rlm_sandbox.rlm.prices import model_entry, price_of
+from rlm_sandbox.untrusted import valid_text
 
 if TYPE_CHECKING:
     import httpx
@@ -325,7 +326,9 @@ class OpenAICompatClient:
         cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
         served = payload.get("model") if isinstance(payload.get("model"), str) else None
         return LMResponse(
-            text=message.get("content") or "",
+            # A lone surrogate ("\ud800" in the JSON) is not text: it would break the trace and
+            # the next request. Made valid here, as on the LiteLLM path.
+            text=valid_text(message.get("content") or ""),
             prompt_tokens=prompt,
             completion_tokens=completion,
             cost_usd=self._cost(served, prompt, completion, cached),
