@@ -21,6 +21,9 @@ _EXPORTS = {
     "RLMConfig": "rlm_sandbox.rlm.config",
     "RLMResult": "rlm_sandbox.rlm.result",
     "Session": "rlm_sandbox.rlm.session",
+    "AsyncRLM": "rlm_sandbox.rlm.aio",
+    "AsyncSession": "rlm_sandbox.rlm.aio",
+    "Cancellation": "rlm_sandbox.rlm.run",
     "LiteLLMClient": "rlm_sandbox.rlm.lm",
     "InputSet": "rlm_sandbox.inputs",
     "collect_inputs": "rlm_sandbox.inputs",
@@ -42,6 +45,7 @@ _ERRORS = [
     "BudgetExhausted",
     "InputTooLarge",
     "AnswerInvalid",
+    "RunCancelled",
     "EXIT_CODES",
 ]
 for _name in _ERRORS:

@@ -14,6 +14,7 @@
     │   ├── HostMemoryExceeded      its requests would make the host hold too much: killed
     │   └── SandboxClosed           the sandbox was used after it was closed
     ├── LMError                     the model failed after retries ("lm_error")
+    ├── RunCancelled                the caller cancelled the run ("cancelled")
     ├── BudgetExhausted             a shared budget ran out ("budget_exhausted")
     │   └── InputTooLarge           the input (decompressed) passed --max-input-bytes
     └── AnswerInvalid               a typed answer never matched its schema ("answer_invalid")
@@ -38,6 +39,7 @@ EXIT_CODES: dict[str, int] = {
     "lm_error": 5,  # the model failed after retries
     "answer_invalid": 6,  # a typed answer (--schema) never matched its schema
     "interrupted": 130,  # Ctrl-C: the run was stopped and its containers removed
+    "cancelled": 130,  # cancelled by its caller (an asyncio task, DELETE /v1/runs/ID): stopped, cleaned up
 }
 
 
@@ -209,6 +211,13 @@ class InputTooLarge(BudgetExhausted):
         )
         self.file = file
         self.cap = cap
+
+
+class RunCancelled(RLMSandboxError):
+    """The run was cancelled by its caller (an asyncio task cancelled, ``DELETE
+    /v1/runs/ID``): its cells were interrupted, its calls abandoned, its containers removed."""
+
+    status = "cancelled"
 
 
 class AnswerInvalid(RLMSandboxError):

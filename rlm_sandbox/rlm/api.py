@@ -7,7 +7,7 @@ Outcomes are typed: ``ok``, ``budget_exhausted``, ``sandbox_error``, ``lm_error`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from rlm_sandbox.rlm.lm import LMClient, make_client, needs_litellm, start_prelo
 from rlm_sandbox.rlm.models import ModelRouter
 from rlm_sandbox.rlm.node import Node
 from rlm_sandbox.rlm.result import RLMResult
-from rlm_sandbox.rlm.run import Outcome, Run, RunSetup, new_run_id
+from rlm_sandbox.rlm.run import Cancellation, Outcome, Run, RunSetup, new_run_id
 from rlm_sandbox.rlm.session import Session
 from rlm_sandbox.rlm.tools import ToolSet
 from rlm_sandbox.sandbox.backend import Backend
@@ -82,22 +82,24 @@ class RLM:
         names += list(self.config.depth_models.values())
         return [n for n in dict.fromkeys(names) if n and n not in given]
 
-    def setup(self) -> RunSetup:
-        """What every run and session of this RLM is made of."""
+    def setup(self, listeners: Sequence[Listener] = ()) -> RunSetup:
+        """What every run and session of this RLM is made of (``listeners``: more, for one run)."""
         return RunSetup(
             config=self.config,
             make_models=self._models,
             tools=self.tools,
-            listeners=tuple(self.listeners),
+            listeners=(*self.listeners, *listeners),
             model=self.model,
             sub_model=self.sub_model,
             backend=self.backend,
         )
 
-    def session(self, context: Any = None, *, run_id: str | None = None) -> Session:
+    def session(
+        self, context: Any = None, *, run_id: str | None = None, listeners: Sequence[Listener] = ()
+    ) -> Session:
         """``with rlm.session(context=...) as s: s.ask(...); s.ask(...)``: one container, one
         REPL and one conversation across questions (see :mod:`rlm_sandbox.rlm.session`)."""
-        return Session(self.setup(), _checked(context), run_id=run_id)
+        return Session(self.setup(listeners), _checked(context), run_id=run_id)
 
     def _models(self) -> ModelRouter:
         """The clients of a run: the ones given, else one per model name (OpenAI-compatible
@@ -123,7 +125,14 @@ class RLM:
         return ModelRouter(root, sub, cfg.depth_models, make_client=make)
 
     def run(
-        self, context: Any = None, task: str = "", *, run_id: str | None = None, output: Any = None
+        self,
+        context: Any = None,
+        task: str = "",
+        *,
+        run_id: str | None = None,
+        output: Any = None,
+        cancel: Cancellation | None = None,
+        listeners: Sequence[Listener] = (),
     ) -> RLMResult:
         """Answer ``task`` over ``context``: a str, bytes, a ``Path`` (a file, plain or
         compressed, or a directory), a list of paths, a dict of name -> text (several
@@ -133,7 +142,9 @@ class RLM:
 
         ``output`` (a pydantic model class or a JSON Schema dict) makes the answer typed: it
         is validated, sent back to the model to fix when it does not match, and returned
-        as ``result.output`` (the model instance, or the parsed JSON)."""
+        as ``result.output`` (the model instance, or the parsed JSON). ``cancel`` (a
+        :class:`Cancellation`) lets another thread stop the run: ``status: cancelled``;
+        ``listeners`` get this run's events, besides ``self.listeners``."""
         spec = AnswerSpec(output) if output is not None else None
         if not task or not task.strip():
             raise ConfigError(
@@ -146,14 +157,24 @@ class RLM:
         # UTF-8 text stays bytes: it is loaded as it is).
         context = given if isinstance(given, BinaryInput) else as_input(given)
         try:
-            return self._run(context, task, spec, run_id)
+            return self._run(context, task, spec, run_id, cancel, listeners)
         finally:
             if isinstance(context, InputSet) and context is not given:
                 context.close()  # a stream's spool: ours to remove
 
-    def _run(self, context: Any, task: str, spec: AnswerSpec | None, run_id: str | None) -> RLMResult:
+    def _run(
+        self,
+        context: Any,
+        task: str,
+        spec: AnswerSpec | None,
+        run_id: str | None,
+        cancel: Cancellation | None,
+        listeners: Sequence[Listener],
+    ) -> RLMResult:
         run_id = run_id or new_run_id("run")
-        run = Run.begin(self.setup(), run_id, task)
+        run = Run.begin(self.setup(listeners), run_id, task)
+        if cancel is not None:
+            cancel.attach(run)
         root = Node(run, depth=0, parent=None, context=context, task=task, output=spec)
         answer, outcome = None, Outcome()
         try:

@@ -103,10 +103,15 @@ class _Pending:
             finally:
                 _count_abandoned(-1)
 
-    def wait(self, limit: float, end: float | None, slack: float) -> bool:
+    def wait(
+        self, limit: float, end: float | None, slack: float, *, stop: threading.Event | None = None
+    ) -> bool:
         """Wait for the outcome: ``limit`` seconds from when the request went out, never
-        past ``end``, each plus ``slack``. False when that passed without one."""
+        past ``end``, each plus ``slack``, and not after ``stop`` is set (the run was
+        cancelled). False when that passed without one."""
         while True:
+            if stop is not None and stop.is_set():
+                return self.done.is_set()
             now = time.monotonic()
             until = None if end is None else end + slack
             if self.sent_at is not None:
@@ -114,7 +119,7 @@ class _Pending:
                 until = own if until is None else min(until, own)
             if until is not None and now >= until:
                 return self.done.is_set()
-            step = 0.5 if until is None else min(0.5, until - now)
+            step = 0.1 if until is None else min(0.1, until - now)
             if self.done.wait(step):
                 return True
 
@@ -317,7 +322,7 @@ class ModelCalls:
             self.budget.release(res, sent=False)
             raise
         try:
-            finished = pending.wait(limit, end, ABANDON_SLACK_S)
+            finished = pending.wait(limit, end, ABANDON_SLACK_S, stop=self.budget.cancelled)
         except BaseException:  # Ctrl-C while waiting
             if pending.abandon():
                 self.budget.count_call(res)
@@ -326,6 +331,10 @@ class ModelCalls:
         if not finished and pending.abandon():
             self.models.finished(None)
             self.budget.count_call(res)
+            if self.budget.cancelled.is_set():  # the run was stopped: that is the outcome, not the model
+                self.tracer.emit("lm_abandoned", node=node, depth=depth, model=client.model, call=call_id,
+                                 waited_s=round(time.perf_counter() - t0, 3))  # fmt: skip
+                self.budget.check()
             self._abandoned(client, node, depth, call_id, res, time.perf_counter() - t0, fatal)
         exc = pending.error
         if exc is not None:

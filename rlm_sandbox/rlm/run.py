@@ -25,6 +25,7 @@ from rlm_sandbox.errors import (
     ConfigError,
     InputTooLarge,
     RLMSandboxError,
+    RunCancelled,
     SandboxError,
     outcome_of,
 )
@@ -76,6 +77,32 @@ class RunSetup:
     model: str | None = None
     sub_model: str | None = None
     backend: Backend | None = None  # None: the engine the sandbox config names (Docker)
+
+
+class Cancellation:
+    """A handle to cancel a run from outside it (an asyncio task, ``DELETE /v1/runs/ID``):
+    given to :meth:`RLM.run`, attached to the run once it exists; a cancel that comes first
+    takes effect at once when it does."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._run: Run | None = None
+        self.requested: str | None = None
+
+    def attach(self, run: Run) -> None:
+        with self._lock:
+            self._run = run
+            why = self.requested
+        if why is not None:
+            run.cancel(why)
+
+    def cancel(self, why: str = "the run was cancelled by its caller") -> None:
+        with self._lock:
+            if self.requested is None:
+                self.requested = why
+            run = self._run
+        if run is not None:
+            run.cancel(why)
 
 
 @dataclass
@@ -379,7 +406,7 @@ class Run:
             return Outcome("error", f"{type(exc).__name__}: {exc}")
         reason = self.budget.cancel_reason if self.budget.cancelled.is_set() else None
         cause: BaseException = reason if isinstance(reason, RLMSandboxError) else exc
-        if self.fatal is not None:
+        if self.fatal is not None and not isinstance(reason, RunCancelled):
             cause = self.fatal
         status, budget = outcome_of(cause)
         message = cause.message if isinstance(cause, RLMSandboxError) else str(cause)
@@ -410,6 +437,13 @@ class Run:
         """``wait_s``, cut to what is left before the run must have ended."""
         end = self.budget.stop_deadline()
         return wait_s if end is None else max(0.0, min(wait_s, end - time.monotonic()))
+
+    def cancel(self, why: str = "the run was cancelled by its caller") -> None:
+        """Stop the run now, from any thread: every node stops at its next check, every cell
+        is interrupted (its container removed), every model call abandoned; the outcome is
+        ``cancelled``."""
+        self.budget.cancel(RunCancelled(why))
+        self.containers.close_all()
 
     def interrupt(self, exc: BaseException) -> None:
         """Ctrl-C or SIGTERM: stop the tree, remove every container, close the trace with the
