@@ -98,6 +98,9 @@ class Budget:
         self.exhausted: BudgetExhausted | None = None
         self.cancel_reason: BaseException | None = None
         self.cancelled = threading.Event()
+        # Set only when the run's caller cancelled it (not by a budget running out): calls
+        # in flight are then abandoned at once, the fallback answer too.
+        self.cancelled_by_caller = threading.Event()
 
     # ---- stopping
 

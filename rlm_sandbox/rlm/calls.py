@@ -322,7 +322,7 @@ class ModelCalls:
             self.budget.release(res, sent=False)
             raise
         try:
-            finished = pending.wait(limit, end, ABANDON_SLACK_S, stop=self.budget.cancelled)
+            finished = pending.wait(limit, end, ABANDON_SLACK_S, stop=self.budget.cancelled_by_caller)
         except BaseException:  # Ctrl-C while waiting
             if pending.abandon():
                 self.budget.count_call(res)
@@ -331,7 +331,7 @@ class ModelCalls:
         if not finished and pending.abandon():
             self.models.finished(None)
             self.budget.count_call(res)
-            if self.budget.cancelled.is_set():  # the run was stopped: that is the outcome, not the model
+            if self.budget.cancelled_by_caller.is_set():  # the caller stopped the run: that is the outcome
                 self.tracer.emit("lm_abandoned", node=node, depth=depth, model=client.model, call=call_id,
                                  waited_s=round(time.perf_counter() - t0, 3))  # fmt: skip
                 self.budget.check()

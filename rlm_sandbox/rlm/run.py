@@ -442,6 +442,7 @@ class Run:
         """Stop the run now, from any thread: every node stops at its next check, every cell
         is interrupted (its container removed), every model call abandoned; the outcome is
         ``cancelled``."""
+        self.budget.cancelled_by_caller.set()
         self.budget.cancel(RunCancelled(why))
         self.containers.close_all()
 

@@ -32,6 +32,7 @@ def test_exit_codes_are_the_documented_ones() -> None:
         "lm_error": 5,
         "answer_invalid": 6,
         "interrupted": 130,
+        "cancelled": 130,
     }
     assert exit_code("something new") == 1
 
