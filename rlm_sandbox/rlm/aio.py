@@ -1,12 +1,15 @@
 """The asyncio API: ``await AsyncRLM(...).run(context, task=...)`` and async sessions.
 
 ``AsyncRLM`` takes exactly the arguments of :class:`~rlm_sandbox.rlm.api.RLM` and returns
-the same :class:`~rlm_sandbox.rlm.result.RLMResult`. Many runs share one event loop.
+the same :class:`~rlm_sandbox.rlm.result.RLMResult`. A run is a coroutine on the caller's
+loop (the engine is asyncio throughout: :meth:`RLM.arun`), so many runs share one loop and
+no thread waits on a model call; only what blocks (Docker's API, a cell waiting on its
+kernel) borrows a thread of :mod:`rlm_sandbox.blocking`'s bounded pools.
 
 Cancelling the task that awaits a run stops the run: its cells are interrupted (their
 containers removed), its model calls abandoned, its trace closed with ``status:
 cancelled``; the task then sees :class:`asyncio.CancelledError`, as asyncio code expects,
-once the run's containers are gone (at most :data:`CANCEL_GRACE_S` later).
+once the run's containers are gone.
 
 A listener may be a plain callable or an ``async`` one; an async listener gets the run's
 events in order, each awaited before the next.
@@ -15,10 +18,8 @@ events in order, each awaited before the next.
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from rlm_sandbox.rlm.api import RLM
@@ -26,21 +27,7 @@ from rlm_sandbox.rlm.result import RLMResult
 from rlm_sandbox.rlm.run import Cancellation
 from rlm_sandbox.rlm.session import Session
 
-#: How long a cancelled run may take to remove its containers before the caller gets its
-#: ``CancelledError`` anyway (the run goes on removing them in the background).
-CANCEL_GRACE_S = 5.0
-
 AnyListener = Callable[[dict[str, Any]], Any]
-
-_executor: ThreadPoolExecutor | None = None
-
-
-def _runs() -> ThreadPoolExecutor:
-    """Where the engine's blocking work runs (containers, sockets): one pool per process."""
-    global _executor
-    if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=256, thread_name_prefix="rlm-async")
-    return _executor
 
 
 class _Ordered:
@@ -62,7 +49,8 @@ class _Ordered:
                 pass  # a broken view never breaks the run (the same rule as sync listeners)
 
     async def close(self) -> None:
-        self.queue.put_nowait(None)
+        # Through the same queue of callbacks as the events: none emitted before is overtaken.
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, None)
         await self.task
 
 
@@ -108,32 +96,17 @@ class AsyncRLM:
         *,
         run_id: str | None = None,
         output: Any = None,
+        cancel: Cancellation | None = None,
         listeners: Sequence[AnyListener] = (),
     ) -> RLMResult:
         """Answer ``task`` over ``context``; see :meth:`RLM.run`. Cancel the awaiting task
-        to stop the run (``status: cancelled``, every container removed)."""
-        loop = asyncio.get_running_loop()
-        plain, ordered = _split([*self.listeners, *listeners], loop)
-        cancel = Cancellation()
-        work = functools.partial(
-            self._rlm.run,
-            context,
-            task,
-            run_id=run_id,
-            output=output,
-            cancel=cancel,
-            listeners=[*plain, *ordered],
-        )
-        future = loop.run_in_executor(_runs(), work)
+        to stop the run (``status: cancelled``, every container removed, then
+        :class:`asyncio.CancelledError`); ``cancel.cancel()`` stops it and returns its result."""
+        plain, ordered = _split([*self.listeners, *listeners], asyncio.get_running_loop())
         try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            cancel.cancel("the asyncio task awaiting the run was cancelled")
-            try:
-                await asyncio.wait_for(asyncio.shield(future), CANCEL_GRACE_S)
-            except BaseException:
-                pass  # the run's own outcome is "cancelled"; the caller asked for CancelledError
-            raise
+            return await self._rlm.arun(
+                context, task, run_id=run_id, output=output, cancel=cancel, listeners=[*plain, *ordered]
+            )
         finally:
             await _finish(ordered)
 
@@ -144,7 +117,7 @@ class AsyncRLM:
 
 class AsyncSession:
     """One container, one REPL and one conversation across questions (see
-    :mod:`rlm_sandbox.rlm.session`), awaited."""
+    :mod:`rlm_sandbox.rlm.session`), awaited on the caller's loop."""
 
     def __init__(self, owner: AsyncRLM, context: Any, *, run_id: str | None = None) -> None:
         self._owner = owner
@@ -153,39 +126,23 @@ class AsyncSession:
         self._session: Session | None = None
         self._ordered: list[_Ordered] = []
 
-    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(_runs(), functools.partial(fn, *args, **kwargs))
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            if self._session is not None and self._session.run is not None:
-                self._session.run.cancel("the asyncio task awaiting the session was cancelled")
-            try:
-                await asyncio.wait_for(asyncio.shield(future), CANCEL_GRACE_S)
-            except BaseException:
-                pass
-            raise
-
     async def open(self) -> AsyncSession:
         if self._session is None:
-            loop = asyncio.get_running_loop()
-            plain, self._ordered = _split(self._owner.listeners, loop)
-            session = self._owner._rlm.session(
+            plain, self._ordered = _split(self._owner.listeners, asyncio.get_running_loop())
+            self._session = self._owner._rlm.session(
                 self._context, run_id=self._run_id, listeners=[*plain, *self._ordered]
             )
-            self._session = session
-            await self._call(session.open)
+        await self._session.aopen()
         return self
 
     async def ask(self, question: str, *, output: Any = None) -> RLMResult:
         await self.open()
         assert self._session is not None
-        return await self._call(self._session.ask, question, output=output)
+        return await self._session.aask(question, output=output)
 
     async def close(self) -> None:
         if self._session is not None:
-            await self._call(self._session.close)
+            await self._session.aclose()
         await _finish(self._ordered)
         self._ordered = []
 

@@ -7,22 +7,26 @@ Outcomes are typed: ``ok``, ``budget_exhausted``, ``sandbox_error``, ``lm_error`
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rlm_sandbox.blocking import blocking, finish
 from rlm_sandbox.errors import (
     AnswerInvalid,
     BudgetExhausted,
     ConfigError,
     LMError,
     RLMSandboxError,
+    RunCancelled,
     SandboxError,
 )
 from rlm_sandbox.input_check import BinaryInput, checked_input
 from rlm_sandbox.inputs import InputSet, as_input
 from rlm_sandbox.inputs.decompress import compression_of_name
 from rlm_sandbox.rlm.answers import AnswerSpec
+from rlm_sandbox.rlm.bridge import run_sync
 from rlm_sandbox.rlm.config import RLMConfig
 from rlm_sandbox.rlm.lm import LMClient, make_client, needs_litellm, start_preload
 from rlm_sandbox.rlm.models import ModelRouter
@@ -144,25 +148,43 @@ class RLM:
         is validated, sent back to the model to fix when it does not match, and returned
         as ``result.output`` (the model instance, or the parsed JSON). ``cancel`` (a
         :class:`Cancellation`) lets another thread stop the run: ``status: cancelled``;
-        ``listeners`` get this run's events, besides ``self.listeners``."""
+        ``listeners`` get this run's events, besides ``self.listeners``.
+
+        The run is :meth:`arun` on the process's engine loop (:mod:`rlm_sandbox.rlm.bridge`);
+        Ctrl-C here stops it, removes its containers and closes its trace, then goes on."""
+        cancel = cancel or Cancellation()
+        return run_sync(
+            self.arun(context, task, run_id=run_id, output=output, cancel=cancel, listeners=listeners),
+            on_interrupt=cancel.interrupt,
+        )
+
+    async def arun(
+        self,
+        context: Any = None,
+        task: str = "",
+        *,
+        run_id: str | None = None,
+        output: Any = None,
+        cancel: Cancellation | None = None,
+        listeners: Sequence[Listener] = (),
+    ) -> RLMResult:
+        """:meth:`run` as a coroutine, on the caller's loop. Cancelling the awaiting task
+        stops the run (``status: cancelled``, every container removed, the trace closed)
+        and raises :class:`asyncio.CancelledError`; ``cancel.cancel()`` stops it and
+        returns its result."""
         spec = AnswerSpec(output) if output is not None else None
         if not task or not task.strip():
             raise ConfigError(
                 "the task is empty", hint="say what to find or compute, e.g. --task 'How many ...?'"
             )
-        if context is None:
-            context = ""
-        given = _checked(context)
-        # Files, directories, compressed files, streams -> an InputSet (an input that is not
-        # UTF-8 text stays bytes: it is loaded as it is).
-        context = given if isinstance(given, BinaryInput) else as_input(given)
+        given, context = await blocking(_prepared, context)
         try:
-            return self._run(context, task, spec, run_id, cancel, listeners)
+            return await self._arun(context, task, spec, run_id, cancel, listeners)
         finally:
             if isinstance(context, InputSet) and context is not given:
                 context.close()  # a stream's spool: ours to remove
 
-    def _run(
+    async def _arun(
         self,
         context: Any,
         task: str,
@@ -177,24 +199,53 @@ class RLM:
             cancel.attach(run)
         root = Node(run, depth=0, parent=None, context=context, task=task, output=spec)
         answer, outcome = None, Outcome()
+        caller_cancelled = False
         try:
             run.check_credentials()  # a missing key fails here, before any container starts
             run.take_input(context)  # a known size past the cap stops here: no container yet
             # The engines' check and the warm pools start while the root's first model call
             # is already out (the call needs nothing from a container).
-            answer = root.solve(before_sandbox=run.start_containers)
-        except (KeyboardInterrupt, SystemExit) as exc:
-            run.interrupt(exc)
+            answer = await run.spawn(root.solve(before_sandbox=run.start_containers))
+        except (KeyboardInterrupt, SystemExit) as signal:  # raised on the loop (by a listener)
+            run.interrupt(signal)
+            await finish(run.stop(drain=False))
+            run.end_interrupted()
             raise
+        except asyncio.CancelledError:
+            if run.interrupted is not None:  # Ctrl-C or SIGTERM: the signal goes on
+                await finish(run.stop(drain=False))
+                run.end_interrupted()
+                raise
+            caller_cancelled = _cancelling()
+            if caller_cancelled:
+                run.cancel("the asyncio task awaiting the run was cancelled")
+            outcome = run.outcome(run.budget.cancel_reason or RunCancelled("the run was cancelled"))
         except BaseException as exc:
             outcome = run.outcome(exc)
-        finally:
-            run.stop()
+        _, cancelled = await finish(run.stop(drain=not run.budget.cancelled_by_caller.is_set()))
+        caller_cancelled = caller_cancelled or cancelled
         result = run.result(
             answer, outcome, output=root.typed, typed=spec is not None, claims=root.cited.claims()
         )
         run.end_with(result)
+        if caller_cancelled:
+            raise asyncio.CancelledError
         return result
+
+
+def _cancelling() -> bool:
+    """Was the task running this asked to cancel (not only a task it awaited)?"""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _prepared(context: Any) -> tuple[Any, Any]:
+    """``(as given, as the run loads it)``: files, directories, compressed files, streams
+    become an InputSet (an input that is not UTF-8 text stays bytes: it is loaded as it is)."""
+    if context is None:
+        context = ""
+    given = _checked(context)
+    return given, given if isinstance(given, BinaryInput) else as_input(given)
 
 
 def _checked(context: Any) -> Any:

@@ -39,6 +39,7 @@ finish and free their slots, and every level above them follows.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -173,35 +174,66 @@ class Budget:
         if not fallback:
             self.check()
             wait_until = self.deadline()
-        refusal = None
         with self._lock:
             while True:
-                hold = NO_HOLD if fallback else self.hold
-                refusal = self._refusal(worst, hold) or self._reserve_tenant(worst.cost_usd)
-                if refusal is None:
-                    self.reserved_calls += 1
-                    self.reserved_tokens += worst.tokens
-                    self.reserved_cost += worst.cost_usd
-                    self._open_usage += 1
-                    if fallback:
-                        self.hold = NO_HOLD
-                    return Reservation(worst)
-                if not self._may_fit_later(worst, hold, refusal[0]):
+                res, refusal, poll = self._try_reserve(worst, fallback, wait_until)
+                if res is not None:
+                    return res
+                if poll is None:
                     break
-                if not fallback and self.cancelled.is_set():
-                    break
-                left = None if wait_until is None else wait_until - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                # Calls of this run notify; another run of the tenant does not: poll briskly.
-                poll = 0.1 if refusal[0] == "tenant_max_cost" else 0.5
-                self._lock.wait(poll if left is None else min(poll, left))
+                self._lock.wait(poll)
+        raise self._refused(refusal, fallback)
+
+    async def areserve(
+        self, worst: Worst, *, fallback: bool = False, wait_until: float | None = None
+    ) -> Reservation:
+        """:meth:`reserve` for the asyncio engine: it waits by sleeping, not in a thread."""
+        if not fallback:
+            self.check()
+            wait_until = self.deadline()
+        while True:
+            with self._lock:
+                res, refusal, poll = self._try_reserve(worst, fallback, wait_until)
+            if res is not None:
+                return res
+            if poll is None:
+                break
+            await asyncio.sleep(min(poll, 0.05))
+        raise self._refused(refusal, fallback)
+
+    def _try_reserve(
+        self, worst: Worst, fallback: bool, wait_until: float | None
+    ) -> tuple[Reservation | None, tuple[str, str, str | None], float | None]:
+        """Called with the lock held: the reservation, or why not and how long to wait
+        before trying again (None: waiting cannot help)."""
+        hold = NO_HOLD if fallback else self.hold
+        refusal = self._refusal(worst, hold) or self._reserve_tenant(worst.cost_usd)
+        if refusal is None:
+            self.reserved_calls += 1
+            self.reserved_tokens += worst.tokens
+            self.reserved_cost += worst.cost_usd
+            self._open_usage += 1
+            if fallback:
+                self.hold = NO_HOLD
+            return Reservation(worst), ("", "", None), None
+        if not self._may_fit_later(worst, hold, refusal[0]):
+            return None, refusal, None
+        if not fallback and self.cancelled.is_set():
+            return None, refusal, None
+        left = None if wait_until is None else wait_until - time.monotonic()
+        if left is not None and left <= 0:
+            return None, refusal, None
+        # Calls of this run notify; another run of the tenant does not: poll briskly.
+        poll = 0.1 if refusal[0] == "tenant_max_cost" else 0.5
+        return None, refusal, poll if left is None else min(poll, left)
+
+    def _refused(self, refusal: tuple[str, str, str | None], fallback: bool) -> BudgetExhausted:
         if not fallback:
             self.check()  # stopped (or out of time) while waiting: that is the outcome
         budget, message, hint = refusal
         if fallback:
-            raise BudgetExhausted(budget, message, hint=hint)
-        raise self._exhaust(budget, message, hint)
+            return BudgetExhausted(budget, message, hint=hint)
+        return self._exhaust(budget, message, hint)
 
     def _may_fit_later(self, worst: Worst, hold: Hold, budget: str) -> bool:
         """Called with the lock held: would the call fit once the live calls in flight
@@ -431,32 +463,58 @@ class Budget:
 
     def admit_node(self, depth: int) -> None:
         """Count a new RLM node and take a container slot for it (waiting if needed)."""
+        reserve = self._count_node(depth)
+        with self._lock:
+            while (poll := self._try_slot(reserve)) is not None:
+                if poll == 0.0:
+                    return
+                self._lock.wait(poll)
+        self._no_slot()
+
+    async def aadmit_node(self, depth: int) -> None:
+        """:meth:`admit_node` for the asyncio engine: a fan-out waiting for container slots
+        sleeps on the loop instead of holding a thread per child."""
+        reserve = self._count_node(depth)
+        while True:
+            with self._lock:
+                poll = self._try_slot(reserve)
+            if poll is None:
+                break
+            if poll == 0.0:
+                return
+            await asyncio.sleep(min(poll, 0.05))
+        self._no_slot()
+
+    def _count_node(self, depth: int) -> int:
+        """The node counted (or ``max_nodes`` stops the run); the slots its level must leave free."""
         self.check()
         with self._lock:
             lim = self.limits
-            if lim.max_nodes is not None and self.nodes >= lim.max_nodes:
-                over = True
-            else:
-                over = False
+            over = lim.max_nodes is not None and self.nodes >= lim.max_nodes
+            if not over:
                 self.nodes += 1
                 self.max_depth_reached = max(self.max_depth_reached, depth + 1)
         if over:
             raise self._exhaust("max_nodes", f"the run created its limit of {lim.max_nodes} RLM nodes")
-        reserve = max(0, lim.depth - 1 - depth)
-        with self._lock:
-            while True:
-                if self.cancelled.is_set():
-                    break
-                free = lim.max_containers - self.containers_alive
-                if free > reserve and self._tenant_admits(reserve):
-                    self.containers_alive += 1
-                    return
-                left = self.wall_left()
-                # Another run of the tenant frees its slots without notifying us: poll briskly then.
-                poll = 0.1 if self.tenant is not None and self.tenant.limits.max_containers else 0.5
-                self._lock.wait(poll if left is None else max(0.01, min(poll, left)))
-                if left is not None and left <= 0:
-                    break
+        return max(0, lim.depth - 1 - depth)
+
+    def _try_slot(self, reserve: int) -> float | None:
+        """Called with the lock held: 0.0 when a slot was taken, else how long to wait before
+        trying again, or None when waiting is over (stopped, or out of time)."""
+        if self.cancelled.is_set():
+            return None
+        free = self.limits.max_containers - self.containers_alive
+        if free > reserve and self._tenant_admits(reserve):
+            self.containers_alive += 1
+            return 0.0
+        left = self.wall_left()
+        if left is not None and left <= 0:
+            return None
+        # Another run of the tenant frees its slots without notifying us: poll briskly then.
+        poll = 0.1 if self.tenant is not None and self.tenant.limits.max_containers else 0.5
+        return poll if left is None else max(0.01, min(poll, left))
+
+    def _no_slot(self) -> None:
         self.check()
         raise self._exhaust("timeout", "the wall-time budget ran out while waiting for a container slot")
 

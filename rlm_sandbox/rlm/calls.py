@@ -14,12 +14,14 @@ reservation; when it fails the reservation is released and the call still counts
 
 *Waiting.* The client gets a timeout no longer than the call's own limit (``lm_timeout``, for
 the whole call, retries included) or the run's wall time left, but a client may retry past
-it, and a server that trickles bytes defeats a read timeout. So the call runs in a thread of
-its own and the caller stops waiting at that limit (plus :data:`ABANDON_SLACK_S` for the
-client's own error to arrive): the call is *abandoned*. Its thread ends when its client gives
-up (bounded by the client's timeout and retries; a process holds at most
-:data:`MAX_ABANDONED` of them, then refuses new calls), and whatever usage it reports then is
-still recorded (the tenant's ledger sees it); until then its worst case stays reserved.
+it, and a server that trickles bytes defeats a read timeout. So the call runs as a task of
+its own (a client with ``acompletion`` on the loop, any other in a thread of
+:func:`~rlm_sandbox.blocking.blocking_call`) and the caller stops waiting at that limit (plus
+:data:`ABANDON_SLACK_S` for the client's own error to arrive), or when its run is cancelled:
+the call is *abandoned*. Its task ends when its client gives up (bounded by the client's
+timeout and retries; a process holds at most :data:`MAX_ABANDONED` of them, then refuses new
+calls), and whatever usage it reports then is still recorded (the tenant's ledger sees it);
+until then its worst case stays reserved.
 
 *The first call.* A run says how soon it could call the model: ``lm_ready`` when its first
 prompt was built and the call was made, ``lm_sent`` when that request actually went out
@@ -34,13 +36,17 @@ traced as ``lm_cache_hit``; a miss is stored once its answer arrives.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import itertools
 import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
+from rlm_sandbox.blocking import blocking_call
 from rlm_sandbox.errors import BudgetExhausted, LMError
 from rlm_sandbox.rlm.budget import FALLBACK_GRACE_S, Budget
 from rlm_sandbox.rlm.digest import request_digest
@@ -75,62 +81,50 @@ def _count_abandoned(delta: int) -> None:
         _abandoned += delta
 
 
-class _Pending:
-    """One call running in its own thread; the caller either gets its outcome or abandons it."""
+class _Flight:
+    """One call in flight as a task; the caller either gets its outcome or abandons it."""
 
-    def __init__(self, settle_late: Callable[[_Pending], None]) -> None:
-        self.done = threading.Event()
+    def __init__(self) -> None:
         self.sent_at: float | None = None  # when the request went out (after the client prepared)
-        self.response: Any = None
-        self.error: BaseException | None = None
-        self._lock = threading.Lock()
-        self._abandoned = False
-        self._settle_late = settle_late
+        self.task: asyncio.Future[Any] | None = None
 
-    def run(self, send: Callable[[], Any]) -> None:
-        response, error = None, None
-        try:
-            response = send()
-        except BaseException as exc:  # handed to the caller (or settled late), never lost
-            error = exc
-        with self._lock:
-            self.response, self.error = response, error
-            abandoned = self._abandoned
-            self.done.set()
-        if abandoned:
-            try:
-                self._settle_late(self)
-            finally:
-                _count_abandoned(-1)
-
-    def wait(
-        self, limit: float, end: float | None, slack: float, *, stop: threading.Event | None = None
-    ) -> bool:
+    async def wait(self, limit: float, end: float | None, slack: float) -> bool:
         """Wait for the outcome: ``limit`` seconds from when the request went out, never
-        past ``end``, each plus ``slack``, and not after ``stop`` is set (the run was
-        cancelled). False when that passed without one."""
+        past ``end``, each plus ``slack``. False when that passed without one."""
+        task = self.task
+        assert task is not None
         while True:
-            if stop is not None and stop.is_set():
-                return self.done.is_set()
             now = time.monotonic()
             until = None if end is None else end + slack
             if self.sent_at is not None:
                 own = self.sent_at + limit + slack
                 until = own if until is None else min(until, own)
             if until is not None and now >= until:
-                return self.done.is_set()
-            step = 0.1 if until is None else min(0.1, until - now)
-            if self.done.wait(step):
+                return task.done()
+            step = None if until is None else until - now
+            if self.sent_at is None:  # the client is still preparing: look again once it sent
+                step = 0.1 if step is None else min(step, 0.1)
+            done, _ = await asyncio.wait({task}, timeout=step)
+            if done:
                 return True
 
-    def abandon(self) -> bool:
-        """Stop waiting; False when the call finished just now (then its outcome stands)."""
-        with self._lock:
-            if self.done.is_set():
-                return False
-            self._abandoned = True
-            _count_abandoned(+1)
-            return True
+    def abandon(self, settle_late: Callable[[asyncio.Future[Any]], None]) -> bool:
+        """Stop waiting; False when the call finished just now (then its outcome stands).
+        ``settle_late`` gets the task when it ends."""
+        task = self.task
+        assert task is not None
+        if task.done():
+            return False
+        _count_abandoned(+1)
+
+        def ended(t: asyncio.Future[Any]) -> None:
+            try:
+                settle_late(t)
+            finally:
+                _count_abandoned(-1)
+
+        task.add_done_callback(ended)
+        return True
 
 
 class ModelCalls:
@@ -194,21 +188,21 @@ class ModelCalls:
 
     # ---- calls
 
-    def call(self, client: Any, messages: Messages, node: str, depth: int, purpose: str) -> str:
+    async def call(self, client: Any, messages: Messages, node: str, depth: int, purpose: str) -> str:
         """A call the budget admits (its worst case reserved first), waited for no longer
         than its own limit or the run's wall time left."""
         cached = self._from_cache(client, messages, node, depth, purpose)
         if cached is not None:
             return cached
-        res = self.budget.reserve(self.worst(client, messages))
+        res = await self.budget.areserve(self.worst(client, messages))
         end = self.budget.deadline()
-        return self._send(client, messages, node, depth, purpose, res, self.lm_timeout, end, fatal=True)
+        return await self._send(client, messages, node, depth, purpose, res, self.lm_timeout, end, fatal=True)
 
     def hold_fallback(self, client: Any, messages: Messages, fallback_prompt: Messages) -> None:
         """Keep back room for the fallback answer of a root whose history is ``messages``."""
         self.budget.hold_for_fallback(self.worst(client, [*messages, *fallback_prompt], fallback=True))
 
-    def fallback(self, client: Any, request: Messages, node: str, depth: int) -> str:
+    async def fallback(self, client: Any, request: Messages, node: str, depth: int) -> str:
         """The root's one call after a stop: it may spend the hold, never a cap. Its history
         is cut (oldest steps first) to fit what is left; it waits at most
         ``FALLBACK_TIMEOUT_S``, and never past the wall budget plus ``FALLBACK_GRACE_S``.
@@ -225,10 +219,10 @@ class ModelCalls:
         limit = min(FALLBACK_TIMEOUT_S, self.lm_timeout)
         # Calls still in flight may be holding room it needs: it may wait for them a while.
         wait_until = time.monotonic() + limit if end is None else min(end, time.monotonic() + limit)
-        res = self.budget.reserve(
+        res = await self.budget.areserve(
             self.worst(client, request, fallback=True), fallback=True, wait_until=wait_until
         )
-        return self._send(client, request, node, depth, "fallback", res, limit, end, fatal=False)
+        return await self._send(client, request, node, depth, "fallback", res, limit, end, fatal=False)
 
     def _fit(self, client: Any, request: Messages) -> Messages:
         """``request`` without its oldest steps (assistant + feedback pairs after the system
@@ -252,7 +246,7 @@ class ModelCalls:
                 )
             del candidate[2 : min(4, len(candidate) - 1)]
 
-    def _send(
+    async def _send(
         self,
         client: Any,
         messages: Messages,
@@ -268,7 +262,49 @@ class ModelCalls:
         """One reserved call, counted (per model too) and traced. It is waited for at most
         ``limit`` seconds from when its request goes out (what a client prepares first, such
         as LiteLLM's import, does not count) and never past ``end`` (``time.monotonic()``,
-        the run's deadline), each plus ``ABANDON_SLACK_S``; then it is abandoned."""
+        the run's deadline), each plus ``ABANDON_SLACK_S``; then it is abandoned. A caller
+        cancelled meanwhile (its run was) abandons it at once."""
+        self._refuse_when_overloaded(client, res)
+        call = _Call(client, node, depth, next(self._ids), res, time.perf_counter())
+        first = self._ready(node, depth, client.model, call.id)
+        timeout = limit if end is None else max(1.0, min(limit, end - time.monotonic()))
+        self.tracer.emit(
+            "lm_start",
+            node=node,
+            depth=depth,
+            purpose=purpose,
+            model=client.model,
+            call=call.id,
+            timeout_s=round(timeout, 3),
+            reserved_tokens=res.worst.tokens,
+            reserved_cost_usd=round(res.worst.cost_usd, 6),
+        )
+        self.models.started()
+        flight = _Flight()
+        # A copy: the caller may go on with its own list once it stops waiting.
+        flight.task = asyncio.ensure_future(self._complete(call, list(messages), flight, first, limit, end))
+        try:
+            finished = await flight.wait(limit, end, ABANDON_SLACK_S)
+        except BaseException:  # the run was cancelled (or the process interrupted) meanwhile
+            if flight.abandon(lambda t: self._settle_late(call, t)):
+                self.budget.count_call(res)
+                self.tracer.emit("lm_abandoned", node=node, depth=depth, model=client.model, call=call.id,
+                                 waited_s=round(time.perf_counter() - call.t0, 3))  # fmt: skip
+            self.models.finished(None)
+            raise
+        if not finished and flight.abandon(lambda t: self._settle_late(call, t)):
+            self.models.finished(None)
+            self.budget.count_call(res)
+            self._abandoned(call, time.perf_counter() - call.t0, fatal)
+        task = flight.task
+        exc = task.exception()
+        if exc is not None:
+            self.models.finished(None)
+            self.budget.release(res, sent=isinstance(exc, LMError))
+            self._failed(call, exc, fatal)
+        return self._answered(call, purpose, messages, task.result())
+
+    def _refuse_when_overloaded(self, client: Any, res: Reservation) -> None:
         if abandoned_calls() >= MAX_ABANDONED:
             self.budget.release(res, sent=False)
             raise LMError(
@@ -278,88 +314,66 @@ class ModelCalls:
                 kind="timeout",
                 model=client.model,
             )
-        call_id = next(self._ids)
-        first = self._ready(node, depth, client.model, call_id)
-        t0 = time.perf_counter()
-        max_tokens = res.worst.completion_tokens
-        timeout = limit if end is None else max(1.0, min(limit, end - time.monotonic()))
-        self.tracer.emit(
-            "lm_start",
-            node=node,
-            depth=depth,
-            purpose=purpose,
-            model=client.model,
-            call=call_id,
-            timeout_s=round(timeout, 3),
-            reserved_tokens=res.worst.tokens,
-            reserved_cost_usd=round(res.worst.cost_usd, 6),
-        )
-        self.models.started()
-        sent = list(messages)  # the caller may go on with its own list once it stops waiting
-        pending = _Pending(lambda p: self._settle_late(p, res, node, depth, client.model, call_id))
 
-        def send() -> Any:
+    async def _complete(
+        self, call: _Call, sent: Messages, flight: _Flight, first: bool, limit: float, end: float | None
+    ) -> Any:
+        """The call itself: a client with ``acompletion`` is awaited on the loop; any other
+        (LiteLLM, a user's synchronous client) runs in a thread, its ``prepare`` too."""
+        client = call.client
+        max_tokens = call.res.worst.completion_tokens
+
+        def went_out() -> float:
+            flight.sent_at = now = time.monotonic()
+            if first:
+                self.first_request_s = now - self.budget.started
+                self.tracer.emit(
+                    "lm_sent", node=call.node, depth=call.depth, model=client.model, call=call.id
+                )
+            return limit if end is None else max(1.0, min(limit, end - now))
+
+        acompletion = getattr(client, "acompletion", None)
+        if acompletion is not None and inspect.iscoroutinefunction(acompletion):
+            return await acompletion(sent, timeout_s=went_out(), max_tokens=max_tokens)
+
+        def in_thread() -> Any:
             prepare = getattr(client, "prepare", None)
             if callable(prepare):
                 prepare()  # e.g. LiteLLM's import: seconds, not the model's time
-            pending.sent_at = now = time.monotonic()
-            if first:
-                self.first_request_s = now - self.budget.started
-                self.tracer.emit("lm_sent", node=node, depth=depth, model=client.model, call=call_id)
-            own = limit if end is None else max(1.0, min(limit, end - now))
-            return client.completion(sent, timeout_s=own, max_tokens=max_tokens)
+            return client.completion(sent, timeout_s=went_out(), max_tokens=max_tokens)
 
-        worker = threading.Thread(
-            target=pending.run,
-            args=(send,),
-            name=f"lm-call-{call_id}",
-            daemon=True,  # an abandoned call must never keep the process alive
-        )
-        try:
-            worker.start()
-        except BaseException:  # no thread could start: nothing was sent
-            self.models.finished(None)
-            self.budget.release(res, sent=False)
-            raise
-        try:
-            finished = pending.wait(limit, end, ABANDON_SLACK_S, stop=self.budget.cancelled_by_caller)
-        except BaseException:  # Ctrl-C while waiting
-            if pending.abandon():
-                self.budget.count_call(res)
-            self.models.finished(None)
-            raise
-        if not finished and pending.abandon():
-            self.models.finished(None)
-            self.budget.count_call(res)
-            if self.budget.cancelled_by_caller.is_set():  # the caller stopped the run: that is the outcome
-                self.tracer.emit("lm_abandoned", node=node, depth=depth, model=client.model, call=call_id,
-                                 waited_s=round(time.perf_counter() - t0, 3))  # fmt: skip
-                self.budget.check()
-            self._abandoned(client, node, depth, call_id, res, time.perf_counter() - t0, fatal)
-        exc = pending.error
-        if exc is not None:
-            self.models.finished(None)
-            self.budget.release(res, sent=isinstance(exc, LMError))
-            if isinstance(exc, LMError):
-                left = self.budget.wall_left()
-                if exc.kind == "timeout" and left is not None and left <= 0.5:
-                    # The call was cut by the run's wall budget, not by the model: say so. (The
-                    # client stops at its deadline, so the clock may have a moment left.)
-                    self.tracer.emit("lm_cut", node=node, depth=depth, model=client.model, reason="timeout")
-                    raise self.budget.out_of_time() from exc
-                self.tracer.emit(
-                    "lm_error", node=node, depth=depth, model=client.model, call=call_id, error=str(exc)
-                )
-                if fatal:
-                    self._on_fatal(exc)
-            raise exc
-        resp = pending.response
-        self.models.finished(client.model, resp.prompt_tokens, resp.completion_tokens, resp.cost_usd)
-        over = self.budget.commit(res, resp.prompt_tokens, resp.completion_tokens, resp.cost_usd)
-        if over:
+        return await blocking_call(in_thread)
+
+    def _failed(self, call: _Call, exc: BaseException, fatal: bool) -> NoReturn:
+        """The call raised: a wall-time cut is the run's timeout; a model error is traced
+        (and, for a node's own calls, stops the run)."""
+        if isinstance(exc, LMError):
+            left = self.budget.wall_left()
+            if exc.kind == "timeout" and left is not None and left <= 0.5:
+                # The call was cut by the run's wall budget, not by the model: say so. (The
+                # client stops at its deadline, so the clock may have a moment left.)
+                self.tracer.emit("lm_cut", node=call.node, depth=call.depth, model=call.client.model,
+                                 reason="timeout")  # fmt: skip
+                raise self.budget.out_of_time() from exc
             self.tracer.emit(
-                "lm_overrun", node=node, depth=depth, model=client.model, call=call_id, over=over
+                "lm_error",
+                node=call.node,
+                depth=call.depth,
+                model=call.client.model,
+                call=call.id,
+                error=str(exc),
             )
+            if fatal:
+                self._on_fatal(exc)
+        raise exc
+
+    def _answered(self, call: _Call, purpose: str, messages: Messages, resp: Any) -> str:
+        """The call's answer: its usage committed, traced whole, cached."""
+        model, node, depth = call.client.model, call.node, call.depth
+        self.models.finished(model, resp.prompt_tokens, resp.completion_tokens, resp.cost_usd)
+        over = self.budget.commit(call.res, resp.prompt_tokens, resp.completion_tokens, resp.cost_usd)
+        if over:
+            self.tracer.emit("lm_overrun", node=node, depth=depth, model=model, call=call.id, over=over)
         if self.first_call_s is None:
             self.first_call_s = time.monotonic() - self.budget.started
         self.tracer.emit(
@@ -367,13 +381,13 @@ class ModelCalls:
             node=node,
             depth=depth,
             purpose=purpose,
-            model=client.model,  # the name the user configured: per-model accounting uses it
+            model=model,  # the name the user configured: per-model accounting uses it
             served_model=resp.model or None,
-            call=call_id,
+            call=call.id,
             prompt_tokens=resp.prompt_tokens,
             completion_tokens=resp.completion_tokens,
             cost_usd=resp.cost_usd,
-            latency_s=round(time.perf_counter() - t0, 4),
+            latency_s=round(time.perf_counter() - call.t0, 4),
             # Whole (up to 64 KB) and keyed by the request, so `replay` can answer the same
             # request with the same text without a model.
             response=resp.text[:RESPONSE_IN_TRACE],
@@ -381,7 +395,7 @@ class ModelCalls:
         )
         if self.cache is not None:
             self.cache.put(
-                client.model,
+                model,
                 request_digest(messages),
                 resp.text,
                 resp.prompt_tokens,
@@ -420,10 +434,9 @@ class ModelCalls:
         )
         return hit.text
 
-    def _abandoned(
-        self, client: Any, node: str, depth: int, call_id: int, res: Reservation, waited: float, fatal: bool
-    ) -> None:
+    def _abandoned(self, call: _Call, waited: float, fatal: bool) -> NoReturn:
         """The caller stopped waiting: a budget stop when the wall time is up, else a timeout."""
+        client, node, depth, call_id, res = call.client, call.node, call.depth, call.id, call.res
         self.tracer.emit(
             "lm_abandoned",
             node=node,
@@ -450,23 +463,33 @@ class ModelCalls:
             self._on_fatal(exc)
         raise exc
 
-    def _settle_late(
-        self, pending: _Pending, res: Reservation, node: str, depth: int, model: str, call_id: int
-    ) -> None:
-        """An abandoned call's thread ended: its real usage replaces its reservation (the
+    def _settle_late(self, call: _Call, task: asyncio.Future[Any]) -> None:
+        """An abandoned call's task ended: its real usage replaces its reservation (the
         budget and the tenant's ledger see it; the run's result may already be out)."""
-        resp = pending.response
+        resp = None if task.cancelled() or task.exception() is not None else task.result()
         if resp is None:
-            self.budget.release(res)
+            self.budget.release(call.res)
             return
-        self.budget.commit(res, resp.prompt_tokens, resp.completion_tokens, resp.cost_usd)
+        self.budget.commit(call.res, resp.prompt_tokens, resp.completion_tokens, resp.cost_usd)
         self.tracer.emit(
             "lm_late",
-            node=node,
-            depth=depth,
-            model=model,
-            call=call_id,
+            node=call.node,
+            depth=call.depth,
+            model=call.client.model,
+            call=call.id,
             prompt_tokens=resp.prompt_tokens,
             completion_tokens=resp.completion_tokens,
             cost_usd=resp.cost_usd,
         )
+
+
+@dataclass(frozen=True)
+class _Call:
+    """Who made one call and what it reserved: what its outcome is recorded against."""
+
+    client: Any
+    node: str
+    depth: int
+    id: int
+    res: Reservation
+    t0: float

@@ -9,7 +9,7 @@ The window comes from LiteLLM's price map (read as data), or the ``context_windo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from rlm_sandbox.rlm.prices import context_window
 from rlm_sandbox.rlm.prompts import render
@@ -27,12 +27,12 @@ def known_window(model: str) -> int | None:
     return context_window(model)
 
 
-def compact_if_needed(
+async def compact_if_needed(
     messages: list[dict[str, str]],
     *,
     window: int | None,
     compact_at: float,
-    summarize: Callable[[list[dict[str, str]]], str],
+    summarize: Callable[[list[dict[str, str]]], Awaitable[str]],
 ) -> tuple[list[dict[str, str]], dict[str, int] | None]:
     """The history to send: ``messages`` itself, or a compacted copy when it is too long,
     with what was folded (for the trace). ``summarize`` asks the node's own model."""
@@ -48,7 +48,7 @@ def compact_if_needed(
     room = int(window * 0.5) * CHARS_PER_TOKEN
     if len(steps) > room:  # the summary call must fit too: keep the most recent part
         steps = "[... the oldest part is cut ...]\n" + steps[-room:]
-    summary = summarize([head[0], {"role": "user", "content": render("compact", steps=steps)}])
+    summary = await summarize([head[0], {"role": "user", "content": render("compact", steps=steps)}])
     folded = {
         "role": "assistant",
         "content": "(Summary of my earlier steps, compacted to fit the context window; every REPL "

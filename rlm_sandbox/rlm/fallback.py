@@ -18,7 +18,7 @@ A tenant's caps and a cancelled run allow no fallback at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from rlm_sandbox.errors import RLMSandboxError
 from rlm_sandbox.rlm.prompts import render
@@ -39,11 +39,11 @@ def fallback_prompt(reason: str) -> Messages:
     return [{"role": "user", "content": render("fallback", reason=reason[:REASON_ROOM])}]
 
 
-def best_answer(
+async def best_answer(
     messages: Messages,
     reason: str,
-    ask: Callable[[Messages], str],
-    finish: Callable[[str], str | None],
+    ask: Callable[[Messages], Awaitable[str]],
+    finish: Callable[[str], Awaitable[str | None]],
 ) -> str | None:
     """Ask the model for its answer now; None if it has none or the call fails (or does
     not fit: ``ask`` raises then).
@@ -54,10 +54,10 @@ def best_answer(
         return None
     request = [*messages, *fallback_prompt(reason)]
     try:
-        text = ask(request)
+        text = await ask(request)
     except RLMSandboxError:
         return None
     try:
-        return finish(text)
+        return await finish(text)
     except RLMSandboxError:  # the sandbox is gone (a crash, or the wall clock): no FINAL_VAR
         return None

@@ -3,17 +3,20 @@
 A node's model writes ```repl code; the node runs it in its own sandbox and shows the model
 the (truncated) output, until the model gives a final answer. ``llm_query`` from a node at
 depth ``d`` becomes a child node (own container, own loop) while ``d + 1 < depth``, and a
-plain call to the sub model below that. Children run in the sandbox's handler pool, so
-``llm_query_batched`` fans out into parallel containers, bounded by the container budget.
+plain call to the sub model below that. A node is a coroutine on its run's loop, and so is
+every request its cells make: ``llm_query_batched`` fans out into parallel containers,
+bounded by the container budget, without a thread waiting on a model. What blocks (a cell
+waiting on its kernel, Docker's API) runs in :mod:`rlm_sandbox.blocking`'s pools.
 """
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from rlm_sandbox.blocking import blocking
 from rlm_sandbox.errors import AnswerInvalid, BudgetExhausted
 from rlm_sandbox.inputs import InputSet
 from rlm_sandbox.rlm import conversation
@@ -36,36 +39,29 @@ NO_FALLBACK_BUDGETS = frozenset({"cancelled", "tenant_max_cost", "tenant_max_con
 
 
 class _FirstStep:
-    """A node's first model call, made in a thread of its own so that the node's container
-    starts meanwhile; ``result()`` waits for it and re-raises what it raised."""
+    """A node's first model call, made as a task of its own so that the node's container
+    starts meanwhile; ``result()`` awaits it and re-raises what it raised."""
 
     def __init__(self, node: Node) -> None:
-        self._text: str | None = None
-        self._error: BaseException | None = None
         # In flight from now on, not only once the request is sent: a run that stops (its
         # container failed to start) waits for this call and counts its cost.
-        self._models = node.run.models
-        self._models.started()
-        self._thread = threading.Thread(
-            target=self._run, args=(node,), name=f"first-step-{node.id}", daemon=True
-        )
-        self._thread.start()
+        models = node.run.models
+        models.started()
+        self._task = node.run.spawn(node.step_call(1))
 
-    def _run(self, node: Node) -> None:
-        try:
-            self._text = node.step_call(1)
-        except BaseException as exc:
-            self._error = exc
-        finally:
-            self._models.finished(None)
+        def ended(task: asyncio.Task[str]) -> None:
+            models.finished(None)
+            if not task.cancelled():
+                task.exception()  # never "exception was never retrieved" for a call unused
 
-    def result(self) -> str:
-        self._thread.join()
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-        assert self._text is not None
-        return self._text
+        self._task.add_done_callback(ended)
+
+    async def result(self) -> str:
+        return await self._task
+
+    def cancel(self) -> None:
+        """The node ended without it (its container failed to start): stop waiting for it."""
+        self._task.cancel()
 
 
 class Node:
@@ -85,7 +81,7 @@ class Node:
         self.typed: Any = None  # the validated value, when ``output`` is set
         self.schema_failures = 0
         # The bytes of this node's requests count against the run's bound, at this depth.
-        self.handler = RequestHandler(self.handle_request, held=run.held.scope(depth))
+        self.handler = RequestHandler(self.handle_request, held=run.held.scope(depth), loop=run.loop)
         self.depth = depth
         self.parent = parent
         self.context = context
@@ -102,12 +98,16 @@ class Node:
 
     # ---- what a cell asks the host
 
-    def handle_request(self, req: SubRequest) -> str:
-        """Everything a cell can ask the host: llm_query, rlm_query (typed or not), tools."""
+    async def handle_request(self, req: SubRequest) -> str:
+        """Everything a cell can ask the host: llm_query, rlm_query (typed or not), tools.
+        Runs as a task on the run's loop, cancelled with the run."""
         run = self.run
+        task = asyncio.current_task()
+        if task is not None:
+            run.adopt(task)
         run.budget.check()
         if req.kind == "tool":
-            return run.tools.call(
+            return await run.tools.acall(
                 req.name or "",
                 req.text,
                 reserve=run.budget.reserve_tool_call,
@@ -129,23 +129,25 @@ class Node:
                 output=spec,
                 context_held=req.held,
             )
-            answer = child.solve()
+            answer = await child.solve()
             self.cited.absorb(child.cited)  # the child's evidence comes back with its answer
             return answer
         run.tracer.emit("sub_call", node=self.id, depth=self.depth, kind="lm", prompt_chars=len(req.text))
         leaf = run.models.for_leaf(self.depth)
         if spec is not None:
-            return self._typed_leaf(leaf, req.text, spec)
-        return run.calls.call(leaf, [{"role": "user", "content": req.text}], self.id, self.depth, "sub_call")
+            return await self._typed_leaf(leaf, req.text, spec)
+        return await run.calls.call(
+            leaf, [{"role": "user", "content": req.text}], self.id, self.depth, "sub_call"
+        )
 
-    def _typed_leaf(self, leaf: Any, prompt: str, spec: AnswerSpec) -> str:
+    async def _typed_leaf(self, leaf: Any, prompt: str, spec: AnswerSpec) -> str:
         """A plain call whose answer must match a schema: checked, sent back to fix, bounded."""
         run = self.run
         messages = [{"role": "user", "content": render("typed_leaf", prompt=prompt, schema=spec.describe())}]
         problem = None
         for _attempt in range(run.config.schema_retries + 1):
-            text = run.calls.call(leaf, messages, self.id, self.depth, "sub_call")
-            value, problem = spec.check(text, seconds=run.check_seconds())
+            text = await run.calls.call(leaf, messages, self.id, self.depth, "sub_call")
+            value, problem = await blocking(spec.check, text, seconds=run.check_seconds())
             if problem is None:
                 return spec.dump(value)
             messages += [
@@ -156,7 +158,7 @@ class Node:
 
     # ---- the node's life
 
-    def solve(self, *, before_sandbox: Callable[[], None] | None = None) -> str:
+    async def solve(self, *, before_sandbox: Callable[[], Awaitable[None]] | None = None) -> str:
         """Run this node to its answer in a sandbox of its own; raises a typed error when it
         cannot give one (the root's budget stop carries the model's best answer, if any).
 
@@ -175,21 +177,28 @@ class Node:
             first = _FirstStep(self)
 
         early = send_first_step if info is not None else None
-        with self.run.node_sandbox(self, while_starting=early, before_sandbox=before_sandbox) as sandbox:
-            try:
-                if first is None:
-                    self.start_history(self.begin_load(sandbox))
-                else:
-                    self.begin_load(sandbox)
-                self.context = None  # the kernel has it (or its loader does): the host keeps no copy
-                self.answer = self.run_steps(sandbox, first=first)
-                return self.answer
-            except BudgetExhausted as exc:
-                if self._may_fall_back(exc):
-                    exc.fallback_answer = self._fallback(sandbox, exc)
-                raise
+        try:
+            async with self.run.node_sandbox(
+                self, while_starting=early, before_sandbox=before_sandbox
+            ) as sandbox:
+                try:
+                    if first is None:
+                        self.start_history(await self.begin_load(sandbox))
+                    else:
+                        await self.begin_load(sandbox)
+                    self.context = None  # the kernel has it (or its loader does): the host keeps no copy
+                    self.answer = await self.run_steps(sandbox, first=first)
+                    return self.answer
+                except BudgetExhausted as exc:
+                    if self._may_fall_back(exc):
+                        exc.fallback_answer = await self._fallback(sandbox, exc)
+                    raise
+        except asyncio.CancelledError:
+            if first is not None:
+                first.cancel()  # a no-op once awaited; stops a call the node will not use
+            raise
 
-    def begin_load(self, sandbox: Sandbox) -> Any:
+    async def begin_load(self, sandbox: Sandbox) -> Any:
         """Send ``context`` to the sandbox; returns what the prompt may say of it. When the
         host already knows that (a file's size, a string's length) the load goes on in the
         background while the first model call is made (seconds at 1 GB); cells wait for it."""
@@ -199,17 +208,18 @@ class Node:
         if isinstance(context, InputSet) and context.simple_path() is not None:
             context = context.simple_path()  # one plain file: the way a Path always loads
         if info is None:
-            return load_into(sandbox, context, progress, self.context_held)
+            return await blocking(load_into, sandbox, context, progress, self.context_held)
         self._loader = ContextLoader(sandbox, context, progress, self.context_held)
         return info
 
-    def _loaded(self) -> None:
-        """Block until ``context`` is in the sandbox; re-raise a failed load. The wait
+    async def _loaded(self) -> None:
+        """Wait until ``context`` is in the sandbox; re-raise a failed load. The wait
         ends with the run (its wall time, a stop): the load itself ends when the sandbox
         is closed."""
         if self._loader is not None:
-            while not self._loader.join(timeout=0.5):
+            while not self._loader.join(timeout=0):
                 self.run.budget.check()
+                await asyncio.sleep(0.01)
 
     def start_history(self, info: Any) -> None:
         """The conversation a node starts with: the system prompt and the task."""
@@ -240,47 +250,47 @@ class Node:
             budget_note=note,
         )
 
-    def run_steps(self, sandbox: Sandbox, *, first: _FirstStep | None = None) -> str:
+    async def run_steps(self, sandbox: Sandbox, *, first: _FirstStep | None = None) -> str:
         """Steps until an answer, from whatever history the node has (a session's follow-up
         question continues the same conversation, REPL and all). ``first`` is the first
         step's model call, already sent while the sandbox started."""
         cfg = self.run.config
         for step in range(1, cfg.max_steps + 1):
-            text = first.result() if step == 1 and first is not None else self.step_call(step)
+            text = await first.result() if step == 1 and first is not None else await self.step_call(step)
             self.messages.append({"role": "assistant", "content": text})
             self._hold_fallback()
-            self._loaded()
-            outputs, answer = self._run_blocks(sandbox, text, step)
+            await self._loaded()
+            outputs, answer = await self._run_blocks(sandbox, text, step)
             if answer is None:
-                answer, note = self._final_from_text(sandbox, text)
+                answer, note = await self._final_from_text(sandbox, text)
                 if note:
                     outputs.append(note)
             if answer is not None:
-                problem = self._check_answer(answer)
+                problem = await self._check_answer(answer)
                 if problem is None:
                     return self._typed_text(answer)
                 outputs.append(render("schema_retry", problem=problem))
             self.messages.append(conversation.step_feedback(outputs, step, cfg.max_steps))
-        return self._last_word(sandbox)
+        return await self._last_word(sandbox)
 
-    def step_call(self, step: int) -> str:
+    async def step_call(self, step: int) -> str:
         """The model call of step ``step``: counted, compacted, admitted by the budget."""
         run = self.run
         run.budget.check()
         self.steps = step
         run.budget.add_step()
-        self._compact()
-        return run.calls.call(self.lm, self.messages, self.id, self.depth, "step")
+        await self._compact()
+        return await run.calls.call(self.lm, self.messages, self.id, self.depth, "step")
 
-    def _last_word(self, sandbox: Sandbox) -> str:
+    async def _last_word(self, sandbox: Sandbox) -> str:
         """Out of steps: one last turn to answer with what it has. A child's last word is
         still an answer for its parent; the root's becomes the fallback of its budget stop."""
         run, cfg = self.run, self.run.config
         run.budget.check()
-        text = run.calls.call(self.lm, self.messages, self.id, self.depth, "last_answer")
+        text = await run.calls.call(self.lm, self.messages, self.id, self.depth, "last_answer")
         self.messages.append({"role": "assistant", "content": text})
-        self._loaded()
-        answer = self._accepted_final(sandbox, text)
+        await self._loaded()
+        answer = await self._accepted_final(sandbox, text)
         if answer is not None and self.depth > 0:
             return answer
         raise BudgetExhausted(
@@ -290,10 +300,10 @@ class Node:
             fallback_answer=answer if cfg.fallback_answer else None,
         )
 
-    def _compact(self) -> None:
+    async def _compact(self) -> None:
         """Keep the history inside the model's context window (the namespace is untouched)."""
         run, cfg = self.run, self.run.config
-        compacted, stats = compact_if_needed(
+        compacted, stats = await compact_if_needed(
             self.messages,
             window=cfg.context_window or known_window(self.lm.model),
             compact_at=cfg.compact_at,
@@ -303,7 +313,7 @@ class Node:
             self.messages = compacted
             run.tracer.emit("compaction", node=self.id, depth=self.depth, **stats)
 
-    def _run_blocks(self, sandbox: Sandbox, text: str, step: int) -> tuple[list[str], str | None]:
+    async def _run_blocks(self, sandbox: Sandbox, text: str, step: int) -> tuple[list[str], str | None]:
         run, cfg = self.run, self.run.config
         outputs: list[str] = []
         for index, code in enumerate(find_code_blocks(text)):
@@ -312,7 +322,7 @@ class Node:
             run.tracer.emit(
                 "cell_start", node=self.id, depth=self.depth, step=step, index=index, code=code[:4000]
             )
-            result = sandbox.execute(code, timeout=limit)
+            result = await blocking(sandbox.execute, code, timeout=limit)
             if result.citations:
                 self.cited.add(result.citations, self.id)
             if run.first_cell_s is None:
@@ -339,11 +349,11 @@ class Node:
 
     # ---- answers
 
-    def _check_answer(self, answer: str, *, retry: bool = True) -> str | None:
+    async def _check_answer(self, answer: str, *, retry: bool = True) -> str | None:
         """None if ``answer`` is acceptable; otherwise what is wrong (and count the attempt)."""
         if self.output is None:
             return None
-        value, problem = self.output.check(answer, seconds=self.run.check_seconds())
+        value, problem = await blocking(self.output.check, answer, seconds=self.run.check_seconds())
         if problem is None:
             self.typed = value
             return None
@@ -360,15 +370,15 @@ class Node:
     def _typed_text(self, answer: str) -> str:
         return self.output.dump(self.typed) if self.output is not None and self.typed is not None else answer
 
-    def _accepted_final(self, sandbox: Sandbox, text: str) -> str | None:
+    async def _accepted_final(self, sandbox: Sandbox, text: str) -> str | None:
         """The final answer in ``text`` if it is one the run accepts (a typed run: only one
         that matches its schema), else None; no retry is asked for."""
-        answer, _note = self._final_from_text(sandbox, text)
-        if answer is None or self._check_answer(answer, retry=False) is not None:
+        answer, _note = await self._final_from_text(sandbox, text)
+        if answer is None or await self._check_answer(answer, retry=False) is not None:
             return None
         return self._typed_text(answer)
 
-    def _final_from_text(self, sandbox: Sandbox, text: str) -> tuple[str | None, str | None]:
+    async def _final_from_text(self, sandbox: Sandbox, text: str) -> tuple[str | None, str | None]:
         final = find_final(text)
         if final is None:
             return None, None
@@ -381,7 +391,7 @@ class Node:
                 f"FINAL_VAR needs a variable name, got {name!r}; use FINAL(...) for a literal answer.",
             )
         limit = self.run.kernel_limit()
-        result = sandbox.execute(f"FINAL_VAR({name!r})", timeout=limit)
+        result = await blocking(sandbox.execute, f"FINAL_VAR({name!r})", timeout=limit)
         if result.timed_out:
             return None, (
                 f"FINAL_VAR({name}): turning {name!r} into text took longer than {limit:g} s and was "
@@ -411,20 +421,22 @@ class Node:
             and exc.fallback_answer is None
         )
 
-    def _fallback(self, sandbox: Sandbox, exc: BudgetExhausted) -> str | None:
+    async def _fallback(self, sandbox: Sandbox, exc: BudgetExhausted) -> str | None:
         """Ask the root's model once for its best answer: within the caps (it spends the
         hold kept for it), bounded in time; skipped when it does not fit."""
         run = self.run
         skipped: list[str] = []
 
-        def ask(request: Messages) -> str:
+        async def ask(request: Messages) -> str:
             try:
-                return run.calls.fallback(self.lm, request, self.id, self.depth)
+                return await run.calls.fallback(self.lm, request, self.id, self.depth)
             except BudgetExhausted as why:
                 skipped.append(why.message)
                 raise
 
-        found = best_answer(self.messages, exc.message, ask, lambda text: self._accepted_final(sandbox, text))
+        found = await best_answer(
+            self.messages, exc.message, ask, lambda text: self._accepted_final(sandbox, text)
+        )
         run.tracer.emit(
             "fallback",
             node=self.id,

@@ -11,15 +11,17 @@ lifecycle once is what keeps the two from drifting apart.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from rlm_sandbox.blocking import blocking, finish, settle_late
 from rlm_sandbox.errors import (
     BudgetExhausted,
     ConfigError,
@@ -59,6 +61,9 @@ if TYPE_CHECKING:
         steps: int
         answer: str | None
         handler: LLMHandler
+
+
+T = TypeVar("T")
 
 
 def new_run_id(kind: str = "run") -> str:
@@ -103,6 +108,13 @@ class Cancellation:
             run = self._run
         if run is not None:
             run.cancel(why)
+
+    def interrupt(self, signal: BaseException) -> None:
+        """Ctrl-C or SIGTERM reached the thread waiting for the run: stop it as interrupted."""
+        with self._lock:
+            run = self._run
+        if run is not None:
+            run.interrupt(signal)
 
 
 @dataclass
@@ -163,8 +175,13 @@ class Run:
         )
         self._ids = 0
         self._lock = threading.Lock()
-        self._nodes_cond = threading.Condition()
         self._active_nodes = 0
+        # The loop the run lives on (a run is made by a coroutine): what other threads
+        # (a Cancellation, Ctrl-C) hand their stop to.
+        self.loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks_cancelled = False
+        self.interrupted: str | None = None  # why, when Ctrl-C or SIGTERM stopped the run
 
     # ---- opening
 
@@ -211,9 +228,9 @@ class Run:
             if callable(check):
                 check()
 
-    def start_containers(self) -> None:
+    async def start_containers(self) -> None:
         """Engines probed and warm pools filling; inside the run's error handling."""
-        self.containers.start()
+        await blocking(self.containers.start)
         if self.containers.placement is not None:
             self.tracer.emit(
                 "engines",
@@ -228,17 +245,17 @@ class Run:
             self._ids += 1
             return f"n{self._ids}" if parent else "root"
 
-    @contextmanager
-    def node_sandbox(
+    @asynccontextmanager
+    async def node_sandbox(
         self,
         node: NodeLike,
         *,
         while_starting: Callable[[], None] | None = None,
-        before_sandbox: Callable[[], None] | None = None,
-    ) -> Iterator[Sandbox]:
+        before_sandbox: Callable[[], Awaitable[None]] | None = None,
+    ) -> AsyncIterator[Sandbox]:
         """A sandbox for ``node`` while the block runs: a container slot of the budget, an
         engine, a sandbox (pooled or new) with the run's tools, traced from ``node_begin`` to
-        ``node_end`` and released whatever happens.
+        ``node_end`` and released whatever happens (a cancelled run too).
 
         ``while_starting`` runs once the node is admitted and before its container is asked
         for: the node sends its first model call there, so the call and the container start
@@ -252,13 +269,13 @@ class Run:
         lease: Lease | None = None
         status, error = "error", None
         try:
-            self.budget.admit_node(node.depth)  # a container slot: released below, whatever happens
+            await self.budget.aadmit_node(node.depth)  # a container slot: released below, whatever happens
             admitted = True
             if while_starting is not None:
                 while_starting()
             if before_sandbox is not None:
-                before_sandbox()
-            lease = self.containers.acquire(node.id, node.handler)
+                await before_sandbox()
+            lease = await self._acquire(node)
             self.budget.container_started()
             tracer.emit(
                 "node_start",
@@ -271,17 +288,20 @@ class Run:
                 pooled=lease.pooled,
                 task=node.task[:500],
             )
-            self.offer_tools(lease.sandbox)
+            await self.offer_tools(lease.sandbox)
             yield lease.sandbox
             status = "done"
         except BaseException as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            if lease is not None:
+            error = (
+                f"{type(exc).__name__}: {exc}" if not isinstance(exc, asyncio.CancelledError) else "cancelled"
+            )
+            if lease is not None and not isinstance(exc, asyncio.CancelledError):
                 self.containers.fail_engine(lease.engine, exc)
             raise
         finally:
+            cancelled = False  # a cancel while the container is released: raised once all is done
             if lease is not None:
-                self.containers.release(lease)
+                _, cancelled = await finish(blocking(self.containers.release, lease))
             if admitted:
                 self.budget.release_container()
             # Every node_begin gets its node_end, even for a node the budget never admitted:
@@ -297,37 +317,79 @@ class Run:
                 wall_s=round(time.monotonic() - t0, 4),
             )
             self._node_left()
+            if cancelled:
+                raise asyncio.CancelledError
 
-    def offer_tools(self, sandbox: Sandbox) -> None:
+    async def _acquire(self, node: NodeLike) -> Lease:
+        """A sandbox for ``node`` (a Docker start runs in a thread); one that arrives after
+        the node was cancelled is released, not leaked."""
+        started = blocking(self.containers.acquire, node.id, node.handler)
+        try:
+            return await asyncio.shield(started)
+        except asyncio.CancelledError:
+            settle_late(started, self.containers.release)
+            raise
+
+    async def offer_tools(self, sandbox: Sandbox) -> None:
         """Give the kernel a proxy per host tool; they live in its engine names, so they are
         restored after every cell."""
         if self.tools:
-            setup = sandbox.execute(
-                f"_rlm_register_tools({self.tools.names()!r})", timeout=self.kernel_limit()
-            )
+            code = f"_rlm_register_tools({self.tools.names()!r})"
+            setup = await blocking(sandbox.execute, code, timeout=self.kernel_limit())
             if setup.error:
                 raise SandboxError(f"could not offer the tools to the sandbox: {setup.error}")
 
     def _node_entered(self) -> None:
-        with self._nodes_cond:
+        with self._lock:
             self._active_nodes += 1
 
     def _node_left(self) -> None:
-        with self._nodes_cond:
+        with self._lock:
             self._active_nodes -= 1
-            self._nodes_cond.notify_all()
 
-    def _wait_nodes(self, timeout_s: float) -> bool:
-        """Wait until no node is running: after a stop, children still unwinding in handler
-        threads may be starting or closing containers; the run must not return before them."""
+    async def _wait_nodes(self, timeout_s: float) -> bool:
+        """Wait until no node is running: after a stop, children still unwinding may be
+        starting or closing containers; the run must not return before them."""
         deadline = time.monotonic() + timeout_s
-        with self._nodes_cond:
-            while self._active_nodes > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._nodes_cond.wait(left)
+        while self._active_nodes > 0:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
         return True
+
+    # ---- tasks: what a cancel stops
+
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """A task of this run (a node, a first model call): cancelled when the run is."""
+        task = self.loop.create_task(coro)
+        self.adopt(task)
+        return task
+
+    def adopt(self, task: asyncio.Task[Any]) -> None:
+        """Count ``task`` (a request a cell made) as the run's: cancelled when the run is."""
+        if self._tasks_cancelled:
+            task.cancel()
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _cancel_tasks(self) -> None:
+        """On the run's loop: every task of the run cancelled, every container removed."""
+        self._tasks_cancelled = True
+        for task in list(self._tasks):
+            task.cancel()
+        blocking(self.containers.close_all)  # in a thread: the loop goes on
+
+    def _on_loop(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` on the run's loop: now when called there, else as soon as it can."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            fn()
+        elif not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(fn)
 
     def kernel_limit(self) -> float:
         """How long the host may wait on a kernel (a cell, FINAL_VAR's str(), the tools'
@@ -419,19 +481,20 @@ class Run:
                     break
         return Outcome(status, message, budget, hint, fallback)
 
-    def stop(self) -> None:
+    async def stop(self, *, drain: bool = True) -> None:
         """Close every container of the run and wait for what is still unwinding, never past
         the run's wall-time budget plus its grace (``Budget.stop_deadline``): what is still
         unwinding then closes its own container when it gets there, and the CLI's exit
-        removes every container the process started."""
-        self.containers.close_all()
-        # Children cut short are still unwinding in their threads (a cold start may be
-        # finishing): wait for them, then close whatever they opened after the sweep.
+        removes every container the process started. ``drain``: wait for model calls in
+        flight too (their cost counts); a cancelled run does not."""
+        await blocking(self.containers.close_all)
+        # Children cut short are still unwinding (a cold start may be finishing): wait for
+        # them, then close whatever they opened after the sweep.
         sb = self.config.sandbox
-        self._wait_nodes(self._until_stop_deadline(max(10.0, sb.start_timeout + sb.kill_grace)))
-        self.containers.close_all()
-        # Calls still in flight (a fan-out the stop cut short) cost money: wait for them.
-        self.models.drain(self._until_stop_deadline(min(30.0, self.config.lm_timeout)))
+        await self._wait_nodes(self._until_stop_deadline(max(10.0, sb.start_timeout + sb.kill_grace)))
+        await blocking(self.containers.close_all)
+        if drain:  # calls still in flight (a fan-out the stop cut short) cost money: wait for them
+            await blocking(self.models.drain, self._until_stop_deadline(min(30.0, self.config.lm_timeout)))
 
     def _until_stop_deadline(self, wait_s: float) -> float:
         """``wait_s``, cut to what is left before the run must have ended."""
@@ -439,19 +502,26 @@ class Run:
         return wait_s if end is None else max(0.0, min(wait_s, end - time.monotonic()))
 
     def cancel(self, why: str = "the run was cancelled by its caller") -> None:
-        """Stop the run now, from any thread: every node stops at its next check, every cell
-        is interrupted (its container removed), every model call abandoned; the outcome is
-        ``cancelled``."""
+        """Stop the run now, from any thread: every node stops, every cell is interrupted
+        (its container removed), every model call abandoned; the outcome is ``cancelled``."""
         self.budget.cancelled_by_caller.set()
         self.budget.cancel(RunCancelled(why))
-        self.containers.close_all()
+        self._on_loop(self._cancel_tasks)
 
-    def interrupt(self, exc: BaseException) -> None:
-        """Ctrl-C or SIGTERM: stop the tree, remove every container, close the trace with the
-        reason; the caller then lets the signal end the process."""
-        why = "interrupted (SIGINT)" if isinstance(exc, KeyboardInterrupt) else "terminated (SIGTERM)"
-        self.budget.cancel(exc)
-        self.containers.close_all()
+    def interrupt(self, signal: BaseException) -> None:
+        """Ctrl-C or SIGTERM (from the thread that waits for the run): stop the tree and
+        remove every container; the run's coroutine then closes the trace with the reason
+        (:meth:`end_interrupted`) and the signal goes on."""
+        self.interrupted = (
+            "interrupted (SIGINT)" if isinstance(signal, KeyboardInterrupt) else "terminated (SIGTERM)"
+        )
+        self.budget.cancelled_by_caller.set()
+        self.budget.cancel(signal)
+        self._on_loop(self._cancel_tasks)
+
+    def end_interrupted(self) -> None:
+        """``run_end`` for a run Ctrl-C or SIGTERM stopped."""
+        why = self.interrupted or "interrupted"
         error = f"{why}: the run was stopped and its containers removed"
         self.end(status="error", error=error, reason=why, **self.budget.snapshot())
 

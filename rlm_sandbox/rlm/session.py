@@ -13,15 +13,18 @@ node's sandbox kept for its whole life, a result per question, ended on close.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from contextlib import ExitStack
+from contextlib import AsyncExitStack
 from typing import Any
 
+from rlm_sandbox.blocking import finish
 from rlm_sandbox.errors import SandboxClosed
 from rlm_sandbox.input_check import BinaryInput
 from rlm_sandbox.inputs import as_input
 from rlm_sandbox.rlm import conversation
 from rlm_sandbox.rlm.answers import AnswerSpec
+from rlm_sandbox.rlm.bridge import run_sync
 from rlm_sandbox.rlm.citations import CitationLog
 from rlm_sandbox.rlm.node import Node
 from rlm_sandbox.rlm.result import RLMResult
@@ -31,6 +34,9 @@ from rlm_sandbox.trace.writer import answer_fields
 
 
 class Session:
+    """A session: the async core (``aopen``/``aask``/``aclose``, what ``AsyncSession``
+    awaits) and the sync API over it (``open``/``ask``/``close``, on the engine loop)."""
+
     def __init__(self, setup: RunSetup, context: Any, *, run_id: str | None = None) -> None:
         self.setup = setup
         self._given = "" if context is None else context
@@ -44,10 +50,10 @@ class Session:
         self._sandbox: Sandbox | None = None
         self._info: Any = None
         self._opened: dict[str, Any] | None = None  # the budget before the root node started
-        self._stack = ExitStack()
+        self._stack = AsyncExitStack()
         self._closed = False
 
-    # ---- lifecycle
+    # ---- the sync API: the same coroutines on the engine loop
 
     def __enter__(self) -> Session:
         return self.open()
@@ -56,23 +62,43 @@ class Session:
         self.close()
 
     def open(self) -> Session:
+        run_sync(self.aopen(), on_interrupt=self._interrupt)
+        return self
+
+    def ask(self, question: str, *, output: Any = None) -> RLMResult:
+        """Answer one more question; the REPL and the conversation carry over."""
+        return run_sync(self.aask(question, output=output), on_interrupt=self._interrupt)
+
+    def close(self) -> None:
+        """Remove the container and close the trace; safe to call more than once."""
+        run_sync(self.aclose(), on_interrupt=self._interrupt)
+
+    def _interrupt(self, signal: BaseException) -> None:
+        if self.run is not None:
+            self.run.interrupt(signal)
+
+    # ---- lifecycle
+
+    async def aopen(self) -> Session:
         if self.run is not None:
             return self
+        if self._closed:
+            raise SandboxClosed("this session is closed; start a new one")
         run = self.run = Run.begin(self.setup, self.run_id, "(session)", session=True)
         self._opened = run.snapshot()
         node = self.node = Node(run, depth=0, parent=None, context=self.context, task="(session)")
         try:
             run.check_credentials()  # a missing key fails here, before any container starts
             run.take_input(self.context)
-            run.start_containers()
-            self._sandbox = self._stack.enter_context(run.node_sandbox(node))
-            self._info = node.begin_load(self._sandbox)
+            await run.start_containers()
+            self._sandbox = await self._stack.enter_async_context(run.node_sandbox(node))
+            self._info = await node.begin_load(self._sandbox)
         except BaseException:
-            self.close()
+            await self.aclose()
             raise
         return self
 
-    def close(self) -> None:
+    async def aclose(self, **end: Any) -> None:
         """Remove the container and close the trace; safe to call more than once."""
         if self._closed:
             return
@@ -82,47 +108,46 @@ class Session:
         run = self.run
         if run is None:
             return
+        cancelled = False
         try:
-            self._stack.close()  # the root's sandbox, its engine room and its budget slot
+            _, cancelled = await finish(self._stack.aclose())  # the root's sandbox, engine room, slot
         finally:
-            run.stop()  # children a question left unwinding, calls in flight
-            run.end(
-                status="closed", questions=self.questions, **run.budget.snapshot(), models=run.models.report()
-            )
+            _, stop_cancelled = await finish(run.stop(drain=not run.budget.cancelled_by_caller.is_set()))
+            if run.interrupted is not None:
+                run.end_interrupted()
+            else:
+                end = {"status": "closed"} | end
+                run.end(**end, questions=self.questions, **run.budget.snapshot(), models=run.models.report())
+            if cancelled or stop_cancelled:
+                raise asyncio.CancelledError
 
     # ---- questions
 
-    def ask(self, question: str, *, output: Any = None) -> RLMResult:
-        """Answer one more question; the REPL and the conversation carry over."""
+    async def aask(self, question: str, *, output: Any = None) -> RLMResult:
+        """Answer one more question; the REPL and the conversation carry over. Cancelling
+        the awaiting task ends the session (``status: cancelled``) and raises
+        :class:`asyncio.CancelledError`."""
         if self._closed:
             raise SandboxClosed("this session is closed; start a new one")
         if not question or not question.strip():
             raise ValueError("the question is empty")
-        self.open()
+        await self.aopen()
         run, node, sandbox = self.run, self.node, self._sandbox
         assert run is not None and node is not None and sandbox is not None
         self.questions += 1
         before = self._opened if self.questions == 1 else run.snapshot()
-        run.budget.started = time.monotonic()  # the wall-time limit is per question
-        node.steps = 0
-        node.schema_failures = 0
-        node.output = AnswerSpec(output) if output is not None else None
-        node.typed = None
-        node.task = question
-        node.cited = CitationLog()  # this question's evidence only
-        run.tracer.emit("question", node=node.id, number=self.questions, task=question[:2000])
-        if not node.messages:
-            node.start_history(self._info)
-        else:
-            node.messages.append(conversation.followup(question))
+        self._start_question(question, output)
         answer, outcome = None, Outcome()
         t0 = time.monotonic()
         try:
-            answer = node.run_steps(sandbox)
+            answer = await run.spawn(node.run_steps(sandbox))
+        except asyncio.CancelledError:
+            await self._cancelled(run)
+            raise
         except Exception as exc:
             outcome = run.outcome(exc)
             if not sandbox.healthy:
-                self.close()  # the container died: this session cannot go on
+                await self.aclose()  # the container died: this session cannot go on
         result = run.result(
             answer,
             outcome,
@@ -136,6 +161,28 @@ class Session:
         fields = trace_fields(result) | answer_fields(result.answer)
         run.tracer.emit("answer", node=node.id, number=self.questions, **fields)
         return result
+
+    def _start_question(self, question: str, output: Any) -> None:
+        run, node = self.run, self.node
+        assert run is not None and node is not None
+        run.budget.started = time.monotonic()  # the wall-time limit is per question
+        node.steps = 0
+        node.schema_failures = 0
+        node.output = AnswerSpec(output) if output is not None else None
+        node.typed = None
+        node.task = question
+        node.cited = CitationLog()  # this question's evidence only
+        run.tracer.emit("question", node=node.id, number=self.questions, task=question[:2000])
+        if not node.messages:
+            node.start_history(self._info)
+        else:
+            node.messages.append(conversation.followup(question))
+
+    async def _cancelled(self, run: Run) -> None:
+        """The question was cancelled (its task, or Ctrl-C): the session ends with it."""
+        if run.interrupted is None:
+            run.cancel("the asyncio task awaiting the session was cancelled")
+        await finish(self.aclose(status="cancelled"))
 
     def totals(self) -> dict[str, Any]:
         """What the whole session has used so far (for ``/cost``)."""

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rlm_sandbox.blocking import blocking_call
 from rlm_sandbox.errors import ConfigError
 from rlm_sandbox.untrusted import loads
 
@@ -58,7 +59,7 @@ class ToolSet:
             lines.append(f"  - `{name}{sig}`" + (f": {doc}" if doc else ""))
         return "\n".join(lines)
 
-    def call(
+    async def acall(
         self,
         name: str,
         blob: str,
@@ -67,6 +68,8 @@ class ToolSet:
         trace: Callable[[dict[str, Any]], None],
     ) -> str:
         """Run one tool call from a cell; returns the JSON result, raises what the tool raised.
+        An ``async`` tool is awaited on the run's loop; a plain one runs in a thread of
+        :func:`~rlm_sandbox.blocking.blocking_call` (it may block: the loop must not).
 
         ``reserve`` takes the call from the run's budget (and raises when it is spent);
         ``trace`` records the call, whatever its outcome."""
@@ -84,7 +87,10 @@ class ToolSet:
         t0 = time.perf_counter()
         error = None
         try:
-            result = fn(*args, **kwargs)
+            if inspect.iscoroutinefunction(fn):
+                result = await fn(*args, **kwargs)
+            else:
+                result = await blocking_call(fn, *args, **kwargs)
             out = json.dumps(result, ensure_ascii=False)
             if len(out) > MAX_JSON:
                 raise ValueError(f"tool {name} returned more than {MAX_JSON} bytes of JSON")

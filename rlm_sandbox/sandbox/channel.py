@@ -14,11 +14,14 @@ as it may, the reader stops reading, and the kernel's writes block until answers
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from rlm_sandbox.errors import ProtocolViolation, SandboxError
 from rlm_sandbox.kernel import protocol as P
@@ -120,6 +123,7 @@ class KernelChannel:
         self.frame_stall_s = 3.0
         self.clock = HostWaitClock()
         self._pending_llm = 0
+        self._inflight: set[concurrent.futures.Future[str]] = set()
         self._pool = ThreadPoolExecutor(max_workers=llm_concurrency, thread_name_prefix=f"{name}-llm")
         self._closed = False
         self._reader = threading.Thread(target=self._read_loop, name=f"{name}-reader", daemon=True)
@@ -362,10 +366,14 @@ class KernelChannel:
         self.clock.begin()
         batch = _Batch(self, msg.id, prompts, holds, msg.kind, msg.name, msg.output)
         del prompts
+        handler = self.llm_handler
         try:
             for i in range(len(batch.prompts)):
-                self._pool.submit(batch.run, i)
-        except RuntimeError:  # pool shut down: the sandbox is closing
+                if isinstance(handler, RequestHandler) and handler.loop is not None:
+                    batch.start_on_loop(i, handler)  # a coroutine on the engine's loop: no thread waits
+                else:
+                    self._pool.submit(batch.run, i)
+        except RuntimeError:  # pool shut down (the sandbox is closing) or the loop is gone
             batch.abandon()
 
     def _reply_llm_error(self, ident: int, error: str) -> None:
@@ -396,6 +404,10 @@ class KernelChannel:
     def close(self) -> None:
         self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            inflight, self._inflight = list(self._inflight), set()
+        for future in inflight:  # requests of a cell that is over: their work is cancelled
+            future.cancel()
         self.stream.close()
         self.held.close()  # whatever is still held for this sandbox is not any more
 
@@ -462,11 +474,22 @@ class RequestHandler:
     bound at its node's depth (``RunHeld.scope(depth)``). Without one, a sandbox counts
     against its own bound (``max_held_bytes``) only."""
 
-    def __init__(self, fn: Callable[[SubRequest], str], *, held: HeldScope | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[[SubRequest], Any],
+        *,
+        held: HeldScope | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.fn = fn
         self.held = held
+        # With a loop, ``fn`` is a coroutine function run on it: a request waiting on a model
+        # or a child node holds no thread.
+        self.loop = loop
 
     def __call__(self, request: SubRequest) -> str:
+        if self.loop is not None:
+            return asyncio.run_coroutine_threadsafe(self.fn(request), self.loop).result()
         return self.fn(request)
 
 
@@ -525,16 +548,51 @@ class _Batch:
             del prompt
             answer = answer_request(ch.llm_handler, request)
             del request
+        except BaseException as exc:
+            self._settle(index, None, exc, hold)
+            return
+        self._settle(index, answer, None, hold)
+
+    def start_on_loop(self, index: int, handler: RequestHandler) -> None:
+        """Answer prompt ``index`` with ``handler``'s coroutine on its loop; the reply is
+        sent from the channel's pool (a socket write must never block the loop)."""
+        ch = self.channel
+        prompt, hold = self._take(index)
+        request = SubRequest(self.kind, prompt, self.name, self.output, held=hold)
+        del prompt
+        assert handler.loop is not None
+        future = asyncio.run_coroutine_threadsafe(handler.fn(request), handler.loop)
+        del request
+        with ch._lock:
+            ch._inflight.add(future)
+
+        def done(f: concurrent.futures.Future[str]) -> None:
+            with ch._lock:
+                ch._inflight.discard(f)
+            if f.cancelled():
+                cancelled = RuntimeError("the request was cancelled: its cell or its run is over")
+                self._settle(index, None, cancelled, hold, in_pool=True)
+                return
+            exc = f.exception()
+            self._settle(index, None if exc is not None else f.result(), exc, hold, in_pool=True)
+
+        future.add_done_callback(done)
+
+    def _settle(
+        self, index: int, answer: Any, exc: BaseException | None, hold: Hold | None, *, in_pool: bool = False
+    ) -> None:
+        """Prompt ``index`` answered (or failed); the last one sends the reply (from the
+        channel's pool when ``in_pool``: the caller is the loop)."""
+        if hold is not None:
+            hold.release()  # answered (or failed): the host no longer needs the prompt
+        if exc is None:
             data = (answer if isinstance(answer, str) else str(answer)).encode("utf-8", errors="replace")
             error = None
-        except BaseException as exc:
+        else:
             data, error = b"", f"{type(exc).__name__}: {exc}"
-            with self.lock:
-                self.ename = self.ename or type(exc).__name__
-        finally:
-            if hold is not None:
-                hold.release()  # answered (or failed): the host no longer needs the prompt
         with self.lock:
+            if exc is not None:
+                self.ename = self.ename or type(exc).__name__
             self.answers[index] = data
             if error is not None:
                 self.errors.append(
@@ -542,8 +600,15 @@ class _Batch:
                 )
             self.left -= 1
             last = self.left == 0
-        if last:
+        if not last:
+            return
+        if not in_pool:
             self._reply()
+            return
+        try:
+            self.channel._pool.submit(self._reply)
+        except RuntimeError:  # the sandbox is closing: nobody to answer
+            self.abandon()
 
     def abandon(self) -> None:
         with self.lock:

@@ -6,7 +6,7 @@ model; ``step_code`` the code its nodes write; ``logs`` generates logs with know
 Stdlib only, and no LiteLLM import: importing this package must stay cheap.
 """
 
-from rlm_sandbox.testing.client import ScriptedClient
+from rlm_sandbox.testing.client import AsyncScriptedClient, ScriptedClient
 from rlm_sandbox.testing.logs import DEFAULT_NEEDLE, DISK_PHRASE, LogStats, generate_log
 from rlm_sandbox.testing.policies import answer_leaf, grep_first_policy, messages_of, rlm_policy
 from rlm_sandbox.testing.replies import (
@@ -31,6 +31,7 @@ __all__ = [
     "DISK_PHRASE",
     "MAX_PIECE",
     "NOT_FOUND",
+    "AsyncScriptedClient",
     "HTTPReply",
     "LogStats",
     "Policy",

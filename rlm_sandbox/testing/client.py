@@ -10,6 +10,7 @@ that status, so failure paths are testable too.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -44,16 +45,25 @@ class ScriptedClient:
     def completion(
         self, messages: list[dict[str, str]], *, timeout_s: float | None = None, max_tokens: int | None = None
     ) -> LMResponse:
+        t0 = time.perf_counter()
+        request = self._record(messages, max_tokens)
+        if self.latency_s:
+            time.sleep(self.latency_s if timeout_s is None else min(self.latency_s, timeout_s))
+        return self._answer(request, messages, timeout_s, t0)
+
+    def _record(self, messages: list[dict[str, str]], max_tokens: int | None) -> dict[str, Any]:
         request: dict[str, Any] = {"model": self.model, "messages": [dict(m) for m in messages]}
         if max_tokens is not None:
             request["max_tokens"] = max_tokens
         with self._lock:
             self.requests.append(request)
-        t0 = time.perf_counter()
-        if self.latency_s:
-            time.sleep(self.latency_s if timeout_s is None else min(self.latency_s, timeout_s))
-            if timeout_s is not None and self.latency_s > timeout_s:
-                raise LMError(f"model {self.model!r} did not answer within {timeout_s:g} s", kind="timeout")
+        return request
+
+    def _answer(
+        self, request: dict[str, Any], messages: list[dict[str, str]], timeout_s: float | None, t0: float
+    ) -> LMResponse:
+        if self.latency_s and timeout_s is not None and self.latency_s > timeout_s:
+            raise LMError(f"model {self.model!r} did not answer within {timeout_s:g} s", kind="timeout")
         reply = self.policy(request)
         if isinstance(reply, HTTPReply):
             kind = _KINDS.get(reply.status, "server" if reply.status >= 500 else "bad_request")
@@ -74,3 +84,18 @@ class ScriptedClient:
     def calls(self) -> int:
         with self._lock:
             return len(self.requests)
+
+
+class AsyncScriptedClient(ScriptedClient):
+    """A :class:`ScriptedClient` with ``acompletion``: the engine awaits it on its loop, as it
+    does the HTTP clients, so no thread waits for it (its ``latency_s`` is slept on the loop).
+    Its policy runs on the loop: it must not block."""
+
+    async def acompletion(
+        self, messages: list[dict[str, str]], *, timeout_s: float | None = None, max_tokens: int | None = None
+    ) -> LMResponse:
+        t0 = time.perf_counter()
+        request = self._record(messages, max_tokens)
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s if timeout_s is None else min(self.latency_s, timeout_s))
+        return self._answer(request, messages, timeout_s, t0)

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from rlm_sandbox import RLM, AsyncRLM, Cancellation, RLMConfig
+from rlm_sandbox.blocking import WORK_THREADS
 from rlm_sandbox.sandbox.fake import FakeBackend
-from rlm_sandbox.testing import ScriptedClient, generate_log, rlm_policy, sequence_policy
+from rlm_sandbox.testing import AsyncScriptedClient, ScriptedClient, generate_log, rlm_policy, sequence_policy
 
 COUNT = 'How many lines contain "ERROR disk"?'
 
@@ -111,4 +112,81 @@ def test_an_async_session_keeps_its_namespace_across_questions() -> None:
             return first.answer, second.answer
 
     assert asyncio.run(main()) == ("6", "6")
+    assert backend.alive() == []
+
+
+# ---- one loop, no thread per run
+
+
+def test_many_runs_share_one_loop_and_no_thread_waits_on_a_model_call() -> None:
+    """20 runs at once, every model call 0.3 s: each call is awaited on the loop that runs
+    them (the client's policy sees only that thread), and the process does not grow a
+    thread per run."""
+    stats = generate_log(None, 20_000, seed=13)
+    seen: set[str] = set()
+
+    def policy(request: dict[str, Any]) -> Any:
+        seen.add(threading.current_thread().name)
+        return rlm_policy(request)
+
+    backend = FakeBackend()
+    arlm = AsyncRLM(
+        root_lm=AsyncScriptedClient(policy, latency_s=0.3),
+        backend=backend,
+        config=RLMConfig(depth=1, pool_size=0, max_containers=64),
+    )
+    peak = 0
+
+    async def main() -> list[Any]:
+        nonlocal peak
+        here = threading.current_thread().name
+        runs = asyncio.gather(*[arlm.run(stats.text, task=COUNT) for _ in range(20)])
+        while not runs.done():
+            peak = max(peak, threading.active_count())
+            await asyncio.sleep(0.01)
+        seen.discard(here)
+        return await runs
+
+    before = threading.active_count()
+    results = asyncio.run(main())
+    assert [r.answer for r in results] == [str(stats.disk_errors)] * 20
+    assert seen == set()  # every model call ran on the caller's loop thread
+    # What threads there are belong to sandboxes (the fake's kernel, the reader, the reply
+    # sender) and to the bounded pool for what blocks: none per model call, none per run.
+    assert peak - before <= 3 * 20 + WORK_THREADS
+    assert backend.alive() == []
+
+
+def test_a_synchronous_client_runs_in_the_bounded_call_pool() -> None:
+    seen: set[str] = set()
+
+    def policy(request: dict[str, Any]) -> Any:
+        seen.add(threading.current_thread().name)
+        return rlm_policy(request)
+
+    arlm = AsyncRLM(root_lm=ScriptedClient(policy), backend=FakeBackend())
+    result = asyncio.run(arlm.run("ERROR disk\n" * 3, task=COUNT))
+    assert result.answer == "3"
+    assert seen and all(name.startswith("rlm-call") for name in seen)
+
+
+def test_a_session_cancelled_mid_question_ends_cancelled_and_removes_its_kernel() -> None:
+    backend = FakeBackend()
+    ended: list[dict[str, Any]] = []
+    arlm = AsyncRLM(root_lm=AsyncScriptedClient(rlm_policy, latency_s=30), backend=backend)
+    arlm.listeners.append(ended.append)
+
+    async def main() -> None:
+        session = arlm.session(context="ERROR disk\n")
+        await session.open()
+        task = asyncio.create_task(session.ask(COUNT))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await session.close()
+
+    asyncio.run(main())
+    end = next(e for e in ended if e["event"] == "run_end")
+    assert end["status"] == "cancelled"
     assert backend.alive() == []

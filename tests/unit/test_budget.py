@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from rlm_sandbox.errors import BudgetExhausted, LMError
+from rlm_sandbox.rlm.bridge import run_sync
 from rlm_sandbox.rlm.budget import Budget
 from rlm_sandbox.rlm.limits import Limits
 from rlm_sandbox.rlm.tenants import TenantAccount, TenantLimits
@@ -269,7 +270,9 @@ def test_max_tokens_is_sent_and_reserved_at_the_models_limit() -> None:
     with ScriptedModelServer(lambda body: "y" * 10_000) as server:
         budget = Budget(Limits(timeout_s=None))
         calls, client, events = _calls(server, budget, lm_timeout=30)
-        assert calls.call(client, [{"role": "user", "content": "hi"}], "root", 0, "step") == "y" * 2800
+        assert (
+            run_sync(calls.call(client, [{"role": "user", "content": "hi"}], "root", 0, "step")) == "y" * 2800
+        )
         assert server.requests.last()["max_tokens"] == 700  # type: ignore[index]
         start = next(e for e in events if e["event"] == "lm_start")
         assert start["reserved_tokens"] == prompt_token_bound([{"role": "user", "content": "hi"}]) + 700
@@ -288,7 +291,7 @@ def test_a_trickling_server_is_abandoned_at_the_calls_limit() -> None:
         calls, client, events = _calls(server, budget, lm_timeout=2)
         t0 = time.monotonic()
         with pytest.raises(LMError) as info:
-            calls.call(client, [{"role": "user", "content": "hi"}], "root", 0, "step")
+            run_sync(calls.call(client, [{"role": "user", "content": "hi"}], "root", 0, "step"))
         assert time.monotonic() - t0 < 30  # generous: the limit is 2 s + 2 s of slack
         assert info.value.kind == "timeout" and "abandoned" in info.value.message
         assert budget.lm_calls == 1 and budget.reserved_tokens > 0 and server.requests.count >= 1
@@ -306,7 +309,7 @@ def test_a_silent_server_cannot_outlive_the_runs_wall_time() -> None:
         calls, client, events = _calls(server, budget, lm_timeout=300)
         t0 = time.monotonic()
         with pytest.raises(BudgetExhausted) as info:
-            calls.call(client, [{"role": "user", "content": "hi"}], "root", 0, "step")
+            run_sync(calls.call(client, [{"role": "user", "content": "hi"}], "root", 0, "step"))
         assert time.monotonic() - t0 < 30  # generous: 3 s of wall time + 2 s of slack
         assert info.value.budget == "timeout" and budget.lm_calls == 1 and server.requests.count >= 1
         # The client gives up at the call's deadline (the run's), so the run ends on time

@@ -4,6 +4,7 @@ variables survive, and the ``compaction`` event says what was folded."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -28,6 +29,15 @@ def no_summary(request: list[dict[str, str]]) -> str:
 # ---- compact_if_needed on its own
 
 
+def compact(msgs: list[dict[str, str]], *, summarize: Any, **kw: Any) -> Any:
+    """``compact_if_needed`` with a plain ``summarize``, run to its end."""
+
+    async def asummarize(request: list[dict[str, str]]) -> str:
+        return summarize(request)
+
+    return asyncio.run(compact_if_needed(msgs, summarize=asummarize, **kw))
+
+
 def test_tokens_are_estimated_from_characters_and_messages() -> None:
     assert estimate_tokens([{"role": "user", "content": "x" * 400}]) == 104
     assert estimate_tokens([{"role": "user", "content": ""}, {"role": "assistant"}]) == 8  # type: ignore[list-item]
@@ -35,13 +45,13 @@ def test_tokens_are_estimated_from_characters_and_messages() -> None:
 
 def test_no_window_or_a_short_history_is_left_alone() -> None:
     msgs = history("a", "b", "c")
-    assert compact_if_needed(msgs, window=None, compact_at=0.8, summarize=no_summary) == (msgs, None)
-    assert compact_if_needed(msgs, window=100_000, compact_at=0.8, summarize=no_summary) == (msgs, None)
+    assert compact(msgs, window=None, compact_at=0.8, summarize=no_summary) == (msgs, None)
+    assert compact(msgs, window=100_000, compact_at=0.8, summarize=no_summary) == (msgs, None)
 
 
 def test_with_nothing_older_than_the_latest_step_nothing_is_folded() -> None:
     msgs = history("A" * 4000)
-    assert compact_if_needed(msgs, window=1000, compact_at=0.5, summarize=no_summary) == (msgs, None)
+    assert compact(msgs, window=1000, compact_at=0.5, summarize=no_summary) == (msgs, None)
 
 
 def test_older_steps_are_folded_into_the_models_summary() -> None:
@@ -52,7 +62,7 @@ def test_older_steps_are_folded_into_the_models_summary() -> None:
         asked.append(request)
         return "x holds the count"
 
-    compacted, stats = compact_if_needed(msgs, window=1000, compact_at=0.3, summarize=summarize)
+    compacted, stats = compact(msgs, window=1000, compact_at=0.3, summarize=summarize)
     assert compacted[:2] == msgs[:2] and compacted[-1] == msgs[-1]
     assert len(compacted) == 4 and compacted[2]["role"] == "assistant"
     assert "every REPL variable is still defined" in compacted[2]["content"]
@@ -71,9 +81,7 @@ def test_older_steps_are_folded_into_the_models_summary() -> None:
 def test_a_history_too_long_to_summarise_keeps_its_most_recent_part() -> None:
     msgs = history("OLDEST " + "a" * 6000, "b" * 6000, "NEWEST step")
     asked: list[str] = []
-    compact_if_needed(
-        msgs, window=1000, compact_at=0.5, summarize=lambda r: asked.append(r[1]["content"]) or "s"
-    )
+    compact(msgs, window=1000, compact_at=0.5, summarize=lambda r: asked.append(r[1]["content"]) or "s")
     assert "[... the oldest part is cut ...]" in asked[0]
     assert "NEWEST step" in asked[0] and "OLDEST" not in asked[0]
 

@@ -4,6 +4,7 @@ the answer None and the stop as it was."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from rlm_sandbox.errors import LMError, SandboxCrashed
@@ -30,9 +31,21 @@ def answering(final: str, explore: str = "print(len(context))") -> Any:
 # ---- best_answer on its own
 
 
+def answer_now(history: list[dict[str, str]], reason: str, ask: Any, finish: Any) -> str | None:
+    """``best_answer`` with plain ``ask`` and ``finish``, run to its end."""
+
+    async def aask(request: list[dict[str, str]]) -> str:
+        return ask(request)
+
+    async def afinish(text: str) -> str | None:
+        return finish(text)
+
+    return asyncio.run(best_answer(history, reason, aask, afinish))
+
+
 def test_no_history_means_no_question() -> None:
     asked: list[Any] = []
-    assert best_answer([], "why", lambda m: asked.append(m) or "FINAL(x)", lambda t: t) is None
+    assert answer_now([], "why", lambda m: asked.append(m) or "FINAL(x)", lambda t: t) is None
     assert asked == []
 
 
@@ -44,7 +57,7 @@ def test_the_question_carries_the_history_and_the_reason() -> None:
         sent.append(request)
         return "FINAL(7)"
 
-    assert best_answer(history, "the run made its limit of 3 LM calls", ask, lambda t: t[6:-1]) == "7"
+    assert answer_now(history, "the run made its limit of 3 LM calls", ask, lambda t: t[6:-1]) == "7"
     (request,) = sent
     assert request[:2] == history and request[2]["role"] == "user"
     assert ASKED in request[2]["content"] and "limit of 3 LM calls" in request[2]["content"]
@@ -59,8 +72,8 @@ def test_a_failed_call_or_a_dead_sandbox_gives_no_answer() -> None:
     def gone(text: str) -> str:
         raise SandboxCrashed("the kernel died")
 
-    assert best_answer(history, "why", down, lambda t: t) is None
-    assert best_answer(history, "why", lambda m: "FINAL_VAR(x)", gone) is None
+    assert answer_now(history, "why", down, lambda t: t) is None
+    assert answer_now(history, "why", lambda m: "FINAL_VAR(x)", gone) is None
 
 
 # ---- through the seam

@@ -4,6 +4,7 @@ the fake kernel, whose proxies are the real REPL's."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -19,6 +20,26 @@ from ..helpers import cells_then_final, root_then_policy
 from .seam import is_node
 
 
+def _sync_call(tools: ToolSet, *args: Any, **kwargs: Any) -> str:
+    return asyncio.run(tools.acall(*args, **kwargs))
+
+
+async def alookup(table: str, key: str) -> dict[str, Any]:
+    """An async tool is awaited."""
+    return lookup(table, key)
+
+
+def test_async_tools_are_awaited() -> None:
+    out = _sync_call(
+        ToolSet({"alookup": alookup}),
+        "alookup",
+        '{"args": ["users", "ada"], "kwargs": {}}',
+        reserve=lambda: None,
+        trace=lambda fields: None,
+    )
+    assert json.loads(out) == {"id": 1, "tags": ["x", "y"]}
+
+
 def lookup(table: str, key: str) -> dict[str, Any]:
     """Look ``key`` up in ``table``."""
     data = {"users": {"ada": {"id": 1, "tags": ["x", "y"]}}}
@@ -27,8 +48,12 @@ def lookup(table: str, key: str) -> dict[str, Any]:
 
 def _call(tools: ToolSet, name: str, *args: Any, **kwargs: Any) -> tuple[str, list[dict[str, Any]]]:
     traced: list[dict[str, Any]] = []
-    out = tools.call(
-        name, json.dumps({"args": list(args), "kwargs": kwargs}), reserve=lambda: None, trace=traced.append
+    out = _sync_call(
+        tools,
+        name,
+        json.dumps({"args": list(args), "kwargs": kwargs}),
+        reserve=lambda: None,
+        trace=traced.append,
     )
     return out, traced
 
@@ -71,7 +96,9 @@ def test_an_unknown_tool_is_refused_before_the_budget_is_touched() -> None:
     reserved: list[bool] = []
     tools = ToolSet({"lookup": lookup, "other": lookup})
     with pytest.raises(NameError, match=r"no tool named 'nope' \(tools: lookup, other\)"):
-        tools.call("nope", '{"args": [], "kwargs": {}}', reserve=lambda: reserved.append(True), trace=print)
+        _sync_call(
+            tools, "nope", '{"args": [], "kwargs": {}}', reserve=lambda: reserved.append(True), trace=print
+        )
     assert reserved == []
 
 
@@ -79,17 +106,21 @@ def test_arguments_that_are_not_the_expected_json_are_refused() -> None:
     tools = ToolSet({"lookup": lookup})
     for blob in ("not json", '{"args": []}', '{"args": 1, "kwargs": {}}'):
         with pytest.raises(ValueError, match="not valid JSON"):
-            tools.call("lookup", blob, reserve=lambda: None, trace=print)
+            _sync_call(tools, "lookup", blob, reserve=lambda: None, trace=print)
     with pytest.raises(ValueError, match="larger than"):
-        tools.call("lookup", "x" * (MAX_JSON + 1), reserve=lambda: None, trace=print)
+        _sync_call(tools, "lookup", "x" * (MAX_JSON + 1), reserve=lambda: None, trace=print)
 
 
 def test_the_tools_exception_is_raised_and_traced() -> None:
     tools = ToolSet({"lookup": lookup})
     traced: list[dict[str, Any]] = []
     with pytest.raises(KeyError):
-        tools.call(
-            "lookup", '{"args": ["users", "bob"], "kwargs": {}}', reserve=lambda: None, trace=traced.append
+        _sync_call(
+            tools,
+            "lookup",
+            '{"args": ["users", "bob"], "kwargs": {}}',
+            reserve=lambda: None,
+            trace=traced.append,
         )
     assert traced[0]["error"] == "KeyError: 'bob'" and traced[0]["duration_s"] >= 0
 
@@ -98,7 +129,7 @@ def test_a_result_that_is_not_json_is_a_type_error() -> None:
     tools = ToolSet({"make": lambda: {1, 2}})
     traced: list[dict[str, Any]] = []
     with pytest.raises(TypeError, match="tool make returned a value that is not JSON"):
-        tools.call("make", '{"args": [], "kwargs": {}}', reserve=lambda: None, trace=traced.append)
+        _sync_call(tools, "make", '{"args": [], "kwargs": {}}', reserve=lambda: None, trace=traced.append)
     assert traced[0]["error"].startswith("TypeError: tool make returned")
 
 
@@ -110,8 +141,12 @@ def test_a_refused_reservation_runs_nothing_and_traces_nothing() -> None:
         raise BudgetExhausted("max_tool_calls", "spent")
 
     with pytest.raises(BudgetExhausted):
-        ToolSet({"go": lambda: ran.append(True)}).call(
-            "go", '{"args": [], "kwargs": {}}', reserve=spent, trace=traced.append
+        _sync_call(
+            ToolSet({"go": lambda: ran.append(True)}),
+            "go",
+            '{"args": [], "kwargs": {}}',
+            reserve=spent,
+            trace=traced.append,
         )
     assert ran == [] and traced == []
 

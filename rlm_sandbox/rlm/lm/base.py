@@ -26,9 +26,9 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from rlm_sandbox.errors import LMError
 
@@ -138,18 +138,15 @@ class RetryPolicy:
     wait_s: float = 0.2
     max_wait_s: float = 8.0
 
-    def run(
+    def _retrying(
         self,
-        attempt: Callable[[float], T],
-        *,
         timeout_s: float,
         kind_of: Callable[[BaseException], str],
-        retry_after: Callable[[BaseException], float | None] = lambda exc: None,
-    ) -> tuple[T, int]:
-        """``attempt(seconds_left)`` until it returns; ``(result, attempts)``, or :class:`GaveUp`."""
+        retry_after: Callable[[BaseException], float | None],
+    ) -> dict[str, Any]:
+        """tenacity's arguments for this policy: the same for the sync and the async call."""
         from tenacity import (
             RetryCallState,
-            Retrying,
             retry_if_exception,
             stop_after_attempt,
             stop_before_delay,
@@ -166,6 +163,25 @@ class RetryPolicy:
                 delay = max(delay, min(hinted, self.max_wait_s))
             return delay
 
+        return {
+            # No wait that ends past the deadline (less a moment for a useful attempt after it).
+            "stop": stop_after_attempt(self.attempts) | stop_before_delay(max(0.0, timeout_s - 0.05)),
+            "wait": wait,
+            "retry": retry_if_exception(lambda exc: kind_of(exc) in RETRYABLE_KINDS),
+            "reraise": True,
+        }
+
+    def run(
+        self,
+        attempt: Callable[[float], T],
+        *,
+        timeout_s: float,
+        kind_of: Callable[[BaseException], str],
+        retry_after: Callable[[BaseException], float | None] = lambda exc: None,
+    ) -> tuple[T, int]:
+        """``attempt(seconds_left)`` until it returns; ``(result, attempts)``, or :class:`GaveUp`."""
+        from tenacity import Retrying
+
         deadline = time.monotonic() + timeout_s
         count = 0
 
@@ -174,15 +190,34 @@ class RetryPolicy:
             count += 1
             return attempt(max(deadline - time.monotonic(), 0.001))
 
-        retrying = Retrying(
-            # No wait that ends past the deadline (less a moment for a useful attempt after it).
-            stop=stop_after_attempt(self.attempts) | stop_before_delay(max(0.0, timeout_s - 0.05)),
-            wait=wait,
-            retry=retry_if_exception(lambda exc: kind_of(exc) in RETRYABLE_KINDS),
-            reraise=True,
-        )
         try:
-            return retrying(call), count
+            return Retrying(**self._retrying(timeout_s, kind_of, retry_after))(call), count
+        except Exception as exc:
+            cut = count < self.attempts and kind_of(exc) in RETRYABLE_KINDS
+            raise GaveUp(exc, count, deadline=cut) from exc
+
+    async def arun(
+        self,
+        attempt: Callable[[float], Awaitable[T]],
+        *,
+        timeout_s: float,
+        kind_of: Callable[[BaseException], str],
+        retry_after: Callable[[BaseException], float | None] = lambda exc: None,
+    ) -> tuple[T, int]:
+        """:meth:`run` for an awaitable ``attempt``: the waits between attempts are slept on
+        the loop."""
+        from tenacity import AsyncRetrying
+
+        deadline = time.monotonic() + timeout_s
+        count = 0
+
+        async def call() -> T:
+            nonlocal count
+            count += 1
+            return await attempt(max(deadline - time.monotonic(), 0.001))
+
+        try:
+            return await AsyncRetrying(**self._retrying(timeout_s, kind_of, retry_after))(call), count
         except Exception as exc:
             cut = count < self.attempts and kind_of(exc) in RETRYABLE_KINDS
             raise GaveUp(exc, count, deadline=cut) from exc

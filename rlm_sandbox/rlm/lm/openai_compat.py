@@ -28,6 +28,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from rlm_sandbox.errors import LMError
@@ -166,6 +167,7 @@ class OpenAICompatClient:
         self.retry_max_wait_s = retry_max_wait_s
         self._client: httpx.Client | None = None
         self._client_lock = threading.Lock()
+        self._aclients: weakref.WeakKeyDictionary[Any, httpx.AsyncClient] = weakref.WeakKeyDictionary()
         # Now, in the thread that makes the run: the first call (sent in a thread of its own
         # while the container starts) then has nothing left to import but the request.
         self._http()
@@ -225,6 +227,23 @@ class OpenAICompatClient:
                     )
         return self._client
 
+    def _ahttp(self) -> httpx.AsyncClient:
+        """The running loop's client: an ``httpx.AsyncClient`` belongs to the loop it was
+        first used on (the engine's, or an ``AsyncRLM`` caller's)."""
+        import asyncio
+
+        import httpx
+
+        loop = asyncio.get_running_loop()
+        with self._client_lock:
+            client = self._aclients.get(loop)
+            if client is None:
+                client = self._aclients[loop] = httpx.AsyncClient(
+                    limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+                    follow_redirects=True,
+                )
+        return client
+
     def close(self) -> None:
         """Close the pooled connections (the process's exit does it too)."""
         with self._client_lock:
@@ -234,15 +253,14 @@ class OpenAICompatClient:
 
     # ------------------------------------------------------------------ calling
 
-    def completion(
-        self, messages: Messages, *, timeout_s: float | None = None, max_tokens: int | None = None
-    ) -> LMResponse:
-        """One chat completion, retried on transient failures within ``timeout_s`` in all."""
-        timeout = self.timeout_s if timeout_s is None else timeout_s
+    def _request(
+        self, messages: Messages, max_tokens: int | None
+    ) -> tuple[str, bytes, dict[str, str], str | None]:
+        """The URL, body, headers and key of one chat completion (built once, sent by every attempt)."""
         body = request_body(
             self.model, messages, max_tokens=max_tokens, temperature=self.temperature, extra=self.extra
         )
-        data = _encode(body)  # built once, sent by every attempt
+        data = _encode(body)
         del body
         url = self.base_url() + "/chat/completions"
         key = self._key()
@@ -252,18 +270,75 @@ class OpenAICompatClient:
         org = os.environ.get("OPENAI_ORGANIZATION") or os.environ.get("OPENAI_ORG_ID")
         if org and url.startswith(DEFAULT_BASE):
             headers["OpenAI-Organization"] = org
+        return url, data, headers, key
 
+    def completion(
+        self, messages: Messages, *, timeout_s: float | None = None, max_tokens: int | None = None
+    ) -> LMResponse:
+        """One chat completion, retried on transient failures within ``timeout_s`` in all."""
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        url, data, headers, key = self._request(messages, max_tokens)
         start = time.perf_counter()
         try:
             payload, attempts = self.policy.run(
                 lambda left: self._attempt(url, data, headers, left, key),
                 timeout_s=timeout,
-                kind_of=lambda exc: exc.kind if isinstance(exc, Failure) else "other",
-                retry_after=lambda exc: exc.retry_after_s if isinstance(exc, Failure) else None,
+                kind_of=_kind,
+                retry_after=_hinted_wait,
             )
         except GaveUp as gave_up:
             raise self._to_lm_error(gave_up, timeout, key) from gave_up.cause
         return self._to_response(payload, time.perf_counter() - start, attempts, key)
+
+    async def acompletion(
+        self, messages: Messages, *, timeout_s: float | None = None, max_tokens: int | None = None
+    ) -> LMResponse:
+        """:meth:`completion` on the event loop: no thread waits for the model."""
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        url, data, headers, key = self._request(messages, max_tokens)
+        start = time.perf_counter()
+        try:
+            payload, attempts = await self.policy.arun(
+                lambda left: self._aattempt(url, data, headers, left, key),
+                timeout_s=timeout,
+                kind_of=_kind,
+                retry_after=_hinted_wait,
+            )
+        except GaveUp as gave_up:
+            raise self._to_lm_error(gave_up, timeout, key) from gave_up.cause
+        return self._to_response(payload, time.perf_counter() - start, attempts, key)
+
+    async def _aattempt(
+        self, url: str, data: bytes, headers: dict[str, str], left: float, key: str | None
+    ) -> dict[str, Any]:
+        """:meth:`_attempt` over the loop's ``httpx.AsyncClient``."""
+        import httpx
+
+        deadline = time.monotonic() + left
+        try:
+            async with self._ahttp().stream(
+                "POST",
+                url,
+                content=data,
+                headers=headers,
+                timeout=httpx.Timeout(left, connect=min(left, CONNECT_TIMEOUT_S)),
+            ) as response:
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size = _take_chunk(chunks, chunk, size, deadline)
+                raw = b"".join(chunks)
+                status = response.status_code
+                retry_after = _retry_after(response.headers.get("retry-after"))
+                ctype = response.headers.get("content-type", "")
+        except Failure:
+            raise
+        except Exception as exc:
+            failure = _transport_failure(exc, key)
+            if failure is exc:
+                raise
+            raise failure from exc
+        return _checked_payload(status, raw, ctype, retry_after, key)
 
     def _attempt(
         self, url: str, data: bytes, headers: dict[str, str], left: float, key: str | None
@@ -286,17 +361,12 @@ class OpenAICompatClient:
                 ctype = response.headers.get("content-type", "")
         except Failure:
             raise
-        except httpx.TimeoutException as exc:
-            raise Failure("timeout", scrub(f"{type(exc).__name__}: {exc}", key)) from exc
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            raise Failure("bad_config", scrub(str(exc), key)) from exc
-        except (httpx.TransportError, OSError) as exc:
-            raise Failure("connection", scrub(f"{type(exc).__name__}: {exc}", key)) from exc
-        if status >= 300:
-            failure = _http_failure(status, raw, ctype, retry_after, key)
-            failure.key_sent = key is not None
-            raise failure
-        return _completion(raw, ctype, key)
+        except Exception as exc:
+            failure = _transport_failure(exc, key)
+            if failure is exc:
+                raise
+            raise failure from exc
+        return _checked_payload(status, raw, ctype, retry_after, key)
 
     @staticmethod
     def _read(response: httpx.Response, deadline: float) -> bytes:
@@ -305,12 +375,7 @@ class OpenAICompatClient:
         chunks: list[bytes] = []
         size = 0
         for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > MAX_RESPONSE_BYTES:
-                raise Failure("bad_response", f"it answered more than {MAX_RESPONSE_BYTES >> 20} MB")
-            chunks.append(chunk)
-            if time.monotonic() > deadline:
-                raise Failure("timeout", "the answer was still arriving at the deadline")
+            size = _take_chunk(chunks, chunk, size, deadline)
         return b"".join(chunks)
 
     # ------------------------------------------------------------------ results
@@ -360,6 +425,51 @@ class OpenAICompatClient:
             timeout_s=timeout,
             deadline=gave_up.deadline,
         )
+
+
+def _kind(exc: BaseException) -> str:
+    return exc.kind if isinstance(exc, Failure) else "other"
+
+
+def _hinted_wait(exc: BaseException) -> float | None:
+    return exc.retry_after_s if isinstance(exc, Failure) else None
+
+
+def _take_chunk(chunks: list[bytes], chunk: bytes, size: int, deadline: float) -> int:
+    """Keep one chunk of the body: at most :data:`MAX_RESPONSE_BYTES` in all, and none after
+    the call's deadline (a server that trickles its answer cannot hold the call past it)."""
+    size += len(chunk)
+    if size > MAX_RESPONSE_BYTES:
+        raise Failure("bad_response", f"it answered more than {MAX_RESPONSE_BYTES >> 20} MB")
+    chunks.append(chunk)
+    if time.monotonic() > deadline:
+        raise Failure("timeout", "the answer was still arriving at the deadline")
+    return size
+
+
+def _transport_failure(exc: Exception, key: str | None) -> Failure | Exception:
+    """What went wrong on the way (not an HTTP answer), as a :class:`Failure` the retry
+    policy understands; anything else is ours and goes on as it is."""
+    import httpx
+
+    if isinstance(exc, httpx.TimeoutException):
+        return Failure("timeout", scrub(f"{type(exc).__name__}: {exc}", key))
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return Failure("bad_config", scrub(str(exc), key))
+    if isinstance(exc, httpx.TransportError | OSError):
+        return Failure("connection", scrub(f"{type(exc).__name__}: {exc}", key))
+    return exc
+
+
+def _checked_payload(
+    status: int, raw: bytes, ctype: str, retry_after: float | None, key: str | None
+) -> dict[str, Any]:
+    """The parsed completion of an HTTP answer, or the :class:`Failure` it is."""
+    if status >= 300:
+        failure = _http_failure(status, raw, ctype, retry_after, key)
+        failure.key_sent = key is not None
+        raise failure
+    return _completion(raw, ctype, key)
 
 
 def _encode(body: dict[str, Any]) -> bytes:
