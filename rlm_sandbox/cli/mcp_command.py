@@ -103,4 +103,4 @@ def _serve(service: Any, debug: bool) -> None:
 
     from rlm_sandbox.mcp_server.server import build_server, serve_stdio
 
-    anyio.run(serve_stdio, build_server(service, debug=debug))
+    anyio.run(serve_stdio, build_server(service, debug=debug), service)

@@ -14,7 +14,7 @@ can read; anything unexpected is logged on stderr and answered the same way.
 registration, and the ``depth`` bound is a value of the enclosing function.)
 """
 
-import logging
+import os
 import signal
 import sys
 import traceback
@@ -23,15 +23,13 @@ from typing import Annotated
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
 from rlm_sandbox.errors import RLMSandboxError
 from rlm_sandbox.mcp_server.progress import ProgressListener
 from rlm_sandbox.mcp_server.results import QueryAnswer, answer_of, render
 from rlm_sandbox.mcp_server.service import QueryService
-
-log = logging.getLogger("rlm_sandbox.mcp")
 
 INSTRUCTIONS = (
     "rlm_query answers a question over an input far larger than your context window (a big log, "
@@ -101,20 +99,34 @@ def build_server(service: QueryService, *, debug: bool = False) -> MCPServer:
     return server
 
 
-async def serve_stdio(server: MCPServer) -> None:
-    """Serve until the client closes stdin, or SIGTERM/SIGINT: either way, every call in
-    flight is cancelled and its containers removed before this returns."""
+async def serve_stdio(server: MCPServer, service: QueryService) -> None:
+    """Serve until the client closes stdin (the calls in flight are cancelled as the SDK
+    ends them) or until SIGTERM/SIGINT. On a signal the transport's reader may be blocked on
+    a stdin that never closes, so the runs in flight are cancelled and waited for here
+    (their containers removed), then the process exits 0 at once."""
     async with anyio.create_task_group() as tg:
 
         async def stop_on_signal() -> None:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _sig in signals:
-                    tg.cancel_scope.cancel()
-                    return
+                    await service.stop_all()
+                    _exit_now()
 
         tg.start_soon(stop_on_signal)
         await server.run_stdio_async()
         tg.cancel_scope.cancel()
+
+
+def _exit_now() -> None:
+    """Leave without waiting for the transport's threads; whatever container is still
+    registered (none, after ``stop_all``) is removed first, as ``atexit`` would."""
+    try:
+        from rlm_sandbox.sandbox.registry import live
+
+        live.remove_all()
+    finally:
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _version() -> str:

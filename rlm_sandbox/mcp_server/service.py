@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class QueryService:
     allowed: AllowedDirs
     trace_dir: Path | None = None  # None: no trace files
     api_key: str | None = None
+    runs: set[asyncio.Future[Any]] = field(default_factory=set)  # in flight, for stop_all
 
     @property
     def max_depth(self) -> int:
@@ -81,16 +82,26 @@ class QueryService:
         config = self.config_for(depth, run_id)
         arlm = AsyncRLM(model=self.model, sub_model=self.sub_model, config=config, api_key=self.api_key)
         if text is not None:
-            return await run_cancellable(arlm, text, task, run_id, listener)
+            return await run_cancellable(arlm, text, task, run_id, listener, self.runs)
         real = self.allowed.check(path or "")
         inputs = await anyio.to_thread.run_sync(_open_inputs, real)
         try:
             from rlm_sandbox.inputs import checked_inputs
 
             context = await anyio.to_thread.run_sync(checked_inputs, inputs)
-            return await run_cancellable(arlm, context, task, run_id, listener)
+            return await run_cancellable(arlm, context, task, run_id, listener, self.runs)
         finally:
             inputs.close()
+
+    async def stop_all(self) -> None:
+        """Cancel every run in flight and wait (at most :data:`STOP_WAIT_S`) until they have
+        ended, their containers removed: what a server does before it exits on a signal."""
+        runs = list(self.runs)
+        for run in runs:
+            run.cancel()
+        if runs:
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait(runs, timeout=STOP_WAIT_S)
 
 
 def _open_inputs(real: Path) -> Any:
@@ -100,11 +111,16 @@ def _open_inputs(real: Path) -> Any:
     return collect_inputs([os.fspath(real)])
 
 
-async def run_cancellable(arlm: Any, context: Any, task: str, run_id: str, listener: Any) -> Any:
-    """``await arlm.run(...)`` in a task of its own; if this call is cancelled, the run is
-    cancelled and waited for (shielded, at most :data:`STOP_WAIT_S`) before the
-    cancellation goes on, so its containers are gone when the call ends."""
+async def run_cancellable(
+    arlm: Any, context: Any, task: str, run_id: str, listener: Any, runs: set[asyncio.Future[Any]]
+) -> Any:
+    """``await arlm.run(...)`` in a task of its own (kept in ``runs`` while it lives); if
+    this call is cancelled, the run is cancelled and waited for (shielded, at most
+    :data:`STOP_WAIT_S`) before the cancellation goes on, so its containers are gone when
+    the call ends."""
     run = asyncio.ensure_future(arlm.run(context, task=task, run_id=run_id, listeners=[listener]))
+    runs.add(run)
+    run.add_done_callback(runs.discard)
     try:
         return await asyncio.shield(run)
     except BaseException:
