@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
+from ..helpers import cli
 from .client import server_params, session
 
 
@@ -101,3 +102,30 @@ def test_without_allow_dir_every_path_is_refused(scripted, files) -> None:
     message = text_of(results[0])
     assert "without --allow-dir" in message and "`text`" in message
     assert "none" in tools[0].input_schema["properties"]["path"]["description"]
+
+
+@pytest.mark.parametrize(("project_depth", "served"), [(2, 2), (5, 3)])
+def test_settings_are_runs_user_file_and_project_file_with_its_trust_rules(
+    scripted, files, project_depth: int, served: int
+) -> None:
+    """depth = 3 in the user's rlm-sandbox.toml; the project's (untrusted) may lower it,
+    never raise it: the depth the tool offers and enforces says which applied."""
+    model = scripted()
+    home = files["home"]
+    (home / "cwd").mkdir(parents=True)
+    (home / "config" / "rlm-sandbox").mkdir(parents=True)
+    (home / "config" / "rlm-sandbox" / "rlm-sandbox.toml").write_text("depth = 3\n")
+    (home / "cwd" / "rlm-sandbox.toml").write_text(f"depth = {project_depth}\n")
+    params = server_params(model, home)
+    tools, results = call_all(params, [{"task": "t", "text": "abc", "depth": served + 1}])
+    assert tools[0].input_schema["properties"]["depth"]["maximum"] == served
+    assert results[0].is_error and f"at most depth {served}" in text_of(results[0])
+
+
+def test_a_server_that_cannot_start_says_why_on_stderr_and_nothing_on_stdout(tmp_path: Path) -> None:
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "config"), "RLM_SANDBOX_MODEL": ""}
+    missing = cli("mcp", "--model", "openai/x", "--allow-dir", str(tmp_path / "nope"), env=env)
+    no_model = cli("mcp", "--allow-dir", str(tmp_path), env=env)
+    for proc, said in ((missing, "no such directory"), (no_model, "no model")):
+        assert proc.returncode == 2 and proc.stdout == b"", proc.stderr.decode()
+        assert proc.stderr.decode().startswith("error: ") and said in proc.stderr.decode()
