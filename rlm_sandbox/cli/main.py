@@ -27,6 +27,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "demo": ("rlm_sandbox.cli.demo", "demo", "A real RLM run on a built-in generated log (no key needed)."),
     "trace": ("rlm_sandbox.cli.trace", "trace_group", "Read a run's trace: tree, cost tables, HTML page."),
+    "mcp": (
+        "rlm_sandbox.cli.mcp_command",
+        "mcp",
+        "Serve the rlm_query tool to an MCP client (an agent) on stdio.",
+    ),
     "replay": (
         "rlm_sandbox.cli.replay",
         "replay",
