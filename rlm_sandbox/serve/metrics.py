@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ class _Live:
 
 class Metrics:
     def __init__(self) -> None:
+        disable_created_metrics()  # the *_created series double every counter for nothing here
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.runs = Counter(

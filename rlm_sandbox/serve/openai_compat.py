@@ -29,9 +29,9 @@ from rlm_sandbox.serve.errors import ApiError, SafeJSONResponse, not_found
 from rlm_sandbox.serve.limits import MAX_TASK_CHARS, RunLimits, parse
 from rlm_sandbox.serve.records import RunRecord
 from rlm_sandbox.serve.registry import new_run_id
-from rlm_sandbox.serve.routes import JSON_OVERHEAD, read_json
+from rlm_sandbox.serve.routes import read_json
 from rlm_sandbox.serve.service import Service, service_of
-from rlm_sandbox.serve.spool import MAX_JSON_BYTES, too_large
+from rlm_sandbox.serve.spool import too_large
 
 MODEL_ID = "rlm-sandbox"
 KEEPALIVE_S = 15.0
@@ -90,7 +90,7 @@ async def chat_completions(request: Request) -> Response:
     svc = service_of(request)
     tenant = svc.tenant(request)
     with svc.registry.admit(tenant):
-        data = await read_json(request, min(tenant.max_input_bytes, MAX_JSON_BYTES) + JSON_OVERHEAD)
+        data = await read_json(request, tenant.max_input_bytes)
         req = parse(ChatRequest, data)
         if req.model != MODEL_ID:
             raise ApiError(404, f"the model {req.model[:100]!r} does not exist; this service offers {MODEL_ID!r}",

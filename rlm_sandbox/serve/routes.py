@@ -28,8 +28,10 @@ from rlm_sandbox.serve.spool import MAX_JSON_BYTES, read_capped, spool_form, too
 JSON_OVERHEAD = 1 << 20
 
 
-async def read_json(request: Request, cap: int) -> Any:
-    body = await read_capped(request, cap)
+async def read_json(request: Request, input_cap: int) -> Any:
+    """A JSON body whose input may be up to ``input_cap`` bytes (held whole: at most
+    :data:`MAX_JSON_BYTES` of input; a larger one goes in a multipart upload)."""
+    body = await read_capped(request, min(input_cap, MAX_JSON_BYTES) + JSON_OVERHEAD, input_cap)
     try:
         return json.loads(body)
     except ValueError:
@@ -51,7 +53,7 @@ async def create_run(request: Request) -> Response:
         if kind == "multipart/form-data":
             record = await _from_form(svc, request, tenant, run_id)
         else:
-            data = await read_json(request, min(tenant.max_input_bytes, MAX_JSON_BYTES) + JSON_OVERHEAD)
+            data = await read_json(request, tenant.max_input_bytes)
             req = parse(RunRequest, data)
             if len(req.context.encode("utf-8", "surrogatepass")) > tenant.max_input_bytes:
                 raise too_large(tenant.max_input_bytes)

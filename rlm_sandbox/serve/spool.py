@@ -65,18 +65,18 @@ async def drain(request: Request, limit: int = DRAIN_BYTES) -> None:
         return
 
 
-async def read_capped(request: Request, cap: int) -> bytes:
-    """The whole body, or a 413 once it passes ``cap`` bytes."""
+async def read_capped(request: Request, cap: int, input_cap: int) -> bytes:
+    """The whole body, or a 413 (saying the tenant's ``input_cap``) once it passes ``cap`` bytes."""
     declared = declared_length(request)
     if declared is not None and declared > cap:
         await drain(request)
-        raise too_large(cap)
+        raise too_large(input_cap)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > cap:
             await drain(request)
-            raise too_large(cap)
+            raise too_large(input_cap)
     return bytes(body)
 
 
