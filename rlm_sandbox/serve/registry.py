@@ -177,14 +177,20 @@ class Registry:
             while queue:
                 record, _job = queue[0]
                 await self.cancel(record, reason)
-        running = [r for r in self.runs.values() if not r.done.is_set()]
-        if running:
-            waits = [asyncio.ensure_future(r.done.wait()) for r in running]
-            hurried = asyncio.ensure_future(hurry.wait())
-            await asyncio.wait(
-                [asyncio.gather(*waits), hurried], timeout=grace_s, return_when="FIRST_COMPLETED"
-            )
-            hurried.cancel()
-            for w in waits:
-                w.cancel()
+        await _wait_for_runs([r for r in self.runs.values() if not r.done.is_set()], grace_s, hurry)
         await asyncio.gather(*(self.cancel(r, reason) for r in self.runs.values() if not r.done.is_set()))
+
+
+async def _wait_for_runs(records: list[RunRecord], limit_s: float, hurry: asyncio.Event) -> None:
+    """Until every one of ``records`` has ended, ``limit_s`` has passed or ``hurry`` is set."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    pending = {asyncio.ensure_future(r.done.wait()) for r in records}
+    hurried = asyncio.ensure_future(hurry.wait())
+    try:
+        while pending and not hurry.is_set() and (left := deadline - loop.time()) > 0:
+            _done, pending = await asyncio.wait({*pending, hurried}, timeout=left, return_when="FIRST_COMPLETED")
+            pending.discard(hurried)
+    finally:
+        for waiter in (*pending, hurried):
+            waiter.cancel()

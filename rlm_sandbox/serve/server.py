@@ -41,13 +41,16 @@ class _JsonLogs(logging.Formatter):
 
 
 def _logging() -> None:
+    """Every warning of every library (uvicorn's, asyncio's) as a JSON line on stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonLogs())
-    for name in ("uvicorn", "uvicorn.error"):
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(logging.WARNING)
-        logger.propagate = False
+        logger.handlers[:] = []
+        logger.propagate = True
 
 
 class Server(uvicorn.Server):

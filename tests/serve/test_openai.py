@@ -1,0 +1,61 @@
+"""The official ``openai`` client, pointed at the service, works unchanged."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from .harness import Service, haystack
+
+pytestmark = pytest.mark.docker
+
+
+def _client(service: Service, short: str, **kw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{service.url}/v1", api_key=service.tokens[short], **kw)
+
+
+def test_chat_completions_answer_with_usage_of_the_whole_tree(service: Service) -> None:
+    client = _client(service, "a")
+    assert [m.id for m in client.models.list()] == ["rlm-sandbox"]
+    reply = client.chat.completions.create(
+        model="rlm-sandbox",
+        messages=[
+            {"role": "user", "content": haystack("OA-5150")},
+            {"role": "user", "content": "What is the secret code?"},
+        ],
+    )
+    assert reply.object == "chat.completion"
+    assert reply.choices[0].message.content == "OA-5150"
+    assert reply.choices[0].finish_reason == "stop"
+    run = reply.model_extra["rlm"]
+    with service.client("a") as http:
+        got = http.get(f"/v1/runs/{run['id']}").json()
+    assert got["status"] == "ok" and got["lm_calls"] >= 2  # a root and its sub-calls
+    assert reply.usage.prompt_tokens == got["tokens"]["prompt"] > 0
+    assert reply.usage.completion_tokens == got["tokens"]["completion"] > 0
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+def test_a_context_field_streaming_and_typed_errors(service: Service) -> None:
+    client = _client(service, "b", max_retries=0)
+    chunks = list(
+        client.chat.completions.create(
+            model="rlm-sandbox",
+            messages=[{"role": "system", "content": "ignored: the context field is the input"},
+                      {"role": "user", "content": "What is the secret code?"}],
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"context": haystack("ST-2020"), "max_steps": 4},
+        )
+    )  # fmt: skip
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "ST-2020"
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{service.url}/v1", api_key="not-a-token", max_retries=0).models.list()
+    with pytest.raises(openai.UnprocessableEntityError, match="depth"):
+        client.chat.completions.create(
+            model="rlm-sandbox", messages=[{"role": "user", "content": "x"}], extra_body={"depth": 4}
+        )
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
