@@ -189,7 +189,9 @@ async def _wait_for_runs(records: list[RunRecord], limit_s: float, hurry: asynci
     hurried = asyncio.ensure_future(hurry.wait())
     try:
         while pending and not hurry.is_set() and (left := deadline - loop.time()) > 0:
-            _done, pending = await asyncio.wait({*pending, hurried}, timeout=left, return_when="FIRST_COMPLETED")
+            _done, pending = await asyncio.wait(
+                {*pending, hurried}, timeout=left, return_when="FIRST_COMPLETED"
+            )
             pending.discard(hurried)
     finally:
         for waiter in (*pending, hurried):

@@ -32,10 +32,11 @@ class Runner:
     def job(self, context: Any, config: RLMConfig, spool: Path | None = None) -> Any:
         async def run(record: RunRecord) -> None:
             try:
-                record.finish(await self._outcome(record, context, config))
-            finally:
+                outcome = await self._outcome(record, context, config)
+            finally:  # before the run is seen to end: an ended run has left nothing behind
                 if spool is not None:
                     await anyio.to_thread.run_sync(lambda: shutil.rmtree(spool, ignore_errors=True))
+            record.finish(outcome)
 
         return run
 

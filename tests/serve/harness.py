@@ -152,7 +152,10 @@ def events_of(client: httpx.Client, run_id: str) -> list[tuple[int, str, dict[st
 
 def containers_with(label: str, value: str) -> list[str]:
     out = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label={label}={value}"], capture_output=True, text=True, check=True
+        ["docker", "ps", "-aq", "--filter", f"label={label}={value}"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return out.split()
 

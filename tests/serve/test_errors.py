@@ -38,7 +38,9 @@ def test_no_token_or_a_wrong_one_is_401(service: Service) -> None:
 
 def test_another_tenants_run_is_404_as_if_it_did_not_exist(service: Service) -> None:
     with service.client("a") as a, service.client("b") as b:
-        run_id = a.post("/v1/runs", json={"task": "What is the secret code?", "context": haystack("OWN-1")}).json()["id"]
+        run_id = a.post(
+            "/v1/runs", json={"task": "What is the secret code?", "context": haystack("OWN-1")}
+        ).json()["id"]
         for method, path in [
             ("GET", f"/v1/runs/{run_id}"),
             ("GET", f"/v1/runs/{run_id}/events"),
@@ -57,7 +59,9 @@ def test_another_tenants_run_is_404_as_if_it_did_not_exist(service: Service) -> 
 def test_an_input_over_the_tenants_cap_is_413_and_leaves_no_spool(service: Service) -> None:
     big = b"INFO a line of a log that is too big for this tenant\n" * 60_000  # ~3 MB > 1m
     with service.client("small") as client:
-        form = client.post("/v1/runs", data={"task": "What is the secret code?"}, files={"input": ("big.log", big)})
+        form = client.post(
+            "/v1/runs", data={"task": "What is the secret code?"}, files={"input": ("big.log", big)}
+        )
         as_json = client.post("/v1/runs", json={"task": "What is the secret code?", "context": big.decode()})
         chat = client.post(
             "/v1/chat/completions",

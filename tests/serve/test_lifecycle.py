@@ -26,11 +26,15 @@ def _in_cell(client: httpx.Client, run_id: str) -> None:
 
 def test_delete_cancels_a_run_mid_cell_and_its_containers_go_within_2_s(service: Service) -> None:
     with service.client("a") as client:
-        run_id = client.post("/v1/runs", json={"task": "Sleep 300 seconds, then answer.", "context": "x"}).json()["id"]
+        run_id = client.post(
+            "/v1/runs", json={"task": "Sleep 300 seconds, then answer.", "context": "x"}
+        ).json()["id"]
         _in_cell(client, run_id)
         asked = time.monotonic()
         answer = client.delete(f"/v1/runs/{run_id}")
-        wait_for(lambda: not containers_of(run_id), 2.0 - (time.monotonic() - asked), "containers removed", 0.02)
+        wait_for(
+            lambda: not containers_of(run_id), 2.0 - (time.monotonic() - asked), "containers removed", 0.02
+        )
         assert answer.status_code == 200
         got = answer.json()
         assert got["id"] == run_id and got["status"] == "cancelled" and got["answer"] is None
@@ -54,8 +58,12 @@ def test_sigterm_lets_running_runs_finish_within_grace_then_cancels_and_exits_0(
     svc: Service = fresh_service({"t": {"max_runs": 2, "max_queued": 5}}, args=("--grace", str(grace)))
     with svc.client("t") as client:
         quick = client.post("/v1/runs", json={"task": "Sleep 3 seconds, then answer.", "context": "x"}).json()
-        slow = client.post("/v1/runs", json={"task": "Sleep 300 seconds, then answer.", "context": "x"}).json()
-        waiting = client.post("/v1/runs", json={"task": "Sleep 1 seconds, then answer.", "context": "x"}).json()
+        slow = client.post(
+            "/v1/runs", json={"task": "Sleep 300 seconds, then answer.", "context": "x"}
+        ).json()
+        waiting = client.post(
+            "/v1/runs", json={"task": "Sleep 1 seconds, then answer.", "context": "x"}
+        ).json()
         assert (quick["status"], slow["status"], waiting["status"]) == ("running", "running", "queued")
         _in_cell(client, quick["id"])
         _in_cell(client, slow["id"])
@@ -64,7 +72,9 @@ def test_sigterm_lets_running_runs_finish_within_grace_then_cancels_and_exits_0(
         time.sleep(0.3)  # the streams are open
         sent = time.monotonic()
         svc.proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: not client.get("/healthz").json()["accepting"], 10, "the service stopped taking runs")
+        wait_for(
+            lambda: not client.get("/healthz").json()["accepting"], 10, "the service stopped taking runs"
+        )
         refused = client.post("/v1/runs", json={"task": "Sleep 1 seconds", "context": "x"})
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "shutting_down"
     code = svc.proc.wait(grace + 30)
@@ -99,7 +109,9 @@ def test_metrics_parse_and_count_what_was_run(fresh_service) -> None:
         for client, short, code in ((x, "x", "MX-1"), (x, "x", "MX-2"), (y, "y", "MY-1")):
             ids[short].append(client.post("/v1/runs", json={"task": "What is the secret code?",
                                                             "context": haystack(code)}).json()["id"])  # fmt: skip
-        slow = y.post("/v1/runs", json={"task": "Sleep 300 seconds, then answer.", "context": "x"}).json()["id"]
+        slow = y.post("/v1/runs", json={"task": "Sleep 300 seconds, then answer.", "context": "x"}).json()[
+            "id"
+        ]
         ids["y"].append(slow)
         _in_cell(y, slow)
         mid = _samples(httpx.get(f"{svc.url}/metrics").text)
@@ -134,4 +146,7 @@ def test_metrics_parse_and_count_what_was_run(fresh_service) -> None:
     assert got[("rlm_serve_runs_total", (("status", "cancelled"), ("tenant", svc.tenants["y"])))] == 1
     assert got[("rlm_serve_requests_rejected_total", (("reason", "unauthorized"), ("tenant", "")))] == 1
     assert got[("rlm_serve_process_containers_alive", ())] == 0
-    assert got[("rlm_serve_http_requests_total", (("code", "202"), ("method", "POST"), ("route", "/v1/runs")))] == 4
+    assert (
+        got[("rlm_serve_http_requests_total", (("code", "202"), ("method", "POST"), ("route", "/v1/runs")))]
+        == 4
+    )

@@ -20,7 +20,9 @@ TASK = "What is the secret code?"
 
 def _peak(intervals: list[tuple[float, float]]) -> int:
     """The most intervals open at once."""
-    points = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals], key=lambda p: (p[0], p[1]))
+    points = sorted(
+        [(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals], key=lambda p: (p[0], p[1])
+    )
     alive = peak = 0
     for _, step in points:
         alive += step
@@ -67,7 +69,9 @@ def test_thirty_runs_from_three_tenants_at_once(service: Service) -> None:
                 (s["ts"], e["ts"])
                 for _, ev in runs
                 for s, e in zip(
-                    [x for x in ev if x["event"] == "node_start"], [x for x in ev if x["event"] == "node_end"], strict=True
+                    [x for x in ev if x["event"] == "node_start"],
+                    [x for x in ev if x["event"] == "node_end"],
+                    strict=True,
                 )
             ]
             assert _peak(boxes) <= limits["max_containers"]
@@ -77,9 +81,13 @@ def test_thirty_runs_from_three_tenants_at_once(service: Service) -> None:
 
 def test_a_late_sse_client_gets_every_event_in_order(service: Service) -> None:
     with service.client("c") as client:
-        run_id = client.post("/v1/runs", json={"task": "Sleep 2 seconds, then answer.", "context": "x" * 100}).json()["id"]
+        run_id = client.post(
+            "/v1/runs", json={"task": "Sleep 2 seconds, then answer.", "context": "x" * 100}
+        ).json()["id"]
         # Connect only once the run is well under way: its first events are long sent.
-        wait_for(lambda: '"cell_start"' in client.get(f"/v1/runs/{run_id}/trace").text, 60, "the cell started")
+        wait_for(
+            lambda: '"cell_start"' in client.get(f"/v1/runs/{run_id}/trace").text, 60, "the cell started"
+        )
         late = events_of(client, run_id)
         trace = [json.loads(line) for line in client.get(f"/v1/runs/{run_id}/trace").text.splitlines()]
         again = events_of(client, run_id)  # after the end: the whole run once more
