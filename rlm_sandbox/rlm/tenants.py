@@ -35,10 +35,16 @@ class TenantLimits(BaseModel):
     )
 
     max_runs: int | None = Field(
-        None, ge=1, le=4096, description="serve: runs of this tenant at once (None: 4); more wait in the queue"
+        None,
+        ge=1,
+        le=4096,
+        description="serve: runs of this tenant at once (None: 4); more wait in the queue",
     )
     max_queued: int | None = Field(
-        None, ge=0, le=100_000, description="serve: runs of this tenant waiting to start (None: 32); more get 429"
+        None,
+        ge=0,
+        le=100_000,
+        description="serve: runs of this tenant waiting to start (None: 32); more get 429",
     )
     token_sha256: str | None = Field(
         None,
@@ -53,8 +59,7 @@ class TenantLimits(BaseModel):
         digest = value.strip().lower()
         if not _SHA256_HEX.fullmatch(digest):
             raise ValueError(
-                "not a SHA-256 in hex (64 characters 0-9a-f); make one with: "
-                "printf %s \"$TOKEN\" | sha256sum"
+                'not a SHA-256 in hex (64 characters 0-9a-f); make one with: printf %s "$TOKEN" | sha256sum'
             )
         return digest
 

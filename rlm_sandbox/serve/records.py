@@ -5,7 +5,9 @@ so a client of ``GET /v1/runs/ID/events`` that connects late still reads the run
 first event; :meth:`RunRecord.follow` then waits for the next. Progress ticks meant for a
 terminal (``notify_only`` events) are not kept: they are not part of the trace. Every run
 ends with a ``run_end`` event, even one cancelled before it started (the service writes it
-then, with the fields the engine's would have).
+then, with the fields the engine's would have), and it is published only once the run has
+ended for the service too: a client that reads ``run_end`` and then ``GET``s the run finds
+its final status, its upload removed.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class RunRecord:
         self.containers = 0  # alive now, from its node_start/node_end events
         self._wake = asyncio.Event()
         self._closed = False  # run_end is in: a late event of a cancelled run is dropped
+        self._end: dict[str, Any] | None = None  # the engine's run_end, until finish()
         self._calls = 0
         self._tokens = {"prompt": 0, "completion": 0}
         self._cost = 0.0
@@ -85,8 +88,13 @@ class RunRecord:
         kind = EVENTS.get(str(event.get("event")))
         if self._closed or (kind is not None and kind.notify_only):
             return
-        self.events.append(event)
         name = event.get("event")
+        if name == "run_end":
+            # Held back until :meth:`finish`: a client that reads ``run_end`` then finds the
+            # run ended (its status final, its spool gone), never still "running".
+            self._end = event
+            return
+        self._append(event)
         if name == "node_start":
             self.containers += 1
         elif name == "node_end":
@@ -96,6 +104,9 @@ class RunRecord:
             self._tokens["prompt"] += int(event.get("prompt_tokens") or 0)
             self._tokens["completion"] += int(event.get("completion_tokens") or 0)
             self._cost += float(event.get("cost_usd") or 0.0)
+
+    def _append(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
         self._notify()
 
     def _notify(self) -> None:
@@ -112,9 +123,11 @@ class RunRecord:
         self.status = str(outcome.get("status") or "error")
         self.finished = time.time()
         self.containers = 0
-        if not any(e.get("event") == "run_end" for e in self.events):
+        end = self._end
+        if end is None:  # it never started, or it was stopped before its engine said so
             fields = {k: v for k, v in self.outcome.items() if k in RunEnd.model_fields}
-            self.add({"event": "run_end", "run": self.id, "ts": self.finished, **fields})
+            end = {"event": "run_end", "run": self.id, "ts": self.finished, **fields}
+        self._append(end)
         self._closed = True
         self.done.set()
         self._notify()
@@ -122,7 +135,7 @@ class RunRecord:
     def ended(self, status: str, error: str) -> dict[str, Any]:
         """The outcome of a run the service stopped: what its own ``run_end`` said, if it
         got that far, else ``status`` and ``error``."""
-        end = next((e for e in reversed(self.events) if e.get("event") == "run_end"), None)
+        end = self._end
         body = {**_PENDING, "status": status, "error": error}
         if end is not None:
             body |= {k: end[k] for k in (*_PENDING, "status", "error") if end.get(k) is not None}

@@ -76,8 +76,12 @@ def test_config_file_replaces_the_users_file_and_env_adds_tenants(
     _project, user = dirs
     (user / FILE_NAME).write_text(f'[tenants.a]\ntoken_sha256 = "{digest(A)}"\n')
     given = tmp_path / "serve.toml"
-    given.write_text(f'model = "openai/gpt-4o-mini"\nserve_grace_s = 7\n[tenants.b]\ntoken_sha256 = "{digest(B)}"\n')
-    monkeypatch.setenv("RLM_SANDBOX_TENANTS", f'{{"c": {{"token_sha256": "{digest("c")}", "max_queued": 0}}}}')
+    given.write_text(
+        f'model = "openai/gpt-4o-mini"\nserve_grace_s = 7\n[tenants.b]\ntoken_sha256 = "{digest(B)}"\n'
+    )
+    monkeypatch.setenv(
+        "RLM_SANDBOX_TENANTS", f'{{"c": {{"token_sha256": "{digest("c")}", "max_queued": 0}}}}'
+    )
     config = serve_config(load_settings(config_file=given), host="0.0.0.0", port=9)
     assert sorted(config.tenants) == ["b", "c"]  # not a: --config FILE is read instead of the user's
     assert config.tenants["c"].max_queued == 0
@@ -131,7 +135,11 @@ def test_authenticate_wants_a_bearer_token_of_a_tenant(dirs: tuple[Path, Path]) 
 
 def test_request_limits_may_only_tighten() -> None:
     base = RLMConfig(depth=2, max_steps=10, max_cost=None, timeout=600)
-    assert RunLimits(depth=1, max_steps=10, max_cost=99.0).tighter(base) == {"depth": 1, "max_steps": 10, "max_cost": 99.0}
+    assert RunLimits(depth=1, max_steps=10, max_cost=99.0).tighter(base) == {
+        "depth": 1,
+        "max_steps": 10,
+        "max_cost": 99.0,
+    }
     for looser in ({"depth": 3}, {"max_steps": 11}, {"timeout": 601}):
         with pytest.raises(ApiError) as refused:
             RunLimits(**looser).tighter(base)
