@@ -133,13 +133,12 @@ class RunRecord:
         self._notify()
 
     def ended(self, status: str, error: str) -> dict[str, Any]:
-        """The outcome of a run the service stopped: what its own ``run_end`` said, if it
-        got that far, else ``status`` and ``error``."""
-        end = self._end
-        body = {**_PENDING, "status": status, "error": error}
-        if end is not None:
-            body |= {k: end[k] for k in (*_PENDING, "status", "error") if end.get(k) is not None}
-        return body
+        """The outcome of a run the service stopped: what its engine's ``run_end`` counted,
+        if it got that far, with the service's ``status`` and reason."""
+        body = dict(_PENDING)
+        if self._end is not None:
+            body |= {k: self._end[k] for k in _PENDING if self._end.get(k) is not None}
+        return body | {"status": status, "error": error}
 
     # ---- what clients read
 

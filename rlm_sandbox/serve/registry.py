@@ -24,7 +24,7 @@ from rlm_sandbox.serve.config import Tenant
 from rlm_sandbox.serve.errors import ApiError, not_found
 from rlm_sandbox.serve.records import RunRecord
 
-KEEP_FINISHED = 1000
+KEEP_FINISHED = 256  # their events (responses, cell outputs) stay in memory
 #: How long a cancelled run may take to end (AsyncRLM's own grace, and a little more).
 CANCEL_WAIT_S = 8.0
 DEFAULT_RETRY_S = 5

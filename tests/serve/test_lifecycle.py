@@ -150,3 +150,12 @@ def test_metrics_parse_and_count_what_was_run(fresh_service) -> None:
         got[("rlm_serve_http_requests_total", (("code", "202"), ("method", "POST"), ("route", "/v1/runs")))]
         == 4
     )
+
+
+def test_healthz_says_what_is_missing(service: Service, fresh_service) -> None:
+    ok = httpx.get(f"{service.url}/healthz")
+    assert ok.status_code == 200 and ok.json()["engine"]["ok"] and ok.json()["image"]["ok"]
+    svc: Service = fresh_service({"t": {}}, env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    down = httpx.get(f"{svc.url}/healthz")
+    assert down.status_code == 503 and down.json()["status"] == "fail"
+    assert not down.json()["engine"]["ok"] and "no Docker engine" in down.json()["engine"]["error"]

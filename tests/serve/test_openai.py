@@ -59,3 +59,27 @@ def test_a_context_field_streaming_and_typed_errors(service: Service) -> None:
         )
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+
+
+def test_a_client_that_goes_away_cancels_its_run(service: Service) -> None:
+    import httpx
+
+    from ..conftest import containers_of
+    from .harness import wait_for
+
+    with service.client("c", timeout=httpx.Timeout(60, read=3)) as client:
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+            client.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "rlm-sandbox",
+                    "messages": [{"role": "user", "content": "Sleep 300 seconds, then answer."}],
+                },
+            )
+    with service.client("c") as client:
+        newest = max(client.get("/v1/runs").json()["data"], key=lambda r: r["created"])
+        wait_for(
+            lambda: client.get(f"/v1/runs/{newest['id']}").json()["status"] == "cancelled", 15, "cancelled"
+        )
+        assert "went away" in client.get(f"/v1/runs/{newest['id']}").json()["error"]
+    assert containers_of(newest["id"]) == []
