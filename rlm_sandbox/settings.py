@@ -417,6 +417,8 @@ def describe_error(exc: ValidationError, origin: Any) -> ConfigError:
         hint = f"did you mean {close[0]!r}?" if close else "run `rlm-sandbox config show` for the names"
         return ConfigError(f"unknown setting {name!r} in {where}{more}", hint=hint)
     shown = _short(display_value(loc[0], first.get("input")))
+    if loc[-1] == "token_sha256":
+        shown = "(not shown: it may be the token itself)"
     msg = first["msg"].removeprefix("Value error, ")
     return ConfigError(f"invalid setting {name} = {shown} ({where}): {msg}{more}")
 

@@ -118,7 +118,7 @@ def _tenants(tables: dict[str, TenantLimits], max_input_bytes: int) -> dict[str,
     if not out:
         raise ConfigError(
             "no tenant can use the service: none of your settings' [tenants.NAME] tables has a token_sha256",
-            hint='make a token and its digest: TOKEN=$(openssl rand -hex 32); printf %s "$TOKEN" | sha256sum; '
+            hint='make a token and its digest: TOKEN=rlm-$(openssl rand -hex 32); printf %s "$TOKEN" | sha256sum; '
             'then [tenants.NAME] token_sha256 = "<digest>" in your own rlm-sandbox.toml or --config FILE '
             "(never a project file)",
         )

@@ -144,3 +144,12 @@ def test_request_limits_may_only_tighten() -> None:
         with pytest.raises(ApiError) as refused:
             RunLimits(**looser).tighter(base)
         assert refused.value.status == 422 and refused.value.detail[0]["loc"] == [next(iter(looser))]
+
+
+def test_a_token_pasted_where_its_digest_goes_is_refused_without_echoing_it(dirs: tuple[Path, Path]) -> None:
+    _project, user = dirs
+    token = "rlm-" + "ab" * 32  # the README's shape: never a valid digest, so never silently taken as one
+    (user / FILE_NAME).write_text(f'model = "m/x"\n[tenants.a]\ntoken_sha256 = "{token}"\n')
+    with pytest.raises(ConfigError, match=r"tenants\.a\.token_sha256") as refused:
+        load_settings()
+    assert token not in refused.value.message and "ab" * 32 not in refused.value.message
