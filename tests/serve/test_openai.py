@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
 
-from .harness import Service, haystack
+from ..conftest import containers_of
+from .harness import Service, haystack, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -62,20 +64,15 @@ def test_a_context_field_streaming_and_typed_errors(service: Service) -> None:
 
 
 def test_a_client_that_goes_away_cancels_its_run(service: Service) -> None:
-    import httpx
-
-    from ..conftest import containers_of
-    from .harness import wait_for
-
-    with service.client("c", timeout=httpx.Timeout(60, read=3)) as client:
-        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
-            client.post(
-                "/v1/chat/completions",
-                json={
-                    "model": "rlm-sandbox",
-                    "messages": [{"role": "user", "content": "Sleep 300 seconds, then answer."}],
-                },
-            )
+    # the client gives up after 3 s and closes its connection
+    with service.client("c", timeout=httpx.Timeout(60, read=3)) as client, pytest.raises(httpx.ReadTimeout):
+        client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "rlm-sandbox",
+                "messages": [{"role": "user", "content": "Sleep 300 seconds, then answer."}],
+            },
+        )
     with service.client("c") as client:
         newest = max(client.get("/v1/runs").json()["data"], key=lambda r: r["created"])
         wait_for(
