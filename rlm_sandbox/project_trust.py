@@ -132,6 +132,8 @@ PROJECT_RULES: dict[str, Rule] = {
     "max_input_bytes": Rule(Kind.LIMIT, "the cap on the input", measure=_byte_size),
     "lm_cache": Rule(Kind.USER, "the cache stores your prompts and its entries answer the model's requests"),
     "lm_cache_max_bytes": Rule(Kind.LIMIT, "the bound of the response cache", measure=_byte_size),
+    # rlm-sandbox serve: how long running runs may finish after SIGTERM (lower is tighter)
+    "serve_grace_s": Rule(Kind.LIMIT, "the service's shutdown grace period"),
     # behaviour only: every budget above still holds
     "recursion": Rule(Kind.FREE, "how llm_query starts children"),
 }
@@ -146,6 +148,10 @@ TENANT_RULES: dict[str, Rule] = {
     "max_containers": Rule(Kind.LIMIT, "a tenant's limit"),
     "max_cost": Rule(Kind.LIMIT, "a tenant's limit"),
     "max_input_bytes": Rule(Kind.LIMIT, "a tenant's limit", measure=_byte_size),
+    "max_runs": Rule(Kind.LIMIT, "a tenant's limit"),
+    "max_queued": Rule(Kind.LIMIT, "a tenant's limit"),
+    # rlm-sandbox serve never reads a project file's tenants at all; this is the second lock
+    "token_sha256": Rule(Kind.USER, "a tenant's token decides who may use the service"),
 }
 STRONGER_RUNTIMES = ("runsc",)
 

@@ -142,6 +142,13 @@ class Settings(BaseSettings):
     max_input_bytes: ByteSize = _same_as(RLMConfig, "max_input_bytes")
     lm_cache: str | None = _same_as(RLMConfig, "lm_cache")
     lm_cache_max_bytes: ByteSize = _same_as(RLMConfig, "lm_cache_max_bytes")
+    serve_grace_s: float = Field(
+        30.0,
+        ge=0,
+        le=86_400,
+        description="rlm-sandbox serve: seconds running runs may take to finish after SIGTERM; "
+        "then they are cancelled",
+    )
 
     @field_validator("depth_models", mode="before")
     @classmethod
@@ -220,14 +227,21 @@ def project_config_file(cwd: Path | None = None) -> Path | None:
     return None
 
 
-def config_files(cwd: Path | None = None, environ: Mapping[str, str] | None = None) -> list[tuple[str, Path]]:
-    """The files that exist, highest precedence first, as ``(kind, path)``."""
+def config_files(
+    cwd: Path | None = None, environ: Mapping[str, str] | None = None, config_file: Path | None = None
+) -> list[tuple[str, Path]]:
+    """The files that exist, highest precedence first, as ``(kind, path)``. ``config_file``
+    (``--config FILE``) is read as the user's file, in place of the default one."""
     found: list[tuple[str, Path]] = []
     project = project_config_file(cwd)
-    user = user_config_file(environ)
+    user = config_file if config_file is not None else user_config_file(environ)
     if project is not None and not (user.is_file() and user.resolve() == project.resolve()):
         found.append(("project", project))  # run inside ~/.config/rlm-sandbox: it is the user's file
-    if user.is_file():
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"--config {config_file}: no such file", hint="give the path of a TOML file")
+        found.append(("config", config_file))
+    elif user.is_file():
         found.append(("user", user))
     return found
 
@@ -284,6 +298,16 @@ class LoadedSettings:
                 out.append((f"tenants.{tenant}.{key}", value, self.origin("tenants", tenant, key)))
         return out
 
+    def operator_settings(self) -> Settings:
+        """The settings without the project file: the operator's own (flags, environment,
+        the user's file or ``--config``). ``rlm-sandbox serve`` takes its tenants and their
+        tokens from these only: a file found in the working directory, trusted or not, never
+        decides who may use a service."""
+        layers = [layer for layer in self.layers if layer.kind != "project"]
+        if len(layers) == len(self.layers):
+            return self.settings
+        return _build(layers, self.files)
+
 
 def load_settings(
     flags: Mapping[str, Any] | None = None,
@@ -292,6 +316,7 @@ def load_settings(
     cwd: Path | None = None,
     environ: Mapping[str, str] | None = None,
     trust_project: bool = False,
+    config_file: Path | None = None,
 ) -> LoadedSettings:
     """Resolve every setting; ``flags`` holds only the flags really given on the command line.
 
@@ -300,7 +325,7 @@ def load_settings(
     not set is left out and listed in ``ignored``. Raises :class:`ConfigError` with one line
     naming the setting and its source.
     """
-    files = config_files(cwd, environ)
+    files = config_files(cwd, environ, config_file)
     layers = [Layer("flag", dict(flags or {}), flag_names=dict(flag_names or {}))]
     env_source = EnvSettingsSource(Settings)
     if environ is not None:
@@ -392,6 +417,8 @@ def describe_error(exc: ValidationError, origin: Any) -> ConfigError:
         hint = f"did you mean {close[0]!r}?" if close else "run `rlm-sandbox config show` for the names"
         return ConfigError(f"unknown setting {name!r} in {where}{more}", hint=hint)
     shown = _short(display_value(loc[0], first.get("input")))
+    if loc[-1] == "token_sha256":
+        shown = "(not shown: it may be the token itself)"
     msg = first["msg"].removeprefix("Value error, ")
     return ConfigError(f"invalid setting {name} = {shown} ({where}): {msg}{more}")
 

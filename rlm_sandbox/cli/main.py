@@ -37,6 +37,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "replay",
         "Run a recorded run again from its recorded model answers.",
     ),
+    "serve": (
+        "rlm_sandbox.cli.serve",
+        "serve",
+        "Serve runs over HTTP for several tenants (OpenAI-compatible too).",
+    ),
     "config": ("rlm_sandbox.cli.config", "config", "Inspect the settings run/demo would use."),
     "doctor": (
         "rlm_sandbox.cli.doctor",

@@ -21,6 +21,8 @@ from rlm_sandbox.cli.output import fail
 from rlm_sandbox.errors import ConfigError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from rlm_sandbox.settings import LoadedSettings
 
 _GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSource.PROMPT)
@@ -201,12 +203,15 @@ def trust_option(f: Callable) -> Callable:
     )(f)
 
 
-def resolve_settings(ctx: click.Context, kwargs: dict[str, Any], *, announce: bool = True) -> LoadedSettings:
+def resolve_settings(
+    ctx: click.Context, kwargs: dict[str, Any], *, announce: bool = True, config_file: Path | None = None
+) -> LoadedSettings:
     """Load the settings with the flags really given, and put every effective value back
     into ``kwargs`` under its parameter name (so command bodies read one dict).
 
     Every value of an untrusted project file that was not applied is said once on stderr
-    (``announce``; ``config show`` lists them in its own output instead)."""
+    (``announce``; ``config show`` lists them in its own output instead). ``config_file``
+    (``--config FILE``) is read in place of the user's file."""
     from rlm_sandbox.settings import load_settings
 
     given: dict[str, Any] = {}
@@ -218,7 +223,12 @@ def resolve_settings(ctx: click.Context, kwargs: dict[str, Any], *, announce: bo
             field = PARAM_TO_FIELD[param.name]
             given[field] = list(kwargs[param.name]) if FLAGS[field].multiple else kwargs[param.name]
             names[field] = _typed_flag(param)
-    loaded = load_settings(given, flag_names=names, trust_project=bool(kwargs.pop("trust_project", False)))
+    loaded = load_settings(
+        given,
+        flag_names=names,
+        trust_project=bool(kwargs.pop("trust_project", False)),
+        config_file=config_file,
+    )
     for param in params:
         assert param.name is not None
         kwargs[param.name] = getattr(loaded.settings, PARAM_TO_FIELD[param.name])

@@ -8,14 +8,21 @@ against the tenant's cap before the call is sent (``reserved_cost``, calls in fl
 its runs), and adds the real cost when it returns.
 Isolation between tenants does not rest on this: every container is its own (no shared
 volumes, IPC or mounts) and labelled with its tenant.
+
+``rlm-sandbox serve`` reads three more fields: ``token_sha256`` (who the tenant is: the
+SHA-256 of its bearer token, never the token itself), ``max_runs`` and ``max_queued`` (how
+many of its runs go at once, and how many may wait). The engine ignores them.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class TenantLimits(BaseModel):
@@ -26,6 +33,35 @@ class TenantLimits(BaseModel):
     max_input_bytes: int | None = Field(
         None, ge=1, description="cap on one run's input once decompressed (bytes, or 8g, 512m)"
     )
+
+    max_runs: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="serve: runs of this tenant at once (None: 4); more wait in the queue",
+    )
+    max_queued: int | None = Field(
+        None,
+        ge=0,
+        le=100_000,
+        description="serve: runs of this tenant waiting to start (None: 32); more get 429",
+    )
+    token_sha256: str | None = Field(
+        None,
+        description="serve: hex SHA-256 of this tenant's bearer token (the token itself is never stored)",
+    )
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _digest(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        digest = value.strip().lower()
+        if not _SHA256_HEX.fullmatch(digest):
+            raise ValueError(
+                'not a SHA-256 in hex (64 characters 0-9a-f); make one with: printf %s "$TOKEN" | sha256sum'
+            )
+        return digest
 
     @field_validator("max_input_bytes", mode="before")
     @classmethod

@@ -217,7 +217,17 @@ class Sandbox:
             return self
 
     def close(self) -> None:
-        """Stop and remove the container; safe to call any number of times, from any path."""
+        """Stop and remove the container; safe to call any number of times, from any path.
+
+        Called from another thread while a cell (or a load) holds the sandbox, it kills the
+        container and returns at once: the busy thread then sees the end of the stream and
+        closes (removes) the sandbox itself on its way out. Waiting for the lock instead
+        would wait for the cell, which is what a caller cancelling a run cannot afford."""
+        if not self._lock.acquire(blocking=False):
+            if self.state != "closed":
+                self._kill("closed by another thread")
+            return
+        self._lock.release()
         with self._lock:
             if self.state == "closed":
                 return
