@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from rlm_sandbox.sandbox.registry import live
+
 T = TypeVar("T")
 
 #: How long an interrupted caller waits for the run to remove its containers and close its trace.
@@ -66,6 +68,7 @@ def run_sync(
             "a synchronous rlm_sandbox call was made from inside the engine (a listener or a "
             "tool calling RLM.run): use AsyncRLM there"
         )
+    live.hook_signals()  # SIGTERM -> SystemExit here, in the waiting thread (if it is the main one)
     future = asyncio.run_coroutine_threadsafe(coro, loop)
     try:
         return future.result()

@@ -292,10 +292,9 @@ class Run:
             yield lease.sandbox
             status = "done"
         except BaseException as exc:
-            error = (
-                f"{type(exc).__name__}: {exc}" if not isinstance(exc, asyncio.CancelledError) else "cancelled"
-            )
-            if lease is not None and not isinstance(exc, asyncio.CancelledError):
+            stopped = isinstance(exc, asyncio.CancelledError)
+            error = (self.interrupted or "cancelled") if stopped else f"{type(exc).__name__}: {exc}"
+            if lease is not None and not stopped:
                 self.containers.fail_engine(lease.engine, exc)
             raise
         finally:

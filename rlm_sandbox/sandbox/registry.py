@@ -21,6 +21,7 @@ class LiveSandboxes:
         self._lock = threading.Lock()
         self._items: dict[str, Any] = {}
         self._hooked = False
+        self._signal_hooked = False
         self._terminating = False
 
     def add(self, backend: Any, sandbox_id: str) -> None:
@@ -44,12 +45,18 @@ class LiveSandboxes:
         return len(items)
 
     def _hook(self) -> None:
-        if self._hooked:
+        if not self._hooked:
+            self._hooked = True
+            atexit.register(self.remove_all)
+        self.hook_signals()
+
+    def hook_signals(self) -> None:
+        """Turn SIGTERM into ``SystemExit``: from the main thread only (Python's rule), so
+        the engine calls it where a run is waited for, before any container exists (its
+        containers start in worker threads)."""
+        if self._signal_hooked or threading.current_thread() is not threading.main_thread():
             return
-        self._hooked = True
-        atexit.register(self.remove_all)
-        if threading.current_thread() is not threading.main_thread():
-            return
+        self._signal_hooked = True
         try:
             if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
                 signal.signal(signal.SIGTERM, self._on_sigterm)
