@@ -45,7 +45,7 @@ def _pool(name: str, size: int) -> ThreadPoolExecutor:
 
 def blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[T]:
     """``fn(*args, **kwargs)`` in the work pool, awaited. Cancelling the await does not stop
-    ``fn``: callers that must undo what it did use :func:`settle_late`."""
+    ``fn``: callers that must undo what it did wait for it with :func:`finish`."""
     loop = asyncio.get_running_loop()
     return loop.run_in_executor(_pool("work", WORK_THREADS), functools.partial(fn, *args, **kwargs))
 
@@ -75,18 +75,8 @@ async def finish(awaitable: Awaitable[T]) -> tuple[T, bool]:
         try:
             return await asyncio.shield(task), cancelled
         except asyncio.CancelledError:
-            if task.done():
-                raise
+            if task.done() and task.cancelled():
+                raise  # the work itself was cancelled: there is nothing to wait for
+            if task.done():  # it ended as the cancel came: its outcome stands, the cancel too
+                return task.result(), True
             cancelled = True
-
-
-def settle_late(future: asyncio.Future[T], undo: Callable[[T], Any]) -> None:
-    """When ``future`` (work the caller stopped waiting for) finishes, ``undo`` its result in
-    the work pool: a container started for a run that was cancelled meanwhile is released."""
-
-    def done(f: asyncio.Future[T]) -> None:
-        if f.cancelled() or f.exception() is not None:
-            return
-        _pool("work", WORK_THREADS).submit(undo, f.result())
-
-    future.add_done_callback(done)

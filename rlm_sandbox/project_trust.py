@@ -31,7 +31,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -41,11 +40,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rlm_sandbox.errors import ConfigError
+from rlm_sandbox.sizes import parse_size
 
 TRUST_FILE = "trusted-projects.json"
 MAX_PROJECT_FILE_BYTES = 1 << 20  # a settings file is a few hundred bytes; a huge one is an attack
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([bkmg]?)$")
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
 class Kind(StrEnum):
@@ -58,10 +56,10 @@ class Kind(StrEnum):
 
 def size_bytes(text: str) -> float:
     """A Docker size (``512m``, ``2g``, ``1048576``) in bytes, for comparing limits."""
-    m = _SIZE.match(str(text).strip().lower())
-    if not m:
+    try:
+        return float(parse_size(str(text)))
+    except ValueError:
         return math.inf
-    return float(m.group(1)) * _UNITS[m.group(2)]
 
 
 @dataclass(frozen=True)
@@ -80,8 +78,6 @@ class Rule:
 
 def _byte_size(value: Any) -> float:
     """A byte count as the settings read it (``8g``, ``512m``, bytes); unreadable: infinite."""
-    from rlm_sandbox.rlm.config import parse_size
-
     try:
         return float(parse_size(value))
     except (TypeError, ValueError):

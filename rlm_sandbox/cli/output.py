@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from rlm_sandbox import sizes
 from rlm_sandbox.errors import RLMSandboxError, exit_code
 
 if TYPE_CHECKING:
@@ -70,12 +71,9 @@ def console(*, stderr: bool = False, **kwargs: Any) -> Console:
 
 
 def parse_size(text: str) -> int:
-    """``4m``, ``100m``, ``1g`` as bytes."""
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    t = text.strip().lower().rstrip("b")
-    mult = units.get(t[-1:], 1)
+    """``4m``, ``100m``, ``1g`` as bytes (:func:`rlm_sandbox.sizes.parse_size`), for a flag."""
     try:
-        return int(float(t[:-1] if t[-1:] in units else t) * mult)
+        return int(sizes.parse_size(text))
     except ValueError:
         raise click.BadParameter(f"{text!r} is not a size like 4m or 1g") from None
 

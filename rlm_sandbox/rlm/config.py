@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from rlm_sandbox.rlm.limits import Limits
 from rlm_sandbox.rlm.tenants import TenantLimits
 from rlm_sandbox.sandbox.config import SandboxConfig
 from rlm_sandbox.sandbox.engines import EngineSpec
+from rlm_sandbox.sizes import ByteSize
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(value: Any) -> Any:
-    """``8g``, ``8GiB``, ``512m``, ``1048576``: a byte count (binary units); other values pass
-    through for the field's own validation to judge."""
-    if isinstance(value, str):
-        m = _SIZE.match(value)
-        if not m:
-            raise ValueError(f"{value!r} is not a size: give bytes, or a number with k, m, g or t (e.g. 8g)")
-        return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    return value
-
-
-#: A byte count, as a number or with a binary unit (``8g``).
-ByteSize = Annotated[int, BeforeValidator(parse_size)]
 DEFAULT_MAX_INPUT_BYTES = 8 << 30
 DEFAULT_LM_CACHE_MAX_BYTES = 1 << 30
 

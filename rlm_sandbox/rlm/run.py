@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from rlm_sandbox.blocking import blocking, finish, settle_late
+from rlm_sandbox.blocking import blocking, finish
 from rlm_sandbox.errors import (
     BudgetExhausted,
     ConfigError,
@@ -275,7 +275,11 @@ class Run:
                 while_starting()
             if before_sandbox is not None:
                 await before_sandbox()
-            lease = await self._acquire(node)
+            # A start in flight is waited for even when the node is cancelled meanwhile: the
+            # container is then released below like any other, never left to a thread.
+            lease, cancelled = await finish(blocking(self.containers.acquire, node.id, node.handler))
+            if cancelled:
+                raise asyncio.CancelledError
             self.budget.container_started()
             tracer.emit(
                 "node_start",
@@ -318,16 +322,6 @@ class Run:
             self._node_left()
             if cancelled:
                 raise asyncio.CancelledError
-
-    async def _acquire(self, node: NodeLike) -> Lease:
-        """A sandbox for ``node`` (a Docker start runs in a thread); one that arrives after
-        the node was cancelled is released, not leaked."""
-        started = blocking(self.containers.acquire, node.id, node.handler)
-        try:
-            return await asyncio.shield(started)
-        except asyncio.CancelledError:
-            settle_late(started, self.containers.release)
-            raise
 
     async def offer_tools(self, sandbox: Sandbox) -> None:
         """Give the kernel a proxy per host tool; they live in its engine names, so they are

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rlm_sandbox.sizes import parse_size
+
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -66,8 +68,6 @@ class TenantLimits(BaseModel):
     @field_validator("max_input_bytes", mode="before")
     @classmethod
     def _size(cls, value: object) -> object:
-        from rlm_sandbox.rlm.config import parse_size
-
         return parse_size(value)
 
 

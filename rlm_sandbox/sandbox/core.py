@@ -111,6 +111,10 @@ def _process_start_ticks(pid: int) -> str:
         return "0"
 
 
+#: How long ``close`` waits for a thread busy with the sandbox once its container is killed.
+CLOSE_WAIT_S = 30.0
+
+
 class Sandbox:
     def __init__(
         self,
@@ -220,19 +224,21 @@ class Sandbox:
         """Stop and remove the container; safe to call any number of times, from any path.
 
         Called from another thread while a cell (or a load) holds the sandbox, it kills the
-        container and returns at once: the busy thread then sees the end of the stream and
-        closes (removes) the sandbox itself on its way out. Waiting for the lock instead
-        would wait for the cell, which is what a caller cancelling a run cannot afford."""
+        container first, so that the busy thread's wait ends at once instead of at the
+        cell's end, then takes the sandbox from it (at most :data:`CLOSE_WAIT_S`) and removes
+        it: when ``close`` returns, the container is gone."""
         if not self._lock.acquire(blocking=False):
             if self.state != "closed":
                 self._kill("closed by another thread")
-            return
-        self._lock.release()
-        with self._lock:
+            if not self._lock.acquire(timeout=CLOSE_WAIT_S):
+                return  # a thread that never lets go: the registry removes it at exit
+        try:
             if self.state == "closed":
                 return
             self.state = "closed"
             channel, self._channel = self._channel, None
+        finally:
+            self._lock.release()
         if channel is not None:
             if channel.error is None:
                 try:

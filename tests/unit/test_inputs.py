@@ -212,7 +212,8 @@ def test_an_input_set_needs_files() -> None:
 
 
 def test_sizes_read_as_people_write_them() -> None:
-    from rlm_sandbox.rlm.config import RLMConfig, parse_size
+    from rlm_sandbox.rlm.config import RLMConfig
+    from rlm_sandbox.sizes import parse_size
 
     assert parse_size("8g") == parse_size("8GiB") == parse_size("8 GB") == 8 << 30
     assert parse_size("512m") == 512 << 20 and parse_size("1.5k") == 1536 and parse_size(1000) == 1000
