@@ -35,6 +35,17 @@ SECRET_VARS = {
     "AWS_SECRET_ACCESS_KEY": SECRET + "-aws",
 }
 ROWS: list[dict[str, Any]] = []
+# What each module attacks: the container itself, or the host around it (the rest).
+SURFACES = {
+    "test_attacks": "container",
+    "test_orphans": "orphans",
+    "test_host": "host",
+    "test_memory_floods": "host memory",
+    "test_untrusted_project": "project file",
+    "test_terminal": "terminal",
+    "test_faults": "host faults",
+    "test_inputs_and_citations": "inputs",
+}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,6 +61,15 @@ def planted_secrets() -> Any:
     path = os.environ.get("RLM_SANDBOX_SECURITY_REPORT")
     if path:
         Path(path).write_text(json.dumps({"runtime": RUNTIME, "rows": ROWS}, indent=2))
+
+
+@pytest.fixture(autouse=True)
+def row_surface(request: pytest.FixtureRequest) -> Any:
+    """Tag the rows a test adds with its module, so the report can tell host from container."""
+    before = len(ROWS)
+    yield
+    for row in ROWS[before:]:
+        row.setdefault("surface", SURFACES.get(request.module.__name__.rsplit(".", 1)[-1], "host"))
 
 
 @pytest.fixture(scope="session")
