@@ -63,11 +63,36 @@ def planted_secrets() -> Any:
         Path(path).write_text(json.dumps({"runtime": RUNTIME, "rows": ROWS}, indent=2))
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    """Keep each test's outcome on it, for :func:`row_surface`."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.stash[CALL_FAILED] = report.failed
+
+
+CALL_FAILED = pytest.StashKey[bool]()
+
+
 @pytest.fixture(autouse=True)
 def row_surface(request: pytest.FixtureRequest) -> Any:
-    """Tag the rows a test adds with its module, so the report can tell host from container."""
-    before = len(ROWS)
+    """Tag the rows a test adds with its module, so the report can tell host from container;
+    a test that records no run of its own (a CLI check, a hostile file) still gets a row."""
+    before, t0 = len(ROWS), time.monotonic()
     yield
+    if len(ROWS) == before and CALL_FAILED in request.node.stash:
+        failed = request.node.stash[CALL_FAILED]
+        ROWS.append(
+            {
+                "attack": request.node.name,
+                "runtime": RUNTIME,
+                "status": "FAILED" if failed else "passed",
+                "outcome": "the test's own checks " + ("FAILED" if failed else "held"),
+                "seconds": round(time.monotonic() - t0, 2),
+                "breached": failed,
+            }
+        )
     for row in ROWS[before:]:
         row.setdefault("surface", SURFACES.get(request.module.__name__.rsplit(".", 1)[-1], "host"))
 
