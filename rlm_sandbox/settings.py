@@ -447,12 +447,21 @@ def display_value(name: str, value: Any) -> Any:
     return value
 
 
+_USERINFO = re.compile(r"(//[^/?#@:]*):[^/?#@]*@")
+
+
 def redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    """``url`` without the password it may carry. A URL ``urlsplit`` cannot take (a stray
+    ``]``, a port that is not a number: a hostile project file's, or a typo) is masked by
+    pattern instead: showing a setting must never fail, nor show its password."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.hostname or ""
+        netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    except ValueError:
+        return _USERINFO.sub(r"\1:***@", url)
     return urlunsplit(parts._replace(netloc=netloc))
 
 

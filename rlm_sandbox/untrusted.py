@@ -92,6 +92,15 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number that overflows (``1e999``) would become ``inf``, the very value
+    ``NaN``/``Infinity`` are refused to keep out; refused the same way."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is too large for a float")
+    return value
+
+
 def loads(
     text: str | bytes,
     *,
@@ -100,7 +109,7 @@ def loads(
     constants: bool = False,
 ) -> Any:
     """``json.loads`` for untrusted text: bounded size, depth and integers; ``NaN`` and
-    ``Infinity`` refused unless ``constants`` (a reader of our own traces, which Python's
+    ``Infinity`` (and numbers that overflow to them) refused unless ``constants`` (a reader of our own traces, which Python's
     json may have written them into, then checks numbers with :func:`finite`).
 
     Every failure is a ``ValueError`` saying what was wrong.
@@ -111,7 +120,9 @@ def loads(
         if constants:
             value = json.loads(text, parse_int=_bounded_int)
         else:
-            value = json.loads(text, parse_int=_bounded_int, parse_constant=_no_constant)
+            value = json.loads(
+                text, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant
+            )
     except RecursionError:
         raise ValueError(f"JSON nested deeper than {max_depth} levels") from None
     check_depth(value, max_depth)
@@ -304,7 +315,24 @@ def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> An
         seen.add(key)
 
 
+def _multiple_of(validator: Any, step: Any, instance: Any, schema: Any) -> Any:
+    """jsonschema's multipleOf, except that a big integer over a float step
+    (``10**4000`` against ``0.1``) is an answer, not an ``OverflowError`` from the check:
+    the exact test with fractions is what jsonschema itself falls back to."""
+    from fractions import Fraction
+
+    from jsonschema._keywords import multipleOf
+    from jsonschema.exceptions import ValidationError
+
+    try:
+        yield from multipleOf(validator, step, instance, schema)
+    except OverflowError:
+        if isinstance(instance, float) or (Fraction(instance) / Fraction(step)).denominator != 1:
+            yield ValidationError(f"{_short(instance, 60)} is not a multiple of {step}")
+
+
 _REPLACED = {
+    "multipleOf": _multiple_of,
     "pattern": _pattern,
     "patternProperties": _pattern_properties,
     "additionalProperties": _additional_properties,

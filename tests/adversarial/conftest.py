@@ -35,6 +35,17 @@ SECRET_VARS = {
     "AWS_SECRET_ACCESS_KEY": SECRET + "-aws",
 }
 ROWS: list[dict[str, Any]] = []
+# What each module attacks: the container itself, or the host around it (the rest).
+SURFACES = {
+    "test_attacks": "container",
+    "test_orphans": "orphans",
+    "test_host": "host",
+    "test_memory_floods": "host memory",
+    "test_untrusted_project": "project file",
+    "test_terminal": "terminal",
+    "test_faults": "host faults",
+    "test_inputs_and_citations": "inputs",
+}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,6 +61,40 @@ def planted_secrets() -> Any:
     path = os.environ.get("RLM_SANDBOX_SECURITY_REPORT")
     if path:
         Path(path).write_text(json.dumps({"runtime": RUNTIME, "rows": ROWS}, indent=2))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    """Keep each test's outcome on it, for :func:`row_surface`."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.stash[CALL_FAILED] = report.failed
+
+
+CALL_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.fixture(autouse=True)
+def row_surface(request: pytest.FixtureRequest) -> Any:
+    """Tag the rows a test adds with its module, so the report can tell host from container;
+    a test that records no run of its own (a CLI check, a hostile file) still gets a row."""
+    before, t0 = len(ROWS), time.monotonic()
+    yield
+    if len(ROWS) == before and CALL_FAILED in request.node.stash:
+        failed = request.node.stash[CALL_FAILED]
+        ROWS.append(
+            {
+                "attack": request.node.name,
+                "runtime": RUNTIME,
+                "status": "FAILED" if failed else "passed",
+                "outcome": "the test's own checks " + ("FAILED" if failed else "held"),
+                "seconds": round(time.monotonic() - t0, 2),
+                "breached": failed,
+            }
+        )
+    for row in ROWS[before:]:
+        row.setdefault("surface", SURFACES.get(request.module.__name__.rsplit(".", 1)[-1], "host"))
 
 
 @pytest.fixture(scope="session")

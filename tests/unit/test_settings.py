@@ -230,6 +230,28 @@ def test_a_password_in_a_url_is_never_shown(files: Files) -> None:
     assert shown == "https://user:***@llm.example.com:8443/v1"
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://evil]/v1", "http://evil]/v1"),
+        ("http://e[vil/v1", "http://e[vil/v1"),
+        ("https://user:hunter2@host]:8443/v1", "https://user:***@host]:8443/v1"),
+        ("https://user:hunter2@host:port/v1", "https://user:***@host:port/v1"),
+    ],
+)
+def test_a_url_urlsplit_refuses_is_shown_masked_not_a_crash(
+    files: Files, monkeypatch: pytest.MonkeyPatch, url: str, shown: str
+) -> None:
+    """A stray bracket or a port that is not a number made showing the settings (config
+    show, doctor) fail with an unexpected ValueError, from a project file or a variable."""
+    monkeypatch.setenv("RLM_SANDBOX_API_BASE", url)
+    assert {name: value for name, value, _origin in load_settings().rows()}["api_base"] == shown
+    monkeypatch.delenv("RLM_SANDBOX_API_BASE")
+    files.write("project", f'api_base = "{url}"\n')
+    loaded = load_settings(trust_project=True)
+    assert {name: value for name, value, _origin in loaded.rows()}["api_base"] == shown
+
+
 def test_settings_bounds_are_the_run_configs(files: Files) -> None:
     from rlm_sandbox.rlm.config import RLMConfig
 

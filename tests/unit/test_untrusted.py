@@ -195,6 +195,8 @@ def test_messages_are_cut_whatever_the_value() -> None:
         ("-" + "9" * 100_000, "digits"),
         ("NaN", "not JSON"),
         ("[Infinity]", "not JSON"),
+        ("1e999", "too large"),
+        ('{"a": [-1.5e400]}', "too large"),
         ("[" * 100_000 + "]" * 100_000, "nested"),
         ("[" * 70 + "]" * 70, "nested"),
         ('"' + "x" * (2 << 20) + '"', "characters"),
@@ -222,3 +224,19 @@ def test_a_typed_answer_too_large_goes_back_to_the_model() -> None:
     assert value is None and problem is not None and "characters" in problem
     value, problem = spec.check('"fine"')
     assert value == "fine" and problem is None
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [(10**4000, False), (3 * 10**4000, True), (-(3 * 10**4000), True), (1.5, True), (1.0, False)],
+    ids=["big-no", "big-yes", "big-negative", "float-yes", "float-no"],
+)
+def test_multiple_of_a_float_step_is_an_answer_for_any_number(value: Any, ok: bool) -> None:
+    """A big integer over a float step used to raise OverflowError out of the check."""
+    spec = AnswerSpec.from_cell({"type": "number", "multipleOf": 0.75})
+    checked, problem = spec.check(json.dumps(value))
+    assert (problem is None) is ok, problem
+    if ok:
+        assert checked == value
+    else:
+        assert checked is None and "not a multiple of 0.75" in str(problem)
