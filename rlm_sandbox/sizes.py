@@ -5,9 +5,7 @@ means the same bytes everywhere."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
-
-from pydantic import BeforeValidator
+from typing import Any
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -22,7 +20,3 @@ def parse_size(value: Any) -> Any:
             raise ValueError(f"{value!r} is not a size: give bytes, or a number with k, m, g or t (e.g. 8g)")
         return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
     return value
-
-
-#: A byte count, as a number or with a binary unit (``8g``).
-ByteSize = Annotated[int, BeforeValidator(parse_size)]

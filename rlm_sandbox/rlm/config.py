@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from rlm_sandbox.rlm.limits import Limits
 from rlm_sandbox.rlm.tenants import TenantLimits
 from rlm_sandbox.sandbox.config import SandboxConfig
 from rlm_sandbox.sandbox.engines import EngineSpec
-from rlm_sandbox.sizes import ByteSize
+from rlm_sandbox.sizes import parse_size
 
+#: A byte count, as a number or with a binary unit (``8g``).
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
 DEFAULT_MAX_INPUT_BYTES = 8 << 30
 DEFAULT_LM_CACHE_MAX_BYTES = 1 << 30
 

@@ -9,37 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from rlm_sandbox.sandbox.config import SandboxConfig
+from rlm_sandbox.sandbox.readiness import build_image, readiness
 
 
 def check(sandbox: SandboxConfig) -> dict[str, Any]:
     """Blocking (Docker's client is): call it in a worker thread."""
-    from rlm_sandbox.sandbox.docker_backend import docker_client
-    from rlm_sandbox.sandbox.image import configured_tag
-
-    report: dict[str, Any] = {"engine": {"ok": False}, "image": {"ok": False, "tag": configured_tag(sandbox)}}
-    try:
-        client = docker_client(sandbox.docker_url)
-        client.ping()
-        report["engine"] = {"ok": True}
-    except Exception as exc:
-        report["engine"] = {"ok": False, "error": f"no Docker engine answers: {type(exc).__name__}"}
-        return report | {"status": "fail"}
-    try:
-        client.api.inspect_image(report["image"]["tag"])
-        report["image"]["ok"] = True
-    except Exception:
-        report["image"]["error"] = "not built yet (the service builds it at start)"
-    ok = report["engine"]["ok"] and report["image"]["ok"]
-    return report | {"status": "ok" if ok else "fail"}
+    return readiness(sandbox)
 
 
 def ensure_image(sandbox: SandboxConfig) -> str | None:
     """Build the image if it is missing; the error, if it could not."""
-    from rlm_sandbox.sandbox.docker_backend import docker_client
-    from rlm_sandbox.sandbox.image import ensure_image as build
-
-    try:
-        build(docker_client(sandbox.docker_url), sandbox)
-        return None
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
+    return build_image(sandbox)
