@@ -23,7 +23,7 @@ _EXPORTS = {
     "Session": "rlm_sandbox.rlm.session",
     "AsyncRLM": "rlm_sandbox.rlm.aio",
     "AsyncSession": "rlm_sandbox.rlm.aio",
-    "Cancellation": "rlm_sandbox.rlm.run",
+    "Cancellation": "rlm_sandbox.rlm.outcome",
     "LiteLLMClient": "rlm_sandbox.rlm.lm",
     "InputSet": "rlm_sandbox.inputs",
     "collect_inputs": "rlm_sandbox.inputs",

@@ -92,28 +92,10 @@ def chat(model: str | None, sub_model: str | None, input_paths: tuple[str, ...],
                 question = line.strip()
                 if not question:
                     continue
-                command = question.lower()
-                if command in QUIT:
+                local = _local_command(question, session, config.trace, err)
+                if local == "quit":
                     break
-                if command == "/help":
-                    err.print(text(HELP), highlight=False)
-                    continue
-                if command == "/cost":
-                    t = session.totals()
-                    toks = t["tokens"]["prompt"] + t["tokens"]["completion"]
-                    click.echo(
-                        f"{t['questions']} questions, {t['lm_calls']} LM calls, {toks} tokens, "
-                        f"${t['cost_usd']:.4f}, {t['nodes']} nodes"
-                    )
-                    continue
-                if command == "/trace":
-                    write_answer(config.trace)
-                    continue
-                if _looks_like_a_command(question):
-                    err.print(
-                        text(f"unknown command {question}: /help lists them (nothing was sent)"),
-                        highlight=False,
-                    )
+                if local == "done":
                     continue
                 if live is not None:
                     with live:
@@ -128,6 +110,32 @@ def chat(model: str | None, sub_model: str | None, input_paths: tuple[str, ...],
     except RLMSandboxError as exc:
         fail(exc, o["debug"])
     err.print(text(f"session ended; trace: {config.trace}", "dim"), highlight=False)
+
+
+def _local_command(question: str, session: Any, trace: Any, err: Any) -> str | None:
+    """A line answered here, never sent to the model: ``"quit"``, ``"done"`` (a command was
+    answered), or None for a question."""
+    command = question.lower()
+    if command in QUIT:
+        return "quit"
+    if command == "/help":
+        err.print(text(HELP), highlight=False)
+        return "done"
+    if command == "/cost":
+        t = session.totals()
+        toks = t["tokens"]["prompt"] + t["tokens"]["completion"]
+        click.echo(
+            f"{t['questions']} questions, {t['lm_calls']} LM calls, {toks} tokens, "
+            f"${t['cost_usd']:.4f}, {t['nodes']} nodes"
+        )
+        return "done"
+    if command == "/trace":
+        write_answer(trace)
+        return "done"
+    if _looks_like_a_command(question):
+        err.print(text(f"unknown command {question}: /help lists them (nothing was sent)"), highlight=False)
+        return "done"
+    return None
 
 
 def banner(name: str, context: Any) -> str:

@@ -239,7 +239,7 @@ def default_trace(command: str, kind: str = "run") -> tuple[str, str]:
     """``(run id, trace path)`` for a command that writes a trace unasked (demo, chat,
     replay): a new file named by the run id in the user's private trace directory, said on
     stderr so the user knows where their data went."""
-    from rlm_sandbox.rlm.run import new_run_id
+    from rlm_sandbox.rlm.run_setup import new_run_id
     from rlm_sandbox.safe_text import visible
     from rlm_sandbox.trace.writer import default_trace_path
 

@@ -2,7 +2,7 @@
 
 One :class:`InputSet` is the whole input of a run: files on disk (plain or compressed),
 standard input, or texts given in memory (the API's ``dict`` of name -> text). It streams
-itself to the kernel (it is a :class:`~rlm_sandbox.sandbox.core.ContextStream`): with one
+itself to the kernel (it is a :class:`~rlm_sandbox.sandbox.context_source.ContextStream`): with one
 input as one text (``context`` is a ``str``), with several as kind ``files``, which the
 kernel makes into a ``dict`` of name -> text in this order. The bytes travel raw, never
 JSON-escaped.
@@ -40,7 +40,7 @@ from rlm_sandbox.inputs.decompress import (
     read_chunk,
 )
 from rlm_sandbox.inputs.walk import STDIN_NAME, find_files
-from rlm_sandbox.sandbox.core import FileStart
+from rlm_sandbox.sandbox.context_source import FileStart
 
 HEAD_BYTES = 300  # of each file, kept for the first prompt's preview
 MEMORY_NAME = "<context>"

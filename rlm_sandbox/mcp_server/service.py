@@ -67,7 +67,7 @@ class QueryService:
         """Run ``task`` over the input; the :class:`~rlm_sandbox.rlm.result.RLMResult`.
         A refused argument is a :class:`ConfigError` raised before anything starts."""
         from rlm_sandbox.rlm.aio import AsyncRLM
-        from rlm_sandbox.rlm.run import new_run_id
+        from rlm_sandbox.rlm.run_setup import new_run_id
 
         if not task or not task.strip():
             raise ConfigError("`task` is empty", hint="say what to find or compute over the input")

@@ -14,7 +14,7 @@ from typing import Any
 
 from rlm_sandbox.errors import ConfigError
 from rlm_sandbox.trace import events as trace_events
-from rlm_sandbox.untrusted import TRACE_DEPTH, TRACE_LINE_CHARS, loads
+from rlm_sandbox.untrusted_json import TRACE_DEPTH, TRACE_LINE_CHARS, loads
 
 EXCERPT = 300
 

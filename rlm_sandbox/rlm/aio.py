@@ -23,8 +23,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from rlm_sandbox.rlm.api import RLM
+from rlm_sandbox.rlm.outcome import Cancellation
 from rlm_sandbox.rlm.result import RLMResult
-from rlm_sandbox.rlm.run import Cancellation
 from rlm_sandbox.rlm.session import Session
 
 AnyListener = Callable[[dict[str, Any]], Any]

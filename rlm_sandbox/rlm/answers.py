@@ -16,15 +16,8 @@ import json
 from typing import Any
 
 from rlm_sandbox.errors import AnswerInvalid, ConfigError
-from rlm_sandbox.untrusted import (
-    CELL_SCHEMA,
-    CHECK_SECONDS,
-    MAX_VALUE_CHARS,
-    USER_SCHEMA,
-    BoundedSchema,
-    SchemaLimits,
-    loads,
-)
+from rlm_sandbox.untrusted import CELL_SCHEMA, CHECK_SECONDS, USER_SCHEMA, BoundedSchema, SchemaLimits
+from rlm_sandbox.untrusted_json import MAX_VALUE_CHARS, loads
 
 __all__ = ["AnswerInvalid", "AnswerSpec", "parse_json"]
 

@@ -31,8 +31,10 @@ from rlm_sandbox.rlm.config import RLMConfig
 from rlm_sandbox.rlm.lm import LMClient, make_client, needs_litellm, start_preload
 from rlm_sandbox.rlm.models import ModelRouter
 from rlm_sandbox.rlm.node import Node
+from rlm_sandbox.rlm.outcome import Cancellation, Outcome
 from rlm_sandbox.rlm.result import RLMResult
-from rlm_sandbox.rlm.run import Cancellation, Outcome, Run, RunSetup, new_run_id
+from rlm_sandbox.rlm.run import Run
+from rlm_sandbox.rlm.run_setup import RunSetup, new_run_id
 from rlm_sandbox.rlm.session import Session
 from rlm_sandbox.rlm.tools import ToolSet
 from rlm_sandbox.sandbox.backend import Backend

@@ -34,7 +34,7 @@ flight drained) :data:`STOP_GRACE_S` more: a run ends by ``--timeout`` +
 Containers alive at once are admitted so that recursion cannot deadlock: a node at depth
 ``d`` may take a slot only if enough slots stay free for one chain of descendants below it
 (``free > depth_limit - 1 - d``). Leaves never wait on anything once admitted, so they always
-finish and free their slots, and every level above them follows.
+finish and free their slots, and every level above them follows (:mod:`rlm_sandbox.rlm.slots`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ import time
 
 from rlm_sandbox.errors import BudgetExhausted, ConfigError
 from rlm_sandbox.rlm.limits import COMPLETION_HINT, FLAGS, Limits
-from rlm_sandbox.rlm.tenants import TenantAccount
+from rlm_sandbox.rlm.slots import ContainerSlots
+from rlm_sandbox.rlm.tenants import TENANT_LOCK, TenantAccount
 from rlm_sandbox.rlm.worst_case import NO_HOLD, Hold, Reservation, Worst
 
 #: How long past the run's wall-time budget the fallback answer may take.
@@ -58,10 +59,7 @@ TIMEOUT_GRACE_S = FALLBACK_GRACE_S + STOP_GRACE_S
 _EPS = 1e-12  # float sums of costs: a cap reached exactly is not passed
 
 
-_TENANT_LOCK = threading.Lock()
-
-
-class Budget:
+class Budget(ContainerSlots):
     def __init__(self, limits: Limits, tenant: TenantAccount | None = None) -> None:
         limits.check()
         if (
@@ -247,7 +245,7 @@ class Budget:
         if budget == "max_cost" and lim.max_cost is not None:
             return live > 0 and self.cost_usd + hold.cost_usd + worst.cost_usd <= lim.max_cost + _EPS
         if budget == "tenant_max_cost" and tenant is not None and tenant.limits.max_cost is not None:
-            with _TENANT_LOCK:
+            with TENANT_LOCK:
                 live = tenant.in_flight - tenant.abandoned
                 return live > 0 and tenant.cost_usd + worst.cost_usd <= tenant.limits.max_cost + _EPS
         return False  # a call slot in flight always counts: waiting cannot free one
@@ -293,7 +291,7 @@ class Budget:
         tenant = self.tenant
         if tenant is None:
             return None
-        with _TENANT_LOCK:
+        with TENANT_LOCK:
             cap = tenant.limits.max_cost
             if cap is not None and tenant.cost_usd + tenant.reserved_cost + cost > cap + _EPS:
                 return (
@@ -319,7 +317,7 @@ class Budget:
         if self._open_usage <= 0:  # no float drift survives an idle moment
             self._open_usage, self._abandoned_open, self.reserved_tokens, self.reserved_cost = 0, 0, 0, 0.0
         if self.tenant is not None:
-            with _TENANT_LOCK:
+            with TENANT_LOCK:
                 self.tenant.reserved_cost -= res.worst.cost_usd
                 self.tenant.in_flight -= 1
                 self.tenant.abandoned -= res.abandoned
@@ -342,7 +340,7 @@ class Budget:
                 res.abandoned = True
                 self._abandoned_open += 1
                 if self.tenant is not None:
-                    with _TENANT_LOCK:
+                    with TENANT_LOCK:
                         self.tenant.abandoned += 1
 
     def commit(
@@ -361,7 +359,7 @@ class Budget:
             self.completion_tokens += completion_tokens
             self.cost_usd += cost_usd
             if self.tenant is not None:
-                with _TENANT_LOCK:
+                with TENANT_LOCK:
                     self.tenant.cost_usd += cost_usd
             self._lock.notify_all()  # calls waiting for room
         over = []
@@ -438,7 +436,7 @@ class Budget:
             if lim.max_cost is not None:
                 cost = max(0.0, lim.max_cost - self.cost_usd)
         if tenant is not None and tenant.limits.max_cost is not None:
-            with _TENANT_LOCK:
+            with TENANT_LOCK:
                 left = max(0.0, tenant.limits.max_cost - tenant.cost_usd)
             cost = left if cost is None else min(cost, left)
         return tokens, cost
@@ -458,93 +456,6 @@ class Budget:
     def add_step(self) -> None:
         with self._lock:
             self.steps += 1
-
-    # ---- nodes and containers
-
-    def admit_node(self, depth: int) -> None:
-        """Count a new RLM node and take a container slot for it (waiting if needed)."""
-        reserve = self._count_node(depth)
-        with self._lock:
-            while (poll := self._try_slot(reserve)) is not None:
-                if poll == 0.0:
-                    return
-                self._lock.wait(poll)
-        self._no_slot()
-
-    async def aadmit_node(self, depth: int) -> None:
-        """:meth:`admit_node` for the asyncio engine: a fan-out waiting for container slots
-        sleeps on the loop instead of holding a thread per child."""
-        reserve = self._count_node(depth)
-        while True:
-            with self._lock:
-                poll = self._try_slot(reserve)
-            if poll is None:
-                break
-            if poll == 0.0:
-                return
-            await asyncio.sleep(min(poll, 0.05))
-        self._no_slot()
-
-    def _count_node(self, depth: int) -> int:
-        """The node counted (or ``max_nodes`` stops the run); the slots its level must leave free."""
-        self.check()
-        with self._lock:
-            lim = self.limits
-            over = lim.max_nodes is not None and self.nodes >= lim.max_nodes
-            if not over:
-                self.nodes += 1
-                self.max_depth_reached = max(self.max_depth_reached, depth + 1)
-        if over:
-            raise self._exhaust("max_nodes", f"the run created its limit of {lim.max_nodes} RLM nodes")
-        return max(0, lim.depth - 1 - depth)
-
-    def _try_slot(self, reserve: int) -> float | None:
-        """Called with the lock held: 0.0 when a slot was taken, else how long to wait before
-        trying again, or None when waiting is over (stopped, or out of time)."""
-        if self.cancelled.is_set():
-            return None
-        free = self.limits.max_containers - self.containers_alive
-        if free > reserve and self._tenant_admits(reserve):
-            self.containers_alive += 1
-            return 0.0
-        left = self.wall_left()
-        if left is not None and left <= 0:
-            return None
-        # Another run of the tenant frees its slots without notifying us: poll briskly then.
-        poll = 0.1 if self.tenant is not None and self.tenant.limits.max_containers else 0.5
-        return poll if left is None else max(0.01, min(poll, left))
-
-    def _no_slot(self) -> None:
-        self.check()
-        raise self._exhaust("timeout", "the wall-time budget ran out while waiting for a container slot")
-
-    def _tenant_admits(self, reserve: int) -> bool:
-        """Called with the lock held: take a tenant slot too, under the same reserve rule."""
-        tenant = self.tenant
-        if tenant is None:
-            return True
-        with _TENANT_LOCK:
-            cap = tenant.limits.max_containers
-            if cap is not None and cap - tenant.containers_alive <= reserve:
-                return False
-            tenant.containers_alive += 1
-            self._tenant_slots += 1
-            return True
-
-    def container_started(self) -> None:
-        """A node got a running container (its slot was taken by :meth:`admit_node`): what
-        ``containers`` reports, so a node whose start failed (a dead engine) is not counted."""
-        with self._lock:
-            self.containers_started += 1
-
-    def release_container(self) -> None:
-        with self._lock:
-            self.containers_alive = max(0, self.containers_alive - 1)
-            if self.tenant is not None and self._tenant_slots > 0:
-                with _TENANT_LOCK:
-                    self.tenant.containers_alive = max(0, self.tenant.containers_alive - 1)
-                    self._tenant_slots -= 1
-            self._lock.notify_all()
 
     def snapshot(self) -> dict:
         with self._lock:

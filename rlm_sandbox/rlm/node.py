@@ -28,9 +28,9 @@ from rlm_sandbox.rlm.fallback import REASON_ROOM, best_answer, fallback_prompt
 from rlm_sandbox.rlm.parsing import find_code_blocks, find_final, truncate_output
 from rlm_sandbox.rlm.prompts import render
 from rlm_sandbox.rlm.run import Run
-from rlm_sandbox.sandbox.channel import RequestHandler, SubRequest
 from rlm_sandbox.sandbox.core import Sandbox
 from rlm_sandbox.sandbox.held import Hold
+from rlm_sandbox.sandbox.requests import RequestHandler, SubRequest
 
 Messages = list[dict[str, str]]
 #: A tenant's caps are the operator's, hard: no call past them, not even the fallback.

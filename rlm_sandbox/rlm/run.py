@@ -2,7 +2,8 @@
 
 A run is opened (the trace, ``run_start``, the budget, the containers), gives each node a
 sandbox for as long as the node lives (``node_sandbox``), turns whatever stopped it into a
-typed outcome (``outcome``), builds the result from the budget's counters (``result``), is
+typed outcome (``outcome``), builds the result from the budget's counters (``result``; both
+with :mod:`rlm_sandbox.rlm.outcome`, which also holds the :class:`Cancellation` handle), is
 stopped (every container closed, children unwinding waited for, calls in flight drained) and
 ended (``run_end``, the trace closed). ``RLM.run`` does that once around a root node; a
 session opens once, asks many questions of one node, and ends when it is closed. Writing the
@@ -15,22 +16,12 @@ import asyncio
 import dataclasses
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from rlm_sandbox.blocking import blocking, finish
-from rlm_sandbox.errors import (
-    BudgetExhausted,
-    ConfigError,
-    InputTooLarge,
-    RLMSandboxError,
-    RunCancelled,
-    SandboxError,
-    outcome_of,
-)
+from rlm_sandbox.errors import ConfigError, InputTooLarge, RunCancelled, SandboxError
 from rlm_sandbox.inputs import InputSet
 from rlm_sandbox.rlm.budget import Budget
 from rlm_sandbox.rlm.calls import ModelCalls
@@ -38,94 +29,32 @@ from rlm_sandbox.rlm.citations import Claim, verify
 from rlm_sandbox.rlm.config import RLMConfig
 from rlm_sandbox.rlm.containers import Lease, RunContainers
 from rlm_sandbox.rlm.models import ModelRouter
+from rlm_sandbox.rlm.outcome import Outcome, build_result, call_timings, classify, trace_fields
 from rlm_sandbox.rlm.result import RLMResult
+from rlm_sandbox.rlm.run_setup import RunSetup, open_cache
 from rlm_sandbox.rlm.tenants import ledger
 from rlm_sandbox.rlm.tools import ToolSet
 from rlm_sandbox.sandbox.backend import Backend
 from rlm_sandbox.sandbox.channel import LLMHandler
 from rlm_sandbox.sandbox.core import Sandbox
 from rlm_sandbox.sandbox.held import RunHeld
-from rlm_sandbox.trace.writer import Listener, Tracer, answer_fields
+from rlm_sandbox.trace.writer import Tracer, answer_fields
 from rlm_sandbox.untrusted import CHECK_SECONDS
 
-if TYPE_CHECKING:
-    from typing import Protocol
 
-    class NodeLike(Protocol):
-        """What the lifecycle needs of a node to give it a sandbox and trace it."""
+class NodeLike(Protocol):
+    """What the lifecycle needs of a node to give it a sandbox and trace it."""
 
-        id: str
-        parent: str | None
-        depth: int
-        task: str
-        steps: int
-        answer: str | None
-        handler: LLMHandler
+    id: str
+    parent: str | None
+    depth: int
+    task: str
+    steps: int
+    answer: str | None
+    handler: LLMHandler
 
 
 T = TypeVar("T")
-
-
-def new_run_id(kind: str = "run") -> str:
-    """A run's id: its kind, when it began (sortable), and a random part (unique)."""
-    return f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-
-
-@dataclass(frozen=True)
-class RunSetup:
-    """What a run (or a session) is made of before it has a task: built once by ``RLM``."""
-
-    config: RLMConfig
-    make_models: Callable[[], ModelRouter]
-    tools: ToolSet
-    listeners: Sequence[Listener] = ()
-    model: str | None = None
-    sub_model: str | None = None
-    backend: Backend | None = None  # None: the engine the sandbox config names (Docker)
-
-
-class Cancellation:
-    """A handle to cancel a run from outside it (an asyncio task, ``DELETE /v1/runs/ID``):
-    given to :meth:`RLM.run`, attached to the run once it exists; a cancel that comes first
-    takes effect at once when it does."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._run: Run | None = None
-        self.requested: str | None = None
-
-    def attach(self, run: Run) -> None:
-        with self._lock:
-            self._run = run
-            why = self.requested
-        if why is not None:
-            run.cancel(why)
-
-    def cancel(self, why: str = "the run was cancelled by its caller") -> None:
-        with self._lock:
-            if self.requested is None:
-                self.requested = why
-            run = self._run
-        if run is not None:
-            run.cancel(why)
-
-    def interrupt(self, signal: BaseException) -> None:
-        """Ctrl-C or SIGTERM reached the thread waiting for the run: stop it as interrupted."""
-        with self._lock:
-            run = self._run
-        if run is not None:
-            run.interrupt(signal)
-
-
-@dataclass
-class Outcome:
-    """How a run (or one question) ended, before it is turned into a result."""
-
-    status: str = "ok"
-    error: str | None = None
-    budget: str | None = None
-    hint: str | None = None
-    fallback_answer: str | None = None
 
 
 class Run:
@@ -163,7 +92,7 @@ class Run:
             lm_timeout=config.lm_timeout,
             max_tokens=config.lm_max_tokens,
             on_fatal=self.fail_run,
-            cache=_open_cache(config),
+            cache=open_cache(config),
         )
         self.containers = RunContainers(
             config,
@@ -455,24 +384,9 @@ class Run:
         self.budget.cancel(exc)
 
     def outcome(self, exc: BaseException) -> Outcome:
-        """What stopped the run, as ``--json`` reports it: the first cause, not its echoes (a
-        child's budget stop surfaces in its parent as a failed ``llm_query``)."""
-        if not isinstance(exc, RLMSandboxError):  # a bug of ours: still a typed outcome, never a lost run
-            return Outcome("error", f"{type(exc).__name__}: {exc}")
+        """What stopped the run, as ``--json`` reports it (see :func:`classify`)."""
         reason = self.budget.cancel_reason if self.budget.cancelled.is_set() else None
-        cause: BaseException = reason if isinstance(reason, RLMSandboxError) else exc
-        if self.fatal is not None and not isinstance(reason, RunCancelled):
-            cause = self.fatal
-        status, budget = outcome_of(cause)
-        message = cause.message if isinstance(cause, RLMSandboxError) else str(cause)
-        hint = getattr(cause, "hint", None) or None
-        fallback = None
-        if status == "budget_exhausted":
-            for candidate in (exc, cause):
-                if isinstance(candidate, BudgetExhausted) and candidate.fallback_answer is not None:
-                    fallback = candidate.fallback_answer
-                    break
-        return Outcome(status, message, budget, hint, fallback)
+        return classify(exc, reason, self.fatal)
 
     async def stop(self, *, drain: bool = True) -> None:
         """Close every container of the run and wait for what is still unwinding, never past
@@ -544,44 +458,23 @@ class Run:
         if fallback:
             answer = outcome.fallback_answer
         citations = verify(claims, self.inputs) if answer is not None and claims else []
-        now = self.budget.snapshot()
-        base = since or {"lm_calls": 0, "tokens": {"prompt": 0, "completion": 0}, "cost_usd": 0.0}
-        cfg = self.config
         calls = self.calls
-        timings = {
-            k: round(v, 4)
-            for k, v in (
-                ("lm_ready_s", calls.ready_s),
-                ("first_request_s", calls.first_request_s),
-                ("first_lm_call_s", calls.first_call_s),
-                ("first_cell_s", self.first_cell_s),
-            )
-            if v is not None
-        }
-        return RLMResult(
-            answer=answer,
-            status=outcome.status,
-            error=outcome.error,
-            steps=now["steps"] if steps is None else steps,
-            lm_calls=now["lm_calls"] - base["lm_calls"],
-            tokens={k: now["tokens"][k] - base["tokens"][k] for k in ("prompt", "completion")},
-            cost_usd=round(now["cost_usd"] - base["cost_usd"], 6),
-            wall_s=now["wall_s"] if wall_s is None else wall_s,
-            nodes=now["nodes"] - (since or {}).get("nodes", 0),
-            containers=now["containers"] - (since or {}).get("containers", 0),
-            max_depth_reached=now["max_depth_reached"],
-            trace=str(cfg.trace) if cfg.trace else None,
-            budget=outcome.budget,
-            hint=outcome.hint,
-            unsafe_backend=cfg.sandbox.backend if cfg.sandbox.backend != "docker" else None,
+        return build_result(
+            answer,
+            outcome,
+            now=self.budget.snapshot(),
+            since=since,
+            steps=steps,
+            wall_s=wall_s,
             fallback=fallback,
-            models=self.models.report(),
-            output=output if answer is not None else None,
-            typed=typed,
-            timings=timings if since is None else {},
             citations=citations,
-            lm_cache_hits=self.calls.cache_hits - (since or {}).get("lm_cache_hits", 0),
-            warnings=list(self.warnings),
+            config=self.config,
+            models=self.models.report(),
+            timings=call_timings(calls.ready_s, calls.first_request_s, calls.first_call_s, self.first_cell_s),
+            cache_hits=calls.cache_hits,
+            warnings=self.warnings,
+            output=output,
+            typed=typed,
         )
 
     def end_with(self, result: RLMResult) -> None:
@@ -599,26 +492,3 @@ class Run:
     def end(self, **fields: Any) -> None:
         self.tracer.emit("run_end", **fields)
         self.tracer.close()
-
-
-def trace_fields(result: RLMResult) -> dict[str, Any]:
-    """A result's ``--json`` keys as a trace event carries them: the typed ``output`` is not
-    one of them (the ``answer`` holds its JSON text, and an event's ``output`` is a cell's)."""
-    fields = result.to_json()
-    fields.pop("output", None)
-    return fields
-
-
-def _open_cache(config: RLMConfig) -> Any:
-    """The run's model-response cache, when ``lm_cache`` names a directory."""
-    if not config.lm_cache:
-        return None
-    from rlm_sandbox.rlm.lm_cache import LMCache
-
-    try:
-        return LMCache(config.lm_cache, config.lm_cache_max_bytes)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot use {config.lm_cache} as the model-response cache: {exc.strerror or exc}",
-            hint="give --lm-cache a directory you can write (it is created if missing)",
-        ) from None

@@ -27,8 +27,10 @@ from rlm_sandbox.rlm.answers import AnswerSpec
 from rlm_sandbox.rlm.bridge import run_sync
 from rlm_sandbox.rlm.citations import CitationLog
 from rlm_sandbox.rlm.node import Node
+from rlm_sandbox.rlm.outcome import Outcome, trace_fields
 from rlm_sandbox.rlm.result import RLMResult
-from rlm_sandbox.rlm.run import Outcome, Run, RunSetup, new_run_id, trace_fields
+from rlm_sandbox.rlm.run import Run
+from rlm_sandbox.rlm.run_setup import RunSetup, new_run_id
 from rlm_sandbox.sandbox.core import Sandbox
 from rlm_sandbox.trace.writer import answer_fields
 

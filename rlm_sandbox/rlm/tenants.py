@@ -26,6 +26,9 @@ from rlm_sandbox.sizes import parse_size
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
+#: Guards every :class:`TenantAccount`'s counters: the runs of a tenant share them across threads.
+TENANT_LOCK = threading.Lock()
+
 
 class TenantLimits(BaseModel):
     model_config = ConfigDict(extra="forbid")

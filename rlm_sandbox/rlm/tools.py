@@ -17,7 +17,7 @@ from typing import Any
 
 from rlm_sandbox.blocking import blocking_call
 from rlm_sandbox.errors import ConfigError
-from rlm_sandbox.untrusted import loads
+from rlm_sandbox.untrusted_json import loads
 
 MAX_JSON = 1 << 20
 MAX_DOC = 600

@@ -2,10 +2,10 @@
 
 One reader thread per sandbox demultiplexes the engine's stream, decodes frames, validates
 them, and routes each one: a reply wakes the caller waiting for that id, an ``llm_request``
-goes to a bounded pool that runs the user's handler. Anything that breaks the protocol --
-a malformed or oversized frame, an unknown type, a reply nobody asked for, a flood of
-requests -- ends the channel with :class:`ProtocolViolation`; the owner then kills the
-container. Every waiter is woken with the error: nothing waits on a dead kernel.
+goes to a bounded pool that runs the user's handler (``requests.py``). Anything that breaks
+the protocol -- a malformed or oversized frame, an unknown type, a reply nobody asked for, a
+flood of requests -- ends the channel with :class:`ProtocolViolation`; the owner then kills
+the container. Every waiter is woken with the error: nothing waits on a dead kernel.
 
 Every frame is validated from its header and given room (``held.py``) before the reader reads
 its payload: while the host already holds as much of this sandbox's (or this run's) requests
@@ -14,14 +14,12 @@ as it may, the reader stops reading, and the kernel's writes block until answers
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 from rlm_sandbox.errors import ProtocolViolation, SandboxError
 from rlm_sandbox.kernel import protocol as P
@@ -31,6 +29,7 @@ from .demux import Demuxer
 from .frames import FrameDecoder, FrameLimits, RawFrame
 from .held import HeldScope, Hold, SandboxHeld, request_cost, return_freed_memory
 from .messages import ExecReply, KernelMessage, LlmRequest, Ready, validate_header
+from .requests import Batch, RequestHandler, decode_prompts
 
 LLMHandler = Callable[[str], str]
 _DIAG_KEEP = 8192
@@ -139,21 +138,6 @@ class KernelChannel:
             else:
                 self.stream.send_all(head, timeout or self.io_timeout)
                 self.stream.send_all(payload, timeout or self.io_timeout)
-        except TimeoutError:
-            self.fail(
-                ProtocolViolation(
-                    f"{self.name} stopped reading its input for {timeout or self.io_timeout:g} s"
-                )
-            )
-            raise self.error from None  # type: ignore[misc]
-        except OSError:
-            self.fail(self.error or SandboxError(f"{self.name}: the stream to the kernel broke"))
-            raise self.error from None  # type: ignore[misc]
-
-    def send_raw(self, data: bytes | memoryview, timeout: float | None = None) -> None:
-        """Payload bytes that belong to a frame whose header was already sent."""
-        try:
-            self.stream.send_all(data, timeout or self.io_timeout)
         except TimeoutError:
             self.fail(
                 ProtocolViolation(
@@ -354,7 +338,7 @@ class KernelChannel:
                 )
                 return
             try:
-                prompts = _decode(payload, msg.sizes)
+                prompts = decode_prompts(payload, msg.sizes)
             except UnicodeDecodeError as exc:
                 self._reply_llm_error(msg.id, f"prompts are not valid UTF-8 text: {exc}")
                 return
@@ -364,7 +348,7 @@ class KernelChannel:
             if hold is not None:
                 hold.release()
         self.clock.begin()
-        batch = _Batch(self, msg.id, prompts, holds, msg.kind, msg.name, msg.output)
+        batch = Batch(self, msg.id, prompts, holds, msg.kind, msg.name, msg.output)
         del prompts
         handler = self.llm_handler
         try:
@@ -410,247 +394,3 @@ class KernelChannel:
             future.cancel()
         self.stream.close()
         self.held.close()  # whatever is still held for this sandbox is not any more
-
-
-def _decode(payload: bytes | bytearray, sizes: list[int]) -> list[str]:
-    """The prompts of a request, decoded straight from the frame's buffer (no copy between)."""
-    view = memoryview(payload)
-    try:
-        out, pos = [], 0
-        for n in sizes:
-            out.append(str(view[pos : pos + n], "utf-8"))
-            pos += n
-        return out
-    finally:
-        view.release()
-
-
-class SubRequest:
-    """What a cell asked the host for: see :class:`LlmRequest`.
-
-    ``held`` is what the host counts for the prompt (``held.py``); it is released when the
-    request is answered. A consumer that keeps the text longer -- a child node, whose
-    ``context`` it becomes -- takes it with :meth:`take_text` and hands ``held`` to
-    ``Sandbox.load_context(..., held=...)``, which releases it once the child's kernel has
-    the text: from then on the host keeps no copy of it.
-    """
-
-    __slots__ = ("_text", "held", "kind", "name", "output")
-
-    def __init__(
-        self,
-        kind: str,
-        text: str,
-        name: str | None = None,
-        output: dict[str, object] | None = None,
-        *,
-        held: Hold | None = None,
-    ) -> None:
-        self.kind = kind
-        self._text = text
-        self.name = name
-        self.output = output
-        self.held = held
-
-    @property
-    def text(self) -> str:
-        return self._text
-
-    def take_text(self) -> str:
-        """The prompt, handed over: this request stops referencing it (``text`` is then
-        empty), so the taker's reference is the only one and the text is freed with it."""
-        text, self._text = self._text, ""
-        return text
-
-    def __repr__(self) -> str:
-        return f"SubRequest({self.kind!r}, <{len(self._text)} chars>, name={self.name!r})"
-
-
-class RequestHandler:
-    """Marks a handler that answers every kind of request (``llm``, ``rlm``, ``tool``); a
-    plain ``fn(prompt)`` answers only ``llm_query`` without a schema.
-
-    ``held`` is where the bytes of the requests it answers are counted: its run's shared
-    bound at its node's depth (``RunHeld.scope(depth)``). Without one, a sandbox counts
-    against its own bound (``max_held_bytes``) only."""
-
-    def __init__(
-        self,
-        fn: Callable[[SubRequest], Any],
-        *,
-        held: HeldScope | None = None,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        self.fn = fn
-        self.held = held
-        # With a loop, ``fn`` is a coroutine function run on it: a request waiting on a model
-        # or a child node holds no thread.
-        self.loop = loop
-
-    def __call__(self, request: SubRequest) -> str:
-        if self.loop is not None:
-            return asyncio.run_coroutine_threadsafe(self.fn(request), self.loop).result()
-        return self.fn(request)
-
-
-def answer_request(handler: object, request: SubRequest) -> str:
-    if isinstance(handler, RequestHandler):
-        return handler(request)
-    if request.kind == "llm" and request.output is None and callable(handler):
-        return handler(request.text)
-    what = f"tool {request.name!r}" if request.kind == "tool" else f"{request.kind}_query with output="
-    if request.kind == "rlm":
-        what = "rlm_query"
-    raise RuntimeError(f"{what} is not available in this sandbox (its handler answers plain llm_query only)")
-
-
-class _Batch:
-    """The answers of one ``llm_request``: the last prompt to finish sends the reply."""
-
-    def __init__(
-        self,
-        channel: KernelChannel,
-        ident: int,
-        prompts: list[str],
-        holds: list[Hold],
-        kind: str = "llm",
-        name: str | None = None,
-        output: dict[str, object] | None = None,
-    ) -> None:
-        n = len(prompts)
-        self.channel = channel
-        self.ident = ident
-        # Prompts wait here, not in the pool's queue: a worker takes its one out, so that
-        # whoever it is handed to holds the only reference.
-        self.prompts: list[str | None] = prompts
-        self.holds: list[Hold | None] = list(holds) + [None] * (n - len(holds))
-        self.kind, self.name, self.output = kind, name, output
-        self.ename: str | None = None
-        self.answers: list[bytes | None] = [None] * n
-        self.errors: list[str] = []
-        self.left = n
-        self.lock = threading.Lock()
-        self.done = False
-
-    def _take(self, index: int) -> tuple[str, Hold | None]:
-        with self.lock:
-            prompt, hold = self.prompts[index], self.holds[index]
-            self.prompts[index] = self.holds[index] = None
-        return prompt or "", hold.claim() if hold is not None else None
-
-    def run(self, index: int) -> None:
-        ch = self.channel
-        prompt, hold = self._take(index)
-        try:
-            if ch.error is not None or ch._closed:
-                raise RuntimeError("the sandbox is closing")
-            request = SubRequest(self.kind, prompt, self.name, self.output, held=hold)
-            del prompt
-            answer = answer_request(ch.llm_handler, request)
-            del request
-        except BaseException as exc:
-            self._settle(index, None, exc, hold)
-            return
-        self._settle(index, answer, None, hold)
-
-    def start_on_loop(self, index: int, handler: RequestHandler) -> None:
-        """Answer prompt ``index`` with ``handler``'s coroutine on its loop; the reply is
-        sent from the channel's pool (a socket write must never block the loop)."""
-        ch = self.channel
-        prompt, hold = self._take(index)
-        request = SubRequest(self.kind, prompt, self.name, self.output, held=hold)
-        del prompt
-        assert handler.loop is not None
-        future = asyncio.run_coroutine_threadsafe(handler.fn(request), handler.loop)
-        del request
-        with ch._lock:
-            ch._inflight.add(future)
-
-        def done(f: concurrent.futures.Future[str]) -> None:
-            with ch._lock:
-                ch._inflight.discard(f)
-            if f.cancelled():
-                cancelled = RuntimeError("the request was cancelled: its cell or its run is over")
-                self._settle(index, None, cancelled, hold, in_pool=True)
-                return
-            exc = f.exception()
-            self._settle(index, None if exc is not None else f.result(), exc, hold, in_pool=True)
-
-        future.add_done_callback(done)
-
-    def _settle(
-        self, index: int, answer: Any, exc: BaseException | None, hold: Hold | None, *, in_pool: bool = False
-    ) -> None:
-        """Prompt ``index`` answered (or failed); the last one sends the reply (from the
-        channel's pool when ``in_pool``: the caller is the loop)."""
-        if hold is not None:
-            hold.release()  # answered (or failed): the host no longer needs the prompt
-        if exc is None:
-            data = (answer if isinstance(answer, str) else str(answer)).encode("utf-8", errors="replace")
-            error = None
-        else:
-            data, error = b"", f"{type(exc).__name__}: {exc}"
-        with self.lock:
-            if exc is not None:
-                self.ename = self.ename or type(exc).__name__
-            self.answers[index] = data
-            if error is not None:
-                self.errors.append(
-                    f"prompt {index + 1} of {len(self.answers)}: {error}" if len(self.answers) > 1 else error
-                )
-            self.left -= 1
-            last = self.left == 0
-        if not last:
-            return
-        if not in_pool:
-            self._reply()
-            return
-        try:
-            self.channel._pool.submit(self._reply)
-        except RuntimeError:  # the sandbox is closing: nobody to answer
-            self.abandon()
-
-    def abandon(self) -> None:
-        with self.lock:
-            holds = [h for h in self.holds if h is not None]
-            self.prompts = [None] * len(self.prompts)
-            self.holds = [None] * len(self.holds)
-        for hold in holds:
-            hold.release()
-        with self.lock:
-            if self.done:
-                return
-            self.done = True
-        self.channel.clock.end()
-        self.channel._finish_llm()
-
-    def _reply(self) -> None:
-        ch = self.channel
-        with self.lock:
-            if self.done:
-                return
-            self.done = True
-        ch.clock.end()
-        ch._finish_llm()
-        if ch.error is not None or ch._closed:
-            return
-        try:
-            if self.errors:
-                ch.send(
-                    {
-                        "t": P.LLM_REPLY,
-                        "id": self.ident,
-                        "status": "error",
-                        "error": "; ".join(self.errors)[:4000],
-                        # A tool's exception type, so the cell can catch what the tool raised.
-                        "ename": (self.ename or "")[:64] if self.kind == "tool" else "",
-                    }
-                )
-            else:
-                answers = [a or b"" for a in self.answers]
-                ch.send(
-                    {"t": P.LLM_REPLY, "id": self.ident, "status": "ok", "sizes": [len(a) for a in answers]},
-                    b"".join(answers),
-                )
-        except SandboxError:
-            pass

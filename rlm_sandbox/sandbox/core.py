@@ -9,15 +9,13 @@ concurrently by the handler from a bounded pool.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, BinaryIO, NoReturn, Protocol, runtime_checkable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from rlm_sandbox.errors import (
     CellTimeout,
@@ -34,33 +32,12 @@ from rlm_sandbox.safe_text import visible
 from rlm_sandbox.sandbox.config import SandboxConfig
 
 from .backend import LABEL, LABEL_NODE, LABEL_OWNER, LABEL_RUN, LABEL_TENANT, Backend
+from .cell_result import ExecResult, exec_result
 from .channel import KernelChannel, LLMHandler
+from .context_source import ContextInput, FileStart, context_source
 from .frames import FrameLimits
 from .held import Hold
-from .messages import ContextReply, ExecReply, RawCitation, citations_of
-
-
-@dataclass(frozen=True, slots=True)
-class FileStart:
-    """In a ``files`` context stream: the chunks that follow are the text of ``name``."""
-
-    name: str
-
-
-@runtime_checkable
-class ContextStream(Protocol):
-    """A context its owner streams itself (:class:`rlm_sandbox.inputs.InputSet`): several
-    files, compressed ones, standard input. ``kind`` is ``str`` (one text) or ``files`` (a
-    dict of name -> text; each file's chunks follow a :class:`FileStart`); ``size`` is the
-    total in bytes, -1 when unknown. ``pieces`` may raise to stop the load (a cap)."""
-
-    context_kind: str
-    context_size: int
-
-    def pieces(self, chunk: int) -> Iterator[bytes | memoryview | FileStart]: ...
-
-
-ContextInput = str | bytes | bytearray | memoryview | os.PathLike | list | dict | BinaryIO | ContextStream
+from .messages import ContextReply, ExecReply
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,29 +47,6 @@ class ContextInfo:
     type: str
     length: int | None
     bytes: int
-
-
-@dataclass(slots=True)
-class ExecResult:
-    """What a cell produced. ``error`` is ``"Type: message"`` or None."""
-
-    stdout: str
-    stderr: str
-    error: str | None
-    ename: str | None
-    evalue: str | None
-    traceback: str | None
-    duration_s: float
-    wall_s: float
-    timed_out: bool
-    stdout_truncated: bool
-    stderr_truncated: bool
-    final: str | None
-    citations: list[RawCitation] = field(default_factory=list)  # cite() calls, unchecked
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 def owner_label() -> str:
@@ -398,7 +352,7 @@ class Sandbox:
     ) -> ContextInfo:
         with self._lock:
             channel = self._check_usable()
-            source, size, ctx_kind = _context_source(data, kind)
+            source, size, ctx_kind = context_source(data, kind)
             ident = self._new_id()
             waiter = self._expect(channel, ident, ContextReply)
             try:
@@ -494,7 +448,7 @@ class Sandbox:
                 )
             msg: ExecReply = reply[0]
             try:
-                return _result(msg, reply[1], self.config.output_cap, time.perf_counter() - t0)
+                return exec_result(msg, reply[1], self.config.output_cap, time.perf_counter() - t0)
             except ProtocolViolation as exc:  # citations that break the protocol's bounds
                 self._kill("protocol violation")
                 self._raise_failure(exc)
@@ -506,82 +460,3 @@ class Sandbox:
             raise ValueError(f"{name!r} is not a variable name")
         result = self.execute(f"FINAL_VAR({name!r})", timeout=timeout)
         return result.final if result.ok else None
-
-
-def _result(msg: ExecReply, payload: bytes, cap: int, wall: float) -> ExecResult:
-    out_b, err_b, final_b, *rest = P.split_sizes(payload, msg.sizes)
-    out_total, err_total = msg.totals
-    stdout = out_b.decode("utf-8", errors="replace")
-    stderr = err_b.decode("utf-8", errors="replace")
-    if out_total > len(out_b):
-        stdout += f"\n[output truncated: {out_total} bytes written, first {len(out_b)} shown]\n"
-    if err_total > len(err_b):
-        stderr += f"\n[stderr truncated: {err_total} bytes written, first {len(err_b)} shown]\n"
-    error = None
-    if msg.ename:
-        error = f"{msg.ename}: {msg.evalue}" if msg.evalue else msg.ename
-    return ExecResult(
-        stdout=stdout,
-        stderr=stderr,
-        error=error,
-        ename=msg.ename,
-        evalue=msg.evalue,
-        traceback=msg.traceback,
-        duration_s=msg.duration_s,
-        wall_s=wall,
-        timed_out=msg.status == "timeout",
-        stdout_truncated=out_total > len(out_b),
-        stderr_truncated=err_total > len(err_b),
-        final=final_b.decode("utf-8", errors="replace") if msg.has_final else None,
-        citations=citations_of(rest[0]) if rest else [],
-    )
-
-
-def _context_source(data: ContextInput, kind: str | None) -> tuple[Callable[[int], Any], int, str]:
-    """How to produce the input's bytes in chunks, its size (-1 unknown) and its kind."""
-    if kind is not None and kind not in P.CONTEXT_KINDS:
-        raise ValueError(f"kind must be one of {P.CONTEXT_KINDS}")
-    if isinstance(data, ContextStream):
-        return data.pieces, data.context_size, data.context_kind
-    if isinstance(data, str):
-        raw = data.encode("utf-8", errors="surrogatepass")
-        return _chunks_of(raw), len(raw), kind or "str"
-    if isinstance(data, bytes | bytearray | memoryview):
-        view = memoryview(data).cast("B")
-        return _chunks_of(view), len(view), kind or "bytes"
-    if isinstance(data, list | dict | tuple):
-        try:
-            raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"context list/dict must be JSON-serialisable: {exc}") from None
-        return _chunks_of(raw), len(raw), "json"
-    if isinstance(data, os.PathLike):
-        path = Path(data)
-        if not path.is_file():
-            raise FileNotFoundError(f"input file not found: {path}")
-        size = path.stat().st_size
-
-        def from_file(chunk: int):
-            with open(path, "rb", buffering=0) as f:
-                while piece := f.read(chunk):
-                    yield piece
-
-        return from_file, size, kind or "str"
-    if hasattr(data, "read"):
-
-        def from_stream(chunk: int):
-            reader = getattr(data, "buffer", data)
-            while piece := reader.read(chunk):
-                yield piece if isinstance(piece, bytes) else piece.encode("utf-8")
-
-        return from_stream, -1, kind or "str"
-    raise TypeError(f"cannot load a {type(data).__name__} as context (str, bytes, Path, file, list or dict)")
-
-
-def _chunks_of(view: bytes | memoryview) -> Callable[[int], Any]:
-    def gen(chunk: int):
-        mv = memoryview(view)
-        for pos in range(0, len(mv), chunk):
-            yield mv[pos : pos + chunk]
-
-    return gen

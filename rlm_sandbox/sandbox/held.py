@@ -266,27 +266,7 @@ class SandboxHeld:
             return None
         scope = scope or self._own
         run = scope.run
-        if n > self.limit:
-            raise HostMemoryExceeded(
-                f"{self.name}: {what} needs {_mb(n)} of host memory, more than the "
-                f"{_mb(self.limit)} the host may hold for one sandbox (max_held_bytes)",
-                setting="max_held_bytes",
-                needed=n,
-                limit=self.limit,
-                hint="raise max_held_bytes, or send the prompts in smaller pieces",
-            )
-        largest = run.largest(scope.depth)
-        if n > largest:
-            raise HostMemoryExceeded(
-                f"{self.name}: {what} needs {_mb(n)} of host memory; at depth {scope.depth} of "
-                f"{run.levels} one request may hold at most {_mb(largest)} of the run's "
-                f"{_mb(run.limit)} (max_run_held_bytes)",
-                setting="max_run_held_bytes",
-                needed=n,
-                limit=largest,
-                hint=f"raise max_run_held_bytes (to {run.levels} x {_mb(n)} for every level), "
-                "or send the prompts in smaller pieces",
-            )
+        self._check_fits(n, scope, what)
         cap = run.cap(scope.depth)
         waited = False
         try:
@@ -332,6 +312,32 @@ class SandboxHeld:
                 self.waiting = False
                 if on_wait is not None:
                     on_wait(False)
+
+    def _check_fits(self, n: int, scope: HeldScope, what: str) -> None:
+        """Refuse ``n`` bytes that could never fit: past this sandbox's bound, or past what one
+        request at ``scope``'s depth may hold of its run's."""
+        run = scope.run
+        if n > self.limit:
+            raise HostMemoryExceeded(
+                f"{self.name}: {what} needs {_mb(n)} of host memory, more than the "
+                f"{_mb(self.limit)} the host may hold for one sandbox (max_held_bytes)",
+                setting="max_held_bytes",
+                needed=n,
+                limit=self.limit,
+                hint="raise max_held_bytes, or send the prompts in smaller pieces",
+            )
+        largest = run.largest(scope.depth)
+        if n > largest:
+            raise HostMemoryExceeded(
+                f"{self.name}: {what} needs {_mb(n)} of host memory; at depth {scope.depth} of "
+                f"{run.levels} one request may hold at most {_mb(largest)} of the run's "
+                f"{_mb(run.limit)} (max_run_held_bytes)",
+                setting="max_run_held_bytes",
+                needed=n,
+                limit=largest,
+                hint=f"raise max_run_held_bytes (to {run.levels} x {_mb(n)} for every level), "
+                "or send the prompts in smaller pieces",
+            )
 
     def close(self) -> None:
         """Release what nobody works on any more (frames half read, prompts still queued);

@@ -72,7 +72,15 @@ def kernel_files() -> dict[str, bytes]:
     pkg = resources.files("rlm_sandbox.kernel")
     return {
         name: (pkg / name).read_bytes()
-        for name in ("kernel.py", "loop.py", "protocol.py", "repl.py", "streams.py", "supervisor.py")
+        for name in (
+            "kernel.py",
+            "loop.py",
+            "protocol.py",
+            "repl.py",
+            "seccomp_filter.py",
+            "streams.py",
+            "supervisor.py",
+        )
     }
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from rlm_sandbox.errors import RLMSandboxError
 from rlm_sandbox.trace import events
 from rlm_sandbox.trace.model import Cell, Exchange, LMCall, Node, RunTrace, node_order
-from rlm_sandbox.untrusted import TRACE_DEPTH, TRACE_LINE_CHARS, loads
+from rlm_sandbox.untrusted_json import TRACE_DEPTH, TRACE_LINE_CHARS, loads
 
 
 class TraceFileError(RLMSandboxError):

@@ -147,7 +147,7 @@ def default_trace_path(command: str, run_id: str) -> Path:
 
 
 def read_trace(path: str | Path) -> list[dict[str, Any]]:
-    from rlm_sandbox.untrusted import TRACE_DEPTH, TRACE_LINE_CHARS, loads
+    from rlm_sandbox.untrusted_json import TRACE_DEPTH, TRACE_LINE_CHARS, loads
 
     events = []
     with open(path, encoding="utf-8") as f:

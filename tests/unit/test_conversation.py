@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from rlm_sandbox.rlm import conversation as conv
-from rlm_sandbox.sandbox.core import ExecResult
+from rlm_sandbox.sandbox.cell_result import ExecResult
 
 
 def facts(**kw: Any) -> conv.PromptFacts:

@@ -14,7 +14,7 @@ import pytest
 
 from rlm_sandbox.errors import HostMemoryExceeded, SandboxClosed
 from rlm_sandbox.kernel import protocol as P
-from rlm_sandbox.sandbox.channel import KernelChannel, RequestHandler, SubRequest
+from rlm_sandbox.sandbox.channel import KernelChannel
 from rlm_sandbox.sandbox.frames import FrameDecoder, FrameLimits
 from rlm_sandbox.sandbox.held import (
     PROMPT_OVERHEAD,
@@ -26,6 +26,7 @@ from rlm_sandbox.sandbox.held import (
     return_freed_memory,
 )
 from rlm_sandbox.sandbox.messages import ExecReply
+from rlm_sandbox.sandbox.requests import RequestHandler, SubRequest
 
 MB = 1 << 20
 

@@ -15,7 +15,7 @@ import zstandard
 from rlm_sandbox.errors import ConfigError, InputTooLarge
 from rlm_sandbox.inputs import InputFile, InputSet, as_input, collect_inputs
 from rlm_sandbox.inputs.walk import glob_matches
-from rlm_sandbox.sandbox.core import FileStart
+from rlm_sandbox.sandbox.context_source import FileStart
 
 TEXT = "first line\nERROR disk full\nthird\n"
 

@@ -274,9 +274,9 @@ def test_an_error_inside_a_200_and_a_huge_body(
     server.policy = garbage({"error": {"message": "model overloaded"}})
     with pytest.raises(LMError, match="model overloaded"):
         OpenAICompatClient(server.model_name, api_base=server.url).completion(PROMPT)
-    from rlm_sandbox.rlm.lm import openai_compat
+    from rlm_sandbox.rlm.lm import openai_wire
 
-    monkeypatch.setattr(openai_compat, "MAX_RESPONSE_BYTES", 1000)
+    monkeypatch.setattr(openai_wire, "MAX_RESPONSE_BYTES", 1000)
     server.policy = lambda request: "y" * 5000
     with pytest.raises(LMError, match="more than") as info:
         OpenAICompatClient(server.model_name, api_base=server.url).completion(PROMPT)

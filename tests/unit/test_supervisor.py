@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from rlm_sandbox.kernel import seccomp_filter as F
 from rlm_sandbox.kernel import supervisor as S
 
 KERNEL_DIR = Path(S.__file__).parent
@@ -215,14 +216,14 @@ def test_a_kernel_that_stops_reading_does_not_blind_the_supervisor(tmp_path: Pat
 def in_filtered_child(protected: int, probe: Callable[[], object]) -> str:
     """Run ``probe`` in a forked child under the filter protecting ``protected``; the errno
     name it failed with, or "ok"."""
-    program = S.build_filter(protected)
+    program = F.build_filter(protected)
     assert program is not None
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through the pipe
         outcome = "ok"
         try:
-            S.install_filter(program)
+            F.install_filter(program)
             probe()
         except OSError as exc:
             outcome = errno.errorcode.get(exc.errno or 0, str(exc.errno))
@@ -251,7 +252,7 @@ def _fork_and_reap() -> None:
     os.waitpid(pid, 0)
 
 
-NR = S._SYSCALLS.get(os.uname().machine, {})
+NR = F._SYSCALLS.get(os.uname().machine, {})
 
 
 @pytest.fixture
@@ -316,9 +317,9 @@ def test_the_filter_leaves_ordinary_cells_alone(victim: int) -> None:
 
 def test_the_filter_as_pid_1_lets_kill_minus_1_reach_everyone_else() -> None:
     """As PID 1, -1 is not a group of ours but "all but init" (never us): not refused."""
-    rules = S.filter_rules(1)
+    rules = F.filter_rules(1)
     assert all(check[2] != 0xFFFFFFFF for check in rules["kill"])
-    assert any(check[2] == (-4242) & 0xFFFFFFFF for check in S.filter_rules(4242)["kill"])
-    for arch in S._SYSCALLS:
-        program = S.build_filter(1, arch)
+    assert any(check[2] == (-4242) & 0xFFFFFFFF for check in F.filter_rules(4242)["kill"])
+    for arch in F._SYSCALLS:
+        program = F.build_filter(1, arch)
         assert program is not None and len(program) % 8 == 0

@@ -16,14 +16,8 @@ import pytest
 
 from rlm_sandbox.errors import ConfigError
 from rlm_sandbox.rlm.answers import AnswerSpec, parse_json
-from rlm_sandbox.untrusted import (
-    CELL_SCHEMA,
-    MAX_INT_DIGITS,
-    BoundedSchema,
-    CheckTooCostly,
-    SchemaRefused,
-    loads,
-)
+from rlm_sandbox.untrusted import CELL_SCHEMA, BoundedSchema, CheckTooCostly, SchemaRefused
+from rlm_sandbox.untrusted_json import MAX_INT_DIGITS, loads
 
 EVIL = "^(a+)+$"  # 2^n backtracking in Python's re
 VICTIM = "a" * 40 + "!"

@@ -379,26 +379,7 @@ def lm_error(
     status = failure.status_code
     env = key_name or key_env(model)
     if kind == "auth":
-        detail = detail.removeprefix(f"HTTP {status}: ") if status else detail
-        answered = f" answered HTTP {status}" if status else " refused the key"
-        if failure.denied:
-            msg = f"permission denied for model {model!r}: the server{where}{answered} ({detail})"
-            hint = f"check that the key in {env} may use this model"
-        elif failure.no_key:
-            msg = f"model {model!r} needs an API key and {env} is not set"
-            hint = f"export {env}=... in the shell that runs rlm-sandbox (keys never enter a sandbox)"
-        elif failure.key_sent is False:
-            msg = (
-                f"authentication failed for model {model!r}: the server{where}{answered} and no API key "
-                f"was sent ({env} is not set)" + (f" ({detail})" if detail else "")
-            )
-            hint = f"export {env}=... with the server's key (keys never enter a sandbox)"
-        else:
-            msg = (
-                f"authentication failed for model {model!r}: the server{where}{answered} to the API key "
-                f"read from {env}" + (f" ({detail})" if detail else "")
-            )
-            hint = f"set {env} to a valid key for this server (keys never enter a sandbox)"
+        msg, hint = _auth_message(failure, model, where, env)
     elif kind == "not_found" and "not known to LiteLLM" in detail:
         msg = f"model {model!r} is not known to LiteLLM (names are provider/model)"
         hint = "name it as provider/model, e.g. --model openai/gpt-4o-mini"
@@ -442,3 +423,29 @@ def lm_error(
         msg = f"model call to {model!r} failed: {detail}"
         hint = "rerun with --debug to see where it failed"
     return LMError(msg, hint=hint, kind=kind, attempts=attempts, status_code=status, model=model)
+
+
+def _auth_message(failure: Failure, model: str, where: str, env: str) -> tuple[str, str]:
+    """The message and hint of an ``auth`` failure: denied, no key, no key sent, or a bad key."""
+    status = failure.status_code
+    detail = failure.detail.removeprefix(f"HTTP {status}: ") if status else failure.detail
+    answered = f" answered HTTP {status}" if status else " refused the key"
+    if failure.denied:
+        msg = f"permission denied for model {model!r}: the server{where}{answered} ({detail})"
+        hint = f"check that the key in {env} may use this model"
+    elif failure.no_key:
+        msg = f"model {model!r} needs an API key and {env} is not set"
+        hint = f"export {env}=... in the shell that runs rlm-sandbox (keys never enter a sandbox)"
+    elif failure.key_sent is False:
+        msg = (
+            f"authentication failed for model {model!r}: the server{where}{answered} and no API key "
+            f"was sent ({env} is not set)" + (f" ({detail})" if detail else "")
+        )
+        hint = f"export {env}=... with the server's key (keys never enter a sandbox)"
+    else:
+        msg = (
+            f"authentication failed for model {model!r}: the server{where}{answered} to the API key "
+            f"read from {env}" + (f" ({detail})" if detail else "")
+        )
+        hint = f"set {env} to a valid key for this server (keys never enter a sandbox)"
+    return msg, hint

@@ -32,7 +32,7 @@ from rlm_sandbox.rlm.lm.base import (
     missing_key,
     scrub,
 )
-from rlm_sandbox.untrusted import valid_text
+from rlm_sandbox.untrusted_json import valid_text
 
 __all__ = ["LiteLLMClient", "classify", "litellm_loaded", "preload_litellm", "start_preload"]
 

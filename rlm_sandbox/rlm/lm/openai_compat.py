@@ -23,7 +23,6 @@ be a chat completion, and anything else is reported as a short, sanitised excerp
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -39,37 +38,30 @@ from rlm_sandbox.rlm.lm.base import (
     LMResponse,
     Messages,
     RetryPolicy,
-    excerpt,
     lm_error,
     missing_key,
     scrub,
 )
+from rlm_sandbox.rlm.lm.openai_wire import (
+    checked_payload,
+    encode_body,
+    retry_after_header,
+    take_chunk,
+    token_count,
+    transport_failure,
+)
 from rlm_sandbox.rlm.prices import model_entry, price_of
-from rlm_sandbox.untrusted import valid_text
+from rlm_sandbox.untrusted_json import valid_text
 
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["DEFAULT_BASE", "MAX_RESPONSE_BYTES", "OpenAICompatClient", "is_openai_compatible", "request_body"]
+__all__ = ["DEFAULT_BASE", "OpenAICompatClient", "is_openai_compatible", "request_body"]
 
 DEFAULT_BASE = "https://api.openai.com/v1"
 #: Connecting gets at most this long (the OpenAI SDK's default): a connect that hangs is
 #: retried while the call's deadline leaves time, whereas waiting for the answer may use all of it.
 CONNECT_TIMEOUT_S = 5.0
-#: A chat completion is kilobytes; a body past this is not one (and must not fill the host's memory).
-MAX_RESPONSE_BYTES = 32 << 20
-
-_STATUS_KINDS = {
-    400: "bad_request",
-    401: "auth",
-    403: "auth",
-    404: "not_found",
-    408: "timeout",
-    409: "server",
-    413: "bad_request",
-    422: "bad_request",
-    429: "rate_limit",
-}
 
 
 def _name(model: str) -> str:
@@ -260,7 +252,7 @@ class OpenAICompatClient:
         body = request_body(
             self.model, messages, max_tokens=max_tokens, temperature=self.temperature, extra=self.extra
         )
-        data = _encode(body)
+        data = encode_body(body)
         del body
         url = self.base_url() + "/chat/completions"
         key = self._key()
@@ -326,19 +318,19 @@ class OpenAICompatClient:
                 chunks: list[bytes] = []
                 size = 0
                 async for chunk in response.aiter_bytes():
-                    size = _take_chunk(chunks, chunk, size, deadline)
+                    size = take_chunk(chunks, chunk, size, deadline)
                 raw = b"".join(chunks)
                 status = response.status_code
-                retry_after = _retry_after(response.headers.get("retry-after"))
+                retry_after = retry_after_header(response.headers.get("retry-after"))
                 ctype = response.headers.get("content-type", "")
         except Failure:
             raise
         except Exception as exc:
-            failure = _transport_failure(exc, key)
+            failure = transport_failure(exc, key)
             if failure is exc:
                 raise
             raise failure from exc
-        return _checked_payload(status, raw, ctype, retry_after, key)
+        return checked_payload(status, raw, ctype, retry_after, key)
 
     def _attempt(
         self, url: str, data: bytes, headers: dict[str, str], left: float, key: str | None
@@ -357,25 +349,25 @@ class OpenAICompatClient:
             ) as response:
                 raw = self._read(response, deadline)
                 status = response.status_code
-                retry_after = _retry_after(response.headers.get("retry-after"))
+                retry_after = retry_after_header(response.headers.get("retry-after"))
                 ctype = response.headers.get("content-type", "")
         except Failure:
             raise
         except Exception as exc:
-            failure = _transport_failure(exc, key)
+            failure = transport_failure(exc, key)
             if failure is exc:
                 raise
             raise failure from exc
-        return _checked_payload(status, raw, ctype, retry_after, key)
+        return checked_payload(status, raw, ctype, retry_after, key)
 
     @staticmethod
     def _read(response: httpx.Response, deadline: float) -> bytes:
-        """The body, up to :data:`MAX_RESPONSE_BYTES` and the call's deadline (checked between
+        """The body, up to :data:`~rlm_sandbox.rlm.lm.openai_wire.MAX_RESPONSE_BYTES` and the call's deadline (checked between
         reads: a server that trickles its answer cannot hold the call past it)."""
         chunks: list[bytes] = []
         size = 0
         for chunk in response.iter_bytes():
-            size = _take_chunk(chunks, chunk, size, deadline)
+            size = take_chunk(chunks, chunk, size, deadline)
         return b"".join(chunks)
 
     # ------------------------------------------------------------------ results
@@ -385,10 +377,10 @@ class OpenAICompatClient:
     ) -> LMResponse:
         message = payload["choices"][0]["message"]
         usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
-        prompt = _count(usage.get("prompt_tokens"))
-        completion = _count(usage.get("completion_tokens"))
+        prompt = token_count(usage.get("prompt_tokens"))
+        completion = token_count(usage.get("completion_tokens"))
         details = usage.get("prompt_tokens_details")
-        cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+        cached = token_count(details.get("cached_tokens")) if isinstance(details, dict) else 0
         served = payload.get("model") if isinstance(payload.get("model"), str) else None
         return LMResponse(
             # A lone surrogate ("\ud800" in the JSON) is not text: it would break the trace and
@@ -433,124 +425,3 @@ def _kind(exc: BaseException) -> str:
 
 def _hinted_wait(exc: BaseException) -> float | None:
     return exc.retry_after_s if isinstance(exc, Failure) else None
-
-
-def _take_chunk(chunks: list[bytes], chunk: bytes, size: int, deadline: float) -> int:
-    """Keep one chunk of the body: at most :data:`MAX_RESPONSE_BYTES` in all, and none after
-    the call's deadline (a server that trickles its answer cannot hold the call past it)."""
-    size += len(chunk)
-    if size > MAX_RESPONSE_BYTES:
-        raise Failure("bad_response", f"it answered more than {MAX_RESPONSE_BYTES >> 20} MB")
-    chunks.append(chunk)
-    if time.monotonic() > deadline:
-        raise Failure("timeout", "the answer was still arriving at the deadline")
-    return size
-
-
-def _transport_failure(exc: Exception, key: str | None) -> Failure | Exception:
-    """What went wrong on the way (not an HTTP answer), as a :class:`Failure` the retry
-    policy understands; anything else is ours and goes on as it is."""
-    import httpx
-
-    if isinstance(exc, httpx.TimeoutException):
-        return Failure("timeout", scrub(f"{type(exc).__name__}: {exc}", key))
-    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
-        return Failure("bad_config", scrub(str(exc), key))
-    if isinstance(exc, httpx.TransportError | OSError):
-        return Failure("connection", scrub(f"{type(exc).__name__}: {exc}", key))
-    return exc
-
-
-def _checked_payload(
-    status: int, raw: bytes, ctype: str, retry_after: float | None, key: str | None
-) -> dict[str, Any]:
-    """The parsed completion of an HTTP answer, or the :class:`Failure` it is."""
-    if status >= 300:
-        failure = _http_failure(status, raw, ctype, retry_after, key)
-        failure.key_sent = key is not None
-        raise failure
-    return _completion(raw, ctype, key)
-
-
-def _encode(body: dict[str, Any]) -> bytes:
-    """The request as UTF-8 JSON; text that cannot be UTF-8 (a lone surrogate) is escaped."""
-    try:
-        return json.dumps(body, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(body, ensure_ascii=True).encode("ascii")
-
-
-def _count(value: Any) -> int:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else 0
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-
-
-def _http_failure(status: int, raw: bytes, ctype: str, retry_after: float | None, key: str | None) -> Failure:
-    """A non-2xx answer: the provider's own error message when it sent one, else an excerpt."""
-    parsed = _json(raw)
-    message = None
-    if isinstance(parsed, dict):
-        error = parsed.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            message = error["message"]
-        elif isinstance(error, str):
-            message = error
-        elif isinstance(parsed.get("message"), str):
-            message = parsed["message"]
-        elif isinstance(parsed.get("detail"), str):
-            message = parsed["detail"]
-    detail = f"HTTP {status}: " + (scrub(message, key) if message else excerpt(raw, key))
-    kind = _STATUS_KINDS.get(status) or ("server" if status >= 500 else "bad_request")
-    lowered = (message or "").lower()
-    window = kind == "bad_request" and (
-        "context length" in lowered or "context_length" in lowered or "maximum context" in lowered
-    )
-    return Failure(
-        kind,
-        detail,
-        status_code=status,
-        retry_after_s=retry_after,
-        denied=status == 403,
-        context_window=window,
-    )
-
-
-def _completion(raw: bytes, ctype: str, key: str | None) -> dict[str, Any]:
-    """The parsed completion, or a ``bad_response`` Failure saying what came back instead."""
-    parsed = _json(raw)
-    kind_of_body = "an HTML page" if "html" in ctype.lower() or raw.lstrip()[:1] == b"<" else "a body"
-    if parsed is None:
-        raise Failure("bad_response", f"it answered {kind_of_body} that is not JSON: {excerpt(raw, key)}")
-    if not isinstance(parsed, dict):
-        raise Failure("bad_response", f"it answered JSON that is not an object: {excerpt(raw, key)}")
-    if isinstance(parsed.get("error"), dict | str):  # some servers answer 200 with an error body
-        error = parsed["error"]
-        message = error.get("message") if isinstance(error, dict) else error
-        raise Failure("bad_response", f"it answered an error with HTTP 200: {excerpt(str(message), key)}")
-    choices = parsed.get("choices")
-    if not isinstance(choices, list) or not choices:
-        keys = ", ".join(sorted(str(k) for k in parsed)[:8]) or "none"
-        raise Failure(
-            "bad_response", f"it answered a JSON object without choices (keys: {scrub(keys, key, 120)})"
-        )
-    first = choices[0]
-    message = first.get("message") if isinstance(first, dict) else None
-    content = message.get("content") if isinstance(message, dict) else None
-    if not isinstance(message, dict) or not (content is None or isinstance(content, str)):
-        raise Failure(
-            "bad_response", f"its first choice has no text message: {excerpt(json.dumps(first)[:400], key)}"
-        )
-    return parsed
