@@ -161,8 +161,9 @@ def _feed_all(chunks: list[bytes]) -> None:
             validate(raw)
     dec.finish()
 
+# The unit suite samples; scripts/fuzz.py is the long run (10,000 cases and more).
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.binary(max_size=200), max_size=8))
 def test_fuzz_random_bytes(chunks: list[bytes]) -> None:
     try:
@@ -183,7 +184,7 @@ json_values = st.recursive(
 types_ = st.sampled_from(["ready", "exec_reply", "context_reply", "llm_request", "bogus", ""])
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     t=types_,
     ident=st.integers(-5, 2**64),
