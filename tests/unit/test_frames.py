@@ -161,7 +161,9 @@ def _feed_all(chunks: list[bytes]) -> None:
             validate(raw)
     dec.finish()
 
+
 # The unit suite samples; scripts/fuzz.py is the long run (10,000 cases and more).
+
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.binary(max_size=200), max_size=8))
