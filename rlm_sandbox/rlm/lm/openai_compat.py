@@ -48,7 +48,7 @@ from rlm_sandbox.rlm.lm.openai_wire import (
     retry_after_header,
     take_chunk,
     token_count,
-    transport_failure,
+    transport_failures,
 )
 from rlm_sandbox.rlm.prices import model_entry, price_of
 from rlm_sandbox.untrusted_json import valid_text
@@ -307,7 +307,7 @@ class OpenAICompatClient:
         import httpx
 
         deadline = time.monotonic() + left
-        try:
+        with transport_failures(key):
             async with self._ahttp().stream(
                 "POST",
                 url,
@@ -323,13 +323,6 @@ class OpenAICompatClient:
                 status = response.status_code
                 retry_after = retry_after_header(response.headers.get("retry-after"))
                 ctype = response.headers.get("content-type", "")
-        except Failure:
-            raise
-        except Exception as exc:
-            failure = transport_failure(exc, key)
-            if failure is exc:
-                raise
-            raise failure from exc
         return checked_payload(status, raw, ctype, retry_after, key)
 
     def _attempt(
@@ -339,25 +332,20 @@ class OpenAICompatClient:
         import httpx
 
         deadline = time.monotonic() + left
-        try:
-            with self._http().stream(
+        with (
+            transport_failures(key),
+            self._http().stream(
                 "POST",
                 url,
                 content=data,
                 headers=headers,
                 timeout=httpx.Timeout(left, connect=min(left, CONNECT_TIMEOUT_S)),
-            ) as response:
-                raw = self._read(response, deadline)
-                status = response.status_code
-                retry_after = retry_after_header(response.headers.get("retry-after"))
-                ctype = response.headers.get("content-type", "")
-        except Failure:
-            raise
-        except Exception as exc:
-            failure = transport_failure(exc, key)
-            if failure is exc:
-                raise
-            raise failure from exc
+            ) as response,
+        ):
+            raw = self._read(response, deadline)
+            status = response.status_code
+            retry_after = retry_after_header(response.headers.get("retry-after"))
+            ctype = response.headers.get("content-type", "")
         return checked_payload(status, raw, ctype, retry_after, key)
 
     @staticmethod

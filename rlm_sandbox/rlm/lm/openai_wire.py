@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rlm_sandbox.rlm.lm.base import Failure, excerpt, scrub
@@ -44,18 +46,23 @@ def take_chunk(chunks: list[bytes], chunk: bytes, size: int, deadline: float) ->
     return size
 
 
-def transport_failure(exc: Exception, key: str | None) -> Failure | Exception:
-    """What went wrong on the way (not an HTTP answer), as a :class:`Failure` the retry
-    policy understands; anything else is ours and goes on as it is."""
+@contextmanager
+def transport_failures(key: str | None) -> Iterator[None]:
+    """What goes wrong on the way (not an HTTP answer) becomes a :class:`Failure` the retry
+    policy understands; anything else is ours and goes on as it is. Around a sync or an
+    async request alike."""
     import httpx
 
-    if isinstance(exc, httpx.TimeoutException):
-        return Failure("timeout", scrub(f"{type(exc).__name__}: {exc}", key))
-    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
-        return Failure("bad_config", scrub(str(exc), key))
-    if isinstance(exc, httpx.TransportError | OSError):
-        return Failure("connection", scrub(f"{type(exc).__name__}: {exc}", key))
-    return exc
+    try:
+        yield
+    except Failure:
+        raise
+    except httpx.TimeoutException as exc:
+        raise Failure("timeout", scrub(f"{type(exc).__name__}: {exc}", key)) from exc
+    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+        raise Failure("bad_config", scrub(str(exc), key)) from exc
+    except (httpx.TransportError, OSError) as exc:
+        raise Failure("connection", scrub(f"{type(exc).__name__}: {exc}", key)) from exc
 
 
 def checked_payload(
