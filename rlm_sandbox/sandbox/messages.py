@@ -7,6 +7,7 @@ match what the header claims.
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -21,7 +22,7 @@ NonNeg = Annotated[int, Field(ge=0, le=1 << 40)]
 
 
 class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
     id: NonNeg
     len: NonNeg
 
@@ -83,9 +84,15 @@ RawCitation = tuple[
     Annotated[int, Field(ge=1, le=1 << 40)],
     Annotated[str, Field(max_length=P.MAX_CITE_QUOTE)],
 ]
-_CITATIONS: TypeAdapter[list[RawCitation]] = TypeAdapter(
-    Annotated[list[RawCitation], Field(max_length=P.MAX_CITATIONS)]
-)
+
+
+@functools.cache
+def _citations() -> TypeAdapter[list[RawCitation]]:
+    """Built on first use, not at import: a process that starts a run reaches its first model
+    call before it reads a kernel's first reply."""
+    return TypeAdapter(Annotated[list[RawCitation], Field(max_length=P.MAX_CITATIONS)])
+
+
 #: Bytes of a citations part at most: every citation at its longest, UTF-8, JSON-escaped.
 MAX_CITATIONS_PART = P.MAX_CITATIONS * 6 * (P.MAX_CITE_PATH + P.MAX_CITE_QUOTE + 32)
 
@@ -97,14 +104,19 @@ def citations_of(part: bytes) -> list[RawCitation]:
     if len(part) > MAX_CITATIONS_PART:
         raise ProtocolViolation(f"kernel sent {len(part)} bytes of citations (at most {MAX_CITATIONS_PART})")
     try:
-        return _CITATIONS.validate_json(part, strict=True)
+        return _citations().validate_json(part, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ProtocolViolation(f"kernel sent invalid citations: {first.get('msg')}"[:500]) from None
 
 
 KernelMessage = Annotated[Ready | ExecReply | ContextReply | LlmRequest, Field(discriminator="t")]
-_ADAPTER: TypeAdapter[KernelMessage] = TypeAdapter(KernelMessage)
+
+
+@functools.cache
+def _messages() -> TypeAdapter[KernelMessage]:
+    """Built on first use (see :func:`_citations`)."""
+    return TypeAdapter(KernelMessage)
 
 
 def validate(frame: RawFrame) -> KernelMessage:
@@ -118,7 +130,7 @@ def validate_header(header: dict, payload_len: int | None = None) -> KernelMessa
     if payload_len is None:
         payload_len = header.get("len", 0)
     try:
-        msg = _ADAPTER.validate_python(header)
+        msg = _messages().validate_python(header)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "header"

@@ -28,7 +28,9 @@ Str = str
 class Event(BaseModel):
     """Fields every event carries. Readers are lenient about fields they do not know."""
 
-    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+    # Each event type is built when first used: most runs use a few, and the import is on
+    # the way to the first model call.
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True, defer_build=True)
     name: ClassVar[str] = ""
     #: Shown to listeners only (progress ticks): never written to the trace file.
     notify_only: ClassVar[bool] = False
