@@ -121,14 +121,20 @@ class RLM:
                 max_retries=cfg.lm_retries,
             )
 
-        root = self._root_lm or make(self.model or "")
+        owned: list[LMClient] = []
+
+        def own(model: str) -> LMClient:
+            owned.append(client := make(model))
+            return client
+
+        root = self._root_lm or own(self.model or "")
         if self._sub_lm is not None:
             sub = self._sub_lm
         elif self.sub_model == self.model:
             sub = root
         else:
-            sub = make(self.sub_model or "")
-        return ModelRouter(root, sub, cfg.depth_models, make_client=make)
+            sub = own(self.sub_model or "")
+        return ModelRouter(root, sub, cfg.depth_models, make_client=make, owned=owned)
 
     def run(
         self,
@@ -225,7 +231,8 @@ class RLM:
         except BaseException as exc:
             outcome = run.outcome(exc)
         _, cancelled = await finish(run.stop(drain=not run.budget.cancelled_by_caller.is_set()))
-        caller_cancelled = caller_cancelled or cancelled
+        _, closing_cancelled = await finish(run.models.aclose())
+        caller_cancelled = caller_cancelled or cancelled or closing_cancelled
         result = run.result(
             answer, outcome, output=root.typed, typed=spec is not None, claims=root.cited.claims()
         )

@@ -31,9 +31,13 @@ class ModelRouter:
         sub: Any,
         depth_models: dict[int, str] | None = None,
         make_client: Callable[[str], Any] | None = None,
+        owned: list[Any] | None = None,
     ) -> None:
         self.root = root
         self.sub = sub
+        # The clients this run made (not the ones a caller gave): closed when it ends, so a
+        # process that runs thousands of runs keeps no connection of a finished one.
+        self.owned: list[Any] = list(owned or [])
         self._clients: dict[str, Any] = {root.model: root, sub.model: sub}
         self._by_depth: dict[int, Any] = {}
         for depth, model in sorted((depth_models or {}).items()):
@@ -41,10 +45,23 @@ class ModelRouter:
                 if make_client is None:
                     raise ValueError("depth_models needs a way to make clients")
                 self._clients[model] = make_client(model)
+                self.owned.append(self._clients[model])
             self._by_depth[int(depth)] = self._clients[model]
         self._lock = threading.Condition()
         self.usage: dict[str, ModelUsage] = {}
         self.in_flight = 0
+
+    async def aclose(self) -> None:
+        """Close the connections of the clients this run made (their ``aclose`` or ``close``)."""
+        for client in {id(c): c for c in self.owned}.values():
+            aclose, close = getattr(client, "aclose", None), getattr(client, "close", None)
+            try:
+                if aclose is not None:
+                    await aclose()
+                elif close is not None:
+                    close()
+            except Exception:
+                pass  # a connection that will not close cleanly is dropped all the same
 
     def clients(self) -> list[Any]:
         """Every client of the run, once each."""

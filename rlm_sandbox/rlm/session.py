@@ -115,6 +115,7 @@ class Session:
             _, cancelled = await finish(self._stack.aclose())  # the root's sandbox, engine room, slot
         finally:
             _, stop_cancelled = await finish(run.stop(drain=not run.budget.cancelled_by_caller.is_set()))
+            await finish(run.models.aclose())
             if run.interrupted is not None:
                 run.end_interrupted()
             else:

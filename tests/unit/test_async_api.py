@@ -190,3 +190,26 @@ def test_a_session_cancelled_mid_question_ends_cancelled_and_removes_its_kernel(
     end = next(e for e in ended if e["event"] == "run_end")
     assert end["status"] == "cancelled"
     assert backend.alive() == []
+
+
+def test_a_run_closes_the_connections_of_the_clients_it_made() -> None:
+    """A process that embeds us keeps no connection of a finished run: the HTTP clients a
+    run made are closed when it ends (the model server's per-connection threads end too)."""
+    from rlm_sandbox.testing import ScriptedModelServer
+
+    def serving(server: ScriptedModelServer) -> int:
+        return sum(1 for t in threading.enumerate() if "process_request" in t.name)
+
+    with ScriptedModelServer(rlm_policy) as server:
+        rlm = RLM(
+            model=server.model_name,
+            api_key=server.api_key,
+            backend=FakeBackend(),
+            config=RLMConfig(api_base=server.url, pool_size=0),
+        )
+        for _ in range(20):
+            assert rlm.run("ERROR disk\n" * 2, task=COUNT).answer == "2"
+        deadline = time.monotonic() + 5
+        while serving(server) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert serving(server) <= 1

@@ -236,6 +236,17 @@ class OpenAICompatClient:
                 )
         return client
 
+    async def aclose(self) -> None:
+        """Close the pooled connections, this loop's and the sync client's: the run that
+        made this client is over."""
+        import asyncio
+
+        with self._client_lock:
+            aclient = self._aclients.pop(asyncio.get_running_loop(), None)
+        if aclient is not None:
+            await aclient.aclose()
+        self.close()
+
     def close(self) -> None:
         """Close the pooled connections (the process's exit does it too)."""
         with self._client_lock:
