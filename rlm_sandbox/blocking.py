@@ -56,15 +56,6 @@ def blocking_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Awaitable[
     return loop.run_in_executor(_pool("call", CALL_THREADS), functools.partial(fn, *args, **kwargs))
 
 
-async def uncancellable(awaitable: Awaitable[T]) -> T:
-    """Await ``awaitable`` to its end even if the caller is cancelled meanwhile (clean-up that
-    must finish: a container's removal); the cancellation is re-raised after it."""
-    result, cancelled = await finish(awaitable)
-    if cancelled:
-        raise asyncio.CancelledError
-    return result
-
-
 async def finish(awaitable: Awaitable[T]) -> tuple[T, bool]:
     """Await ``awaitable`` to its end even if the caller is cancelled meanwhile; ``(result,
     whether a cancel came)``. For a ``finally`` whose later steps must run too: it re-raises
