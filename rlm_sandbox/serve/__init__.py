@@ -15,10 +15,9 @@ many tenants' runs on one event loop, on the same run lifecycle as everything el
 ``runner``          a run's life: AsyncRLM, its events, its outcome, its spool removed
 ``routes``          ``/v1/runs`` and its sub-resources
 ``openai_compat``   ``/v1/chat/completions`` and ``/v1/models``
-``health``          ``/healthz``
 ``metrics``         ``/metrics`` (Prometheus)
 ``access_log``      one JSON line per request, never a token
-``app``             the Starlette application
+``app``             the Starlette application, ``/healthz`` (asks ``sandbox/readiness``)
 ``server``          uvicorn, and what SIGTERM does
 ==================  ==========================================================================
 

@@ -19,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from rlm_sandbox.serve import health, openai_compat, routes
+from rlm_sandbox.sandbox.readiness import build_image, readiness
+from rlm_sandbox.serve import openai_compat, routes
 from rlm_sandbox.serve.access_log import AccessLog, log_event
 from rlm_sandbox.serve.errors import ApiError, SafeJSONResponse, error_response
 from rlm_sandbox.serve.metrics import CONTENT_TYPE
@@ -27,8 +28,10 @@ from rlm_sandbox.serve.service import Service, service_of
 
 
 async def healthz(request: Request) -> Response:
+    """Could a run start now: the engine answers and the image is there. 200 when both hold,
+    else 503 with what is missing (for a load balancer, and for a person)."""
     svc = service_of(request)
-    report = await asyncio.to_thread(health.check, svc.config.base.sandbox)
+    report = await asyncio.to_thread(readiness, svc.config.base.sandbox)
     if svc.image_error and not report["image"]["ok"]:
         report["image"]["error"] = f"the build failed: {svc.image_error}"
     running = sum(svc.registry.running(t) for t in svc.registry.tenants)
@@ -66,7 +69,7 @@ def build_app(service: Service) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service.open()
-        build = asyncio.ensure_future(asyncio.to_thread(health.ensure_image, service.config.base.sandbox))
+        build = asyncio.ensure_future(asyncio.to_thread(build_image, service.config.base.sandbox))
         build.add_done_callback(
             lambda f: setattr(service, "image_error", None if f.cancelled() else f.result())
         )

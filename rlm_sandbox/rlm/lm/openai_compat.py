@@ -160,9 +160,10 @@ class OpenAICompatClient:
         self._client: httpx.Client | None = None
         self._client_lock = threading.Lock()
         self._aclients: weakref.WeakKeyDictionary[Any, httpx.AsyncClient] = weakref.WeakKeyDictionary()
-        # Now, in the thread that makes the run: the first call (sent in a thread of its own
-        # while the container starts) then has nothing left to import but the request.
-        self._http()
+        # Now, in the thread that makes the run, so the first call has nothing left to import.
+        # The clients themselves are made on first use: the engine only ever needs the async
+        # one (:meth:`_ahttp`); the sync one serves direct ``completion`` calls.
+        import httpx  # noqa: F401
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAICompatClient(model={self.model!r}, api_base={self.api_base!r}, timeout_s={self.timeout_s})"
