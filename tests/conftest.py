@@ -7,6 +7,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -29,10 +30,7 @@ def docker_engine() -> None:
     error = _engine_error()
     if error is None:
         return
-    message = f"no Docker engine ({error}); run scripts/ensure-docker.sh"
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
+    unavailable(f"no Docker engine ({error}); run scripts/ensure-docker.sh")
 
 
 @pytest.fixture(scope="session")
@@ -84,14 +82,31 @@ def run_id(sandbox_image: str) -> Iterator[str]:
     assert not left, f"containers left behind by run {rid}: {left}"
 
 
-def containers_of(run: str) -> list[str]:
+def _labelled(label: str, value: str) -> list[str]:
     out = subprocess.run(
-        ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label=rlm-sandbox.run={run}"],
+        ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label=rlm-sandbox.{label}={value}"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     return out.split()
+
+
+def containers_of(run: str) -> list[str]:
+    """Every container (running or not) of one run."""
+    return _labelled("run", run)
+
+
+def tenant_containers(tenant: str) -> list[str]:
+    """Every container (running or not) of one tenant."""
+    return _labelled("tenant", tenant)
+
+
+def unavailable(message: str) -> NoReturn:
+    """A tool a test needs is missing: a failure in CI (which installs it), else a skip."""
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import pytest
 
 from rlm_sandbox.testing.server import ScriptedModelServer
 
-from ..conftest import ROOT
+from ..conftest import ROOT, tenant_containers
 from ..helpers import cells_then_final
 from .conftest import ROWS, RUNTIME
 
@@ -200,7 +200,7 @@ def test_sigint_is_honoured_while_the_host_checks_hostile_schemas(run_id: str, t
             proc.kill()
             proc.wait()
         server.close()
-        left = _tenant_containers(run_id)
+        left = tenant_containers(run_id)
         if left:
             subprocess.run(["docker", "rm", "-f", *left], capture_output=True)
     ROWS.append(
@@ -215,14 +215,6 @@ def test_sigint_is_honoured_while_the_host_checks_hostile_schemas(run_id: str, t
     )
     assert code_ != 0
     assert left == []
-
-
-def _tenant_containers(label: str) -> list[str]:
-    return subprocess.run(
-        ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label=rlm-sandbox.tenant={label}"],
-        capture_output=True,
-        text=True,
-    ).stdout.split()
 
 
 # ---------------------------------------------------------------- finding 6: replay
@@ -363,7 +355,7 @@ def test_a_crafted_trace_deeper_than_the_users_containers_is_refused(run_id: str
     stderr = proc.stderr.decode()
     assert proc.returncode == 2, stderr
     assert "depth 16" in stderr and "max_containers is 4" in stderr, stderr
-    assert _tenant_containers(run_id) == [] and _tenant_containers("victim-tenant") == []
+    assert tenant_containers(run_id) == [] and tenant_containers("victim-tenant") == []
 
 
 # ---------------------------------------------------------------- finding 7: smaller ones

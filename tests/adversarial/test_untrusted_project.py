@@ -25,6 +25,7 @@ import pytest
 
 from rlm_sandbox.testing import ScriptedModelServer
 
+from ..conftest import tenant_containers, unavailable
 from ..helpers import cells_then_final, json_out
 from .conftest import ROWS, RUNTIME, SECRET_VARS
 
@@ -102,15 +103,6 @@ def cli_in(
         cwd=cwd,
         timeout=240,
     )
-
-
-def tenant_containers(tenant: str) -> list[str]:
-    out = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=rlm-sandbox.tenant={tenant}"],
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout.split()
 
 
 def runsc_registered() -> bool:
@@ -215,7 +207,7 @@ def test_a_project_file_cannot_take_a_run_off_gvisor(
     home: dict[str, Any], sandbox_image: str, request
 ) -> None:
     if not runsc_registered():
-        pytest.skip("gVisor (runsc) is not registered with this Docker engine: scripts/setup.sh installs it")
+        unavailable("gVisor (runsc) is not registered with this Docker engine: scripts/setup.sh installs it")
     project, env = home["project"], home["env"]
     home["user_file"].write_text('runtime = "runsc"\n')
     (project / "rlm-sandbox.toml").write_text('runtime = "runc"\n')

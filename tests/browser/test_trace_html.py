@@ -5,7 +5,6 @@ stays free of errors (script errors, CSP violations, blocked loads) throughout."
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from rlm_sandbox.trace.html import render_html
 from rlm_sandbox.trace.tree import build, load
 
+from ..conftest import unavailable
 from ..trace_runs import traced_run
 from .cdp import Chromium, Page, find_chromium
 
@@ -24,10 +24,7 @@ EVIL = '</script><script>window.__pwned=1</script><img src=x onerror="window.__p
 def page() -> Iterator[Page]:
     binary = find_chromium()
     if binary is None:
-        message = "chromium is not installed; run scripts/ensure-test-tools.sh"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("chromium is not installed; run scripts/ensure-test-tools.sh")
     with Chromium(binary) as tab:
         yield tab
 

@@ -9,7 +9,6 @@ the scripted server answers, as a user pointing the engine at a local proxy woul
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 
 from rlm_sandbox.testing import ScriptedModelServer
 
+from ..conftest import tenant_containers
 from ..helpers import cli, json_out
 
 pytestmark = pytest.mark.docker
@@ -31,15 +31,6 @@ def gpt4o_price() -> tuple[float, float]:
 
     entry = preload_litellm().model_cost["gpt-4o"]
     return float(entry["input_cost_per_token"]), float(entry["output_cost_per_token"])
-
-
-def tenant_containers(label: str) -> list[str]:
-    return subprocess.run(
-        ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label=rlm-sandbox.tenant={label}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
 
 
 def budget_of(trace: Path) -> str | None:

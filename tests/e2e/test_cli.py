@@ -16,7 +16,7 @@ from rlm_sandbox.rlm.api import RLM
 from rlm_sandbox.rlm.config import RLMConfig
 from rlm_sandbox.testing import ScriptedModelServer
 
-from ..conftest import ROOT, containers_of
+from ..conftest import ROOT, containers_of, tenant_containers
 from ..helpers import JSON_KEYS, cli, json_out, never_finishes
 
 pytestmark = pytest.mark.docker
@@ -116,14 +116,6 @@ def _wait_for_containers(label: str, timeout: float = 60) -> list[str]:
     return []
 
 
-def _tenant_containers(label: str) -> list[str]:
-    return subprocess.run(
-        ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label=rlm-sandbox.tenant={label}"],
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signals_mid_run_remove_every_container(scripted, run_id: str, tmp_path: Path, sig: int) -> None:
     server = scripted(never_finishes, latency_s=0.3)
@@ -152,7 +144,7 @@ def test_signals_mid_run_remove_every_container(scripted, run_id: str, tmp_path:
     proc.send_signal(sig)
     code = proc.wait(timeout=30)
     assert code != 0
-    assert _tenant_containers(run_id) == []
+    assert tenant_containers(run_id) == []
     last = json.loads(trace.read_text().splitlines()[-1])
     assert last["event"] == "run_end" and last["status"] in ("error", "budget_exhausted")
 
@@ -173,16 +165,16 @@ def test_gc_removes_what_a_killed_controller_left(scripted, run_id: str) -> None
     assert left
     proc.kill()
     proc.wait(timeout=30)
-    assert _tenant_containers(run_id) == left  # nobody cleaned up: the controller was SIGKILLed
+    assert tenant_containers(run_id) == left  # nobody cleaned up: the controller was SIGKILLed
     dry = cli("gc", "--dry-run", "--tenant", run_id)
     assert (
-        dry.returncode == 0 and "would remove 1" in dry.stdout.decode() and _tenant_containers(run_id) == left
+        dry.returncode == 0 and "would remove 1" in dry.stdout.decode() and tenant_containers(run_id) == left
     )
     other = cli("gc", "--tenant", run_id + "-other")
-    assert "removed 0" in other.stdout.decode() and _tenant_containers(run_id) == left
+    assert "removed 0" in other.stdout.decode() and tenant_containers(run_id) == left
     done = cli("gc", "--tenant", run_id)
     assert done.returncode == 0 and "removed 1" in done.stdout.decode()
-    assert _tenant_containers(run_id) == [] and containers_of(run_id) == []
+    assert tenant_containers(run_id) == [] and containers_of(run_id) == []
 
 
 def test_stdin_streams_byte_exact_into_the_kernel(scripted, gen_log) -> None:

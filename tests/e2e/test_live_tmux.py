@@ -16,7 +16,7 @@ import pytest
 
 from rlm_sandbox.sandbox.backend import LABEL_TENANT
 
-from ..conftest import IN_CI
+from ..conftest import unavailable
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
 
@@ -25,9 +25,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
 def terminal(sandbox_image: str) -> Iterator[Callable[[str], str]]:
     """A detached tmux session; returns a function that starts a command and a screen reader."""
     if shutil.which("tmux") is None:
-        if IN_CI:
-            pytest.fail("tmux is missing: .ci/run installs it (scripts/ensure-test-tools.sh)")
-        pytest.skip("tmux is not installed (bash scripts/ensure-test-tools.sh)")
+        unavailable("tmux is not installed: .ci/run installs it (bash scripts/ensure-test-tools.sh)")
     name = f"rlm-test-{uuid.uuid4().hex[:6]}"
 
     def start(command: str) -> str:

@@ -14,6 +14,8 @@ import pytest
 
 from rlm_sandbox.testing import ScriptedModelServer, generate_log, rlm_policy
 
+from ..conftest import tenant_containers
+
 pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,9 +62,4 @@ def test_the_readme_asyncio_example_runs_as_written(tmp_path: Path, run_id: str)
     assert "How many requests failed? ok" in out and "Which host failed most? ok" in out
     assert "cancelled" in out.splitlines()
     assert "node root at depth 0" in out
-    left = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=rlm-sandbox.tenant={run_id}"],
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    assert left == []
+    assert tenant_containers(run_id) == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 import uuid
@@ -18,19 +17,11 @@ from rlm_sandbox.rlm.tenants import TenantLimits, ledger
 from rlm_sandbox.sandbox.config import SandboxConfig
 from rlm_sandbox.sandbox.docker_backend import docker_client
 
+from ..conftest import tenant_containers
 from ..helpers import never_finishes
 
 pytestmark = pytest.mark.docker
 COUNT = 'How many lines contain "ERROR disk"?'
-
-
-def tenant_containers(tenant: str) -> list[str]:
-    return subprocess.run(
-        ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label=rlm-sandbox.tenant={tenant}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
 
 
 def test_tenant_labels_every_container_and_the_trace(scripted, gen_log, run_id: str, tmp_path: Path) -> None:

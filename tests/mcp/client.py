@@ -4,7 +4,6 @@ the SDK's own stdio client and session, a scripted model on loopback."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -52,15 +51,6 @@ async def session(params: StdioServerParameters, errlog: Any = None) -> AsyncIte
     ):
         await s.initialize()
         yield s
-
-
-def tenant_containers(tenant: str) -> list[str]:
-    return subprocess.run(
-        ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label=rlm-sandbox.tenant={tenant}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
 
 
 def wait_for(predicate: Any, timeout: float) -> bool:

@@ -14,8 +14,8 @@ import anyio
 import pytest
 from mcp.client.stdio import StdioServerParameters
 
-from ..conftest import ROOT
-from .client import session, tenant_containers
+from ..conftest import ROOT, tenant_containers
+from .client import session
 
 README = ROOT / "README.md"
 

@@ -17,8 +17,9 @@ import anyio
 import anyio.to_thread
 import pytest
 
+from ..conftest import tenant_containers
 from ..helpers import never_finishes
-from .client import server_params, session, tenant_containers, wait_for
+from .client import server_params, session, wait_for
 
 pytestmark = pytest.mark.docker
 COUNT = 'How many lines contain "ERROR disk"?'
