@@ -123,6 +123,8 @@ PROJECT_RULES: dict[str, Rule] = {
     "max_held_bytes": Rule(Kind.LIMIT, "a bound on the host's memory"),
     "max_run_held_bytes": Rule(Kind.LIMIT, "a bound on the host's memory", unset=float(1 << 30)),
     "held_stall_timeout": Rule(Kind.LIMIT, "a bound on the host's memory"),
+    # the input file's read-only mount (sandbox/input_file.py): a project may only turn it off
+    "input_file": Rule(Kind.LIMIT, "whether the input reaches the container through a mounted file"),
     "image_packages": Rule(Kind.USER, "packages change what is installed in the sandbox image"),
     # the input and the response cache
     "max_input_bytes": Rule(Kind.LIMIT, "the cap on the input", measure=_byte_size),

@@ -61,6 +61,7 @@ SANDBOX_FIELDS = (
     "image_packages",
     "max_held_bytes",
     "held_stall_timeout",
+    "input_file",
 )
 RLM_FIELDS = (
     "max_steps",
@@ -126,6 +127,7 @@ class Settings(BaseSettings):
     max_held_bytes: int = _same_as(SandboxConfig, "max_held_bytes")
     max_run_held_bytes: int | None = _same_as(RLMConfig, "max_run_held_bytes")
     held_stall_timeout: float = _same_as(SandboxConfig, "held_stall_timeout")
+    input_file: bool = _same_as(SandboxConfig, "input_file")
     recursion: Literal["auto", "explicit"] = _same_as(RLMConfig, "recursion")
     schema_retries: int = _same_as(RLMConfig, "schema_retries")
     depth_models: dict[int, str] = Field(

@@ -21,7 +21,8 @@ from rlm_sandbox.safe_text import visible
 def gc(
     dry_run: bool, tenant: str | None, run_id: str | None, include_live: bool, engines: tuple[str, ...]
 ) -> None:
-    """Remove sandbox containers left behind by controllers that died.
+    """Remove sandbox containers left behind by controllers that died (and the input
+    files of those that died while loading one).
 
     Every engine named by --engine is cleaned (default: the engines of the settings, else
     the local one); one that does not answer is reported and the others are still cleaned.
@@ -65,6 +66,13 @@ def gc(
             )
         click.echo(
             f"{verb} {len(report.removed)} container(s){where}; kept {len(report.kept)} of live controllers"
+        )
+    from rlm_sandbox.sandbox.input_file import remove_orphans
+
+    orphans = remove_orphans(dry_run=dry_run)
+    if orphans:
+        click.echo(
+            f"{verb} {len(orphans)} input file(s) of controllers that died mid-load: {', '.join(orphans)}"
         )
     if failed:
         sys.exit(4)

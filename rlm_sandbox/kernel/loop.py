@@ -11,6 +11,7 @@ in the host's in-memory test backend it runs the same REPL in a thread.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import sys
 import threading
@@ -31,9 +32,15 @@ CellRun = tuple[CellOutcome, bytes, int, bytes, int]
 
 class KernelLoop:
     def __init__(
-        self, chan: object, link: HostLink, repl: Repl, run_cell: Callable[[str, int, float, int], CellRun]
+        self,
+        chan: object,
+        link: HostLink,
+        repl: Repl,
+        run_cell: Callable[[str, int, float, int], CellRun],
+        input_file: str = P.INPUT_FILE,
     ) -> None:
         self.chan = chan
+        self.input_file = input_file  # where the host's input file is (the mount, in a container)
         self.link = link
         self.repl = repl
         self._run_cell = run_cell
@@ -46,6 +53,8 @@ class KernelLoop:
         self._ctx_names: set[str] = set()
         self._ctx_pos = 0
         self._ctx_error: str | None = None
+        self._ctx_nonce: bytes | None = None  # a load through the input file (P.INPUT_FILE)
+        self._ctx_size = 0
 
     # ---- reader thread
 
@@ -80,7 +89,10 @@ class KernelLoop:
             self.link.close()
 
     def _read_context_chunk(self, n: int) -> None:
-        if self._ctx_files is not None:
+        if self._ctx_nonce is not None:
+            self.chan.read_exact(n)
+            self._ctx_error = "a context chunk in a load through the input file"
+        elif self._ctx_files is not None:
             if not self._ctx_files:
                 self.chan.read_exact(n)
                 self._ctx_error = "a files context sent a chunk before its first context_file"
@@ -145,7 +157,18 @@ class KernelLoop:
         self._ctx_pos = 0
         self._ctx_files = [] if self._ctx_kind == "files" else None
         self._ctx_names: set[str] = set()
-        if self._ctx_files is not None:
+        self._ctx_nonce = None
+        nonce = header.get("file")
+        if nonce is not None:
+            try:
+                self._ctx_nonce = bytes.fromhex(nonce)
+            except (TypeError, ValueError):
+                self._ctx_nonce = b""
+            if len(self._ctx_nonce) != P.INPUT_NONCE_BYTES or type(size) is not int or size < 0:
+                self._ctx_error = "a load through the input file without a valid nonce and size"
+            self._ctx_size = size if type(size) is int else 0
+            self._ctx_buf, self._ctx_chunks = None, None
+        elif self._ctx_files is not None:
             self._ctx_buf, self._ctx_chunks = None, None
         elif type(size) is int and size >= 0:
             self._ctx_buf, self._ctx_chunks = bytearray(size), None
@@ -161,12 +184,23 @@ class KernelLoop:
             self._ctx_error = "context_file without a valid name"
         elif name in self._ctx_names:
             self._ctx_error = f"context_file {name!r} sent twice"
+        elif self._ctx_nonce is not None:
+            count = header.get("bytes")
+            if type(count) is not int or count < 0:
+                self._ctx_error = f"context_file {name!r} without its byte count"
+            else:
+                self._ctx_names.add(name)
+                self._ctx_files.append((name, count))
         else:
             self._ctx_names.add(name)
             self._ctx_files.append((name, []))
 
     def _context_end(self, header: dict) -> None:
         reply = {"t": P.CONTEXT_REPLY, "id": header["id"], "status": "ok"}
+        if self._ctx_nonce is not None and not self._ctx_error:
+            self._context_from_file(reply)
+            self.chan.send(reply)
+            return
         try:
             if self._ctx_error:
                 raise ValueError(self._ctx_error)
@@ -178,14 +212,55 @@ class KernelLoop:
                 raw = self._ctx_buf
             else:
                 raw = b"".join(self._ctx_chunks or [])
-            self._ctx_buf = self._ctx_chunks = self._ctx_files = None
+            self._ctx_buf = self._ctx_chunks = self._ctx_files = self._ctx_nonce = None
             kind_name, length = self.repl.set_context(self._ctx_kind, raw)
             del raw
             reply.update(type=kind_name, length=length)
         except (ValueError, TypeError, MemoryError, RecursionError) as exc:
-            self._ctx_buf = self._ctx_chunks = self._ctx_files = None
+            self._ctx_buf = self._ctx_chunks = self._ctx_files = self._ctx_nonce = None
             reply.update(status="error", error=f"{type(exc).__name__}: {exc}"[:2000])
         self.chan.send(reply)
+
+    def _context_from_file(self, reply: dict) -> None:
+        """Build ``context`` from the input file the host filled (mapped, never copied whole):
+        status ``no_file`` when it cannot be read as announced, so the host streams instead."""
+        nonce, size, files = self._ctx_nonce or b"", self._ctx_size, self._ctx_files
+        self._ctx_nonce = self._ctx_files = None
+        head = len(nonce)
+        try:
+            with open(self.input_file, "rb") as f:
+                if os.fstat(f.fileno()).st_size != head + size:
+                    raise ValueError("the input file's size is not the announced one")
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as exc:
+            reply.update(status="no_file", error=f"{type(exc).__name__}: {exc}"[:2000])
+            return
+        view = memoryview(mapped)
+        try:
+            if view[:head] != nonce:
+                reply.update(status="no_file", error="the input file is not the one announced")
+                return
+            if files is not None:
+                parts, pos = [], head
+                if sum(n for _, n in files) != size:
+                    raise ValueError("the files' byte counts do not add up to the announced size")
+                for name, n in files:
+                    parts.append((name, [view[pos : pos + n]]))
+                    pos += n
+                raw: memoryview | list = parts
+            else:
+                raw = view[head : head + size]
+            kind_name, length = self.repl.set_context(self._ctx_kind, raw)
+            reply.update(type=kind_name, length=length)
+        except (ValueError, TypeError, MemoryError, RecursionError) as exc:
+            reply.update(status="error", error=f"{type(exc).__name__}: {exc}"[:2000])
+        finally:
+            raw = parts = None  # type: ignore[assignment]
+            try:
+                view.release()
+                mapped.close()
+            except BufferError:
+                pass  # a slice still held (by an error's traceback): unmapped when it goes
 
     def run_cell(self, header: dict, payload: bytes) -> None:
         code = payload.decode("utf-8", errors="replace")

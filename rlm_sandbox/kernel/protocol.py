@@ -45,6 +45,16 @@ LLM_REQUEST = "llm_request"
 CONTEXT_KINDS = ("str", "bytes", "json", "files")
 MAX_FILE_NAME = 4096  # bytes of a file name in a `context_file` frame
 
+# The input file: on a local engine a large context reaches the kernel through a read-only
+# file the host mounts here, not through the stream. The file starts with INPUT_NONCE_BYTES
+# random bytes that the `context_begin` frame names (hex, its "file" field), so the kernel
+# reads only the file the host filled for this load; the context's bytes follow. For kind
+# "files" each `context_file` frame then carries its file's byte count ("bytes") and no
+# chunk follows: the files lie one after another in the input file. A kernel that cannot
+# read it replies with status "no_file" and the host sends the same context as chunks.
+INPUT_FILE = "/run/rlm-input"
+INPUT_NONCE_BYTES = 16
+
 # cite(path, line, quote): what one exec_reply may carry (its fourth payload part, a JSON
 # list of [path, line, quote]). The host checks every citation against the original input.
 MAX_CITATIONS = 256

@@ -376,7 +376,7 @@ class Repl:
 
     # ---- what the kernel calls
 
-    def set_context(self, kind: str, raw: bytes | bytearray | list) -> tuple[str, int]:
+    def set_context(self, kind: str, raw: bytes | bytearray | memoryview | list) -> tuple[str, int]:
         """Make ``context`` from the bytes the host sent; its type name and ``len()``.
 
         ``files``: ``raw`` is a list of ``(name, [chunks])``, decoded one file at a time (each
@@ -397,7 +397,7 @@ class Repl:
         elif kind == "bytes":
             value = bytes(raw)
         else:
-            value = json.loads(raw)
+            value = json.loads(bytes(raw) if isinstance(raw, memoryview) else raw)
         self.engine["context"] = value
         self.ns["context"] = value
         return type(value).__name__, len(value) if hasattr(value, "__len__") else -1

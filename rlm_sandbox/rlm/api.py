@@ -213,7 +213,7 @@ class RLM:
             run.take_input(context)  # a known size past the cap stops here: no container yet
             # The engines' check and the warm pools start while the root's first model call
             # is already out (the call needs nothing from a container).
-            answer = await run.spawn(root.solve(before_sandbox=run.start_containers))
+            answer = await run.spawn(root.solve(prepare_engines=True))
         except (KeyboardInterrupt, SystemExit) as signal:  # raised on the loop (by a listener)
             run.interrupt(signal)
             await finish(run.stop(drain=False))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from rlm_sandbox.blocking import blocking
@@ -158,15 +157,15 @@ class Node:
 
     # ---- the node's life
 
-    async def solve(self, *, before_sandbox: Callable[[], Awaitable[None]] | None = None) -> str:
+    async def solve(self, *, prepare_engines: bool = False) -> str:
         """Run this node to its answer in a sandbox of its own; raises a typed error when it
         cannot give one (the root's budget stop carries the model's best answer, if any).
 
         When the host already knows what the first prompt says of ``context`` (a file's
         size, a string's length), the first model call is sent as soon as the node is
         admitted, and the container starts (and the input streams into it) while the model
-        thinks: neither is on the way to the first call. ``before_sandbox`` (the root's
-        engine check and warm pools) runs in that window too."""
+        thinks: neither is on the way to the first call. ``prepare_engines`` (the run's root):
+        the engines' check and the warm pools go first, in that window too."""
         self._holds_fallback = self.depth == 0 and self.run.config.fallback_answer
         info = host_context_info(self.context)
         first: _FirstStep | None = None
@@ -179,7 +178,7 @@ class Node:
         early = send_first_step if info is not None else None
         try:
             async with self.run.node_sandbox(
-                self, while_starting=early, before_sandbox=before_sandbox
+                self, while_starting=early, prepare_engines=prepare_engines
             ) as sandbox:
                 try:
                     if first is None:

@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
@@ -157,9 +157,12 @@ class Run:
             if callable(check):
                 check()
 
-    async def start_containers(self) -> None:
-        """Engines probed and warm pools filling; inside the run's error handling."""
-        await blocking(self.containers.start)
+    def start_containers(self) -> None:
+        """Engines probed and warm pools filling (blocking: run it in a worker thread)."""
+        self.containers.start()
+
+    def note_engines(self) -> None:
+        """Say in the trace where nodes can go, once the engines were probed."""
         if self.containers.placement is not None:
             self.tracer.emit(
                 "engines",
@@ -180,16 +183,18 @@ class Run:
         node: NodeLike,
         *,
         while_starting: Callable[[], None] | None = None,
-        before_sandbox: Callable[[], Awaitable[None]] | None = None,
+        prepare_engines: bool = False,
     ) -> AsyncIterator[Sandbox]:
         """A sandbox for ``node`` while the block runs: a container slot of the budget, an
         engine, a sandbox (pooled or new) with the run's tools, traced from ``node_begin`` to
         ``node_end`` and released whatever happens (a cancelled run too).
 
-        ``while_starting`` runs once the node is admitted and before its container is asked
-        for: the node sends its first model call there, so the call and the container start
-        overlap. ``before_sandbox`` (the root's: engines probed, warm pools filling) runs
-        after it, for the same reason."""
+        ``while_starting`` runs once the node is admitted and its container asked for: the
+        node sends its first model call there, so the call and the container start overlap.
+        The container is asked for first: its start is the longer way (engines, Docker's
+        import, create, start), and a worker thread waits on the engine while the loop
+        builds the call. ``prepare_engines`` (the run's first node): its worker probes the engines and
+        starts the warm pools before its container (:meth:`start_containers`)."""
         tracer = self.tracer
         tracer.emit("node_begin", node=node.id, parent=node.parent, depth=node.depth)
         self._node_entered()
@@ -200,13 +205,21 @@ class Run:
         try:
             await self.budget.aadmit_node(node.depth)  # a container slot: released below, whatever happens
             admitted = True
-            if while_starting is not None:
-                while_starting()
-            if before_sandbox is not None:
-                await before_sandbox()
-            # A start in flight is waited for even when the node is cancelled meanwhile: the
-            # container is then released below like any other, never left to a thread.
-            lease, cancelled = await finish(blocking(self.containers.acquire, node.id, node.handler))
+            acquiring = blocking(
+                self._prepare_and_acquire if prepare_engines else self.containers.acquire,
+                node.id,
+                node.handler,
+            )
+            try:
+                if while_starting is not None:
+                    while_starting()
+            finally:
+                # A start in flight is waited for even when the node is cancelled meanwhile (or
+                # its first call failed to go out): the container is then released below like
+                # any other, never left to a thread.
+                lease, cancelled = await finish(acquiring)
+            if prepare_engines:
+                self.note_engines()
             if cancelled:
                 raise asyncio.CancelledError
             self.budget.container_started()
@@ -251,6 +264,10 @@ class Run:
             self._node_left()
             if cancelled:
                 raise asyncio.CancelledError
+
+    def _prepare_and_acquire(self, node_id: str, handler: LLMHandler) -> Lease:
+        self.start_containers()
+        return self.containers.acquire(node_id, handler)
 
     async def offer_tools(self, sandbox: Sandbox) -> None:
         """Give the kernel a proxy per host tool; they live in its engine names, so they are

@@ -92,8 +92,9 @@ class Session:
         try:
             run.check_credentials()  # a missing key fails here, before any container starts
             run.take_input(self.context)
-            await run.start_containers()
-            self._sandbox = await self._stack.enter_async_context(run.node_sandbox(node))
+            self._sandbox = await self._stack.enter_async_context(
+                run.node_sandbox(node, prepare_engines=True)
+            )
             self._info = await node.begin_load(self._sandbox)
         except BaseException:
             await self.aclose()

@@ -27,6 +27,7 @@ class Started:
     id: str
     stream: AttachStream
     start_s: float
+    input_file: bool = False  # the input file asked for is mounted (sandbox/input_file.py)
 
 
 @dataclass(slots=True)
@@ -49,7 +50,12 @@ class SandboxInfo:
 class Backend(Protocol):
     name: str
 
-    def start(self, config: SandboxConfig, image: str, labels: dict[str, str]) -> Started: ...
+    def start(
+        self, config: SandboxConfig, image: str, labels: dict[str, str], input_path: str | None = None
+    ) -> Started:
+        """Start a hardened sandbox; ``input_path``, when the backend can, is mounted
+        read-only at the kernel's input file (``Started.input_file`` says if it was)."""
+        ...
 
     def exit_info(self, sandbox_id: str, wait_s: float = 0.0) -> ExitInfo: ...
 

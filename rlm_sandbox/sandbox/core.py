@@ -19,24 +19,24 @@ from typing import Any, NoReturn
 
 from rlm_sandbox.errors import (
     CellTimeout,
-    EngineUnavailable,
     HostMemoryExceeded,
     ProtocolViolation,
     SandboxClosed,
-    SandboxCrashed,
     SandboxError,
     SandboxStartError,
 )
 from rlm_sandbox.kernel import protocol as P
-from rlm_sandbox.safe_text import visible
 from rlm_sandbox.sandbox.config import SandboxConfig
 
 from .backend import LABEL, LABEL_NODE, LABEL_OWNER, LABEL_RUN, LABEL_TENANT, Backend
 from .cell_result import ExecResult, exec_result
 from .channel import KernelChannel, LLMHandler
-from .context_source import ContextInput, FileStart, context_source
+from .context_load import announce_file, stream_pieces
+from .context_source import ContextInput, context_source
+from .crash import crash_error
 from .frames import FrameLimits
 from .held import Hold
+from .input_file import MIN_BYTES, InputFile
 from .messages import ContextReply, ExecReply
 
 
@@ -47,6 +47,7 @@ class ContextInfo:
     type: str
     length: int | None
     bytes: int
+    via: str = "stream"  # or "file": through the sandbox's input file (sandbox/input_file.py)
 
 
 def owner_label() -> str:
@@ -96,7 +97,8 @@ class Sandbox:
         self._error: BaseException | None = None
         self._lock = threading.RLock()
         self._next_id = 2  # even ids: requests started by the host
-        self._killed_for: str | None = None
+        self.killed_for: str | None = None
+        self._input_file: InputFile | None = None  # large loads go through it (a local engine)
 
     # ---- lifecycle
 
@@ -140,7 +142,17 @@ class Sandbox:
             t0 = time.perf_counter()
             backend = self.backend
             image = backend.ensure_image(self.config, progress=self._progress)
-            started = backend.start(self.config, image, self.labels())
+            inp = self._new_input_file()
+            try:
+                started = backend.start(self.config, image, self.labels(), input_path=inp and inp.path)
+            except BaseException:
+                if inp is not None:
+                    inp.close()
+                raise
+            if started.input_file:
+                self._input_file = inp
+            elif inp is not None:
+                inp.close()
             self.id = started.id
             self.state = "running"
             self._channel = KernelChannel(
@@ -164,7 +176,7 @@ class Sandbox:
                 self.close()
                 raise
             if ready is None:
-                self._kill("start timeout")
+                self.kill_for("start timeout")
                 self.close()
                 raise SandboxStartError(
                     f"the kernel did not report ready within {self.config.start_timeout:g} s",
@@ -173,6 +185,21 @@ class Sandbox:
             self.kernel_pid = ready.pid
             self.start_s = time.perf_counter() - t0
             return self
+
+    def _new_input_file(self) -> InputFile | None:
+        """The file large loads will go through, when the config allows it; None when it
+        cannot be made (no writable tmpfs or temp directory): loads then stream."""
+        if not self.config.input_file:
+            return None
+        try:
+            return InputFile()
+        except OSError:
+            return None
+
+    @property
+    def input_file(self) -> bool:
+        """Do large loads reach this sandbox's kernel through its input file (else the stream)?"""
+        return self._input_file is not None
 
     def close(self) -> None:
         """Stop and remove the container; safe to call any number of times, from any path.
@@ -183,7 +210,7 @@ class Sandbox:
         it: when ``close`` returns, the container is gone."""
         if not self._lock.acquire(blocking=False):
             if self.state != "closed":
-                self._kill("closed by another thread")
+                self.kill_for("closed by another thread")
             if not self._lock.acquire(timeout=CLOSE_WAIT_S):
                 return  # a thread that never lets go: the registry removes it at exit
         try:
@@ -202,6 +229,9 @@ class Sandbox:
             channel.close()
         if self.id is not None:
             self.backend.remove(self.id)
+        inp, self._input_file = self._input_file, None
+        if inp is not None:
+            inp.close()
 
     @property
     def healthy(self) -> bool:
@@ -220,12 +250,17 @@ class Sandbox:
     def _on_fatal(self, exc: BaseException) -> None:
         """Called by the channel's reader on a violation or EOF: kill now, explain later."""
         if isinstance(exc, ProtocolViolation):
-            self._kill("protocol violation")
+            self.kill_for("protocol violation")
         elif isinstance(exc, HostMemoryExceeded):
-            self._kill("host memory bound")
+            self.kill_for("host memory bound")
 
-    def _kill(self, why: str) -> None:
-        self._killed_for = why
+    def diagnostics(self) -> str:
+        """What the kernel wrote to its diagnostic stream (the cell's to choose: untrusted)."""
+        return self._channel.diagnostics() if self._channel is not None else ""
+
+    def kill_for(self, why: str) -> None:
+        """Kill the container now (``why`` is kept for the error that explains it later)."""
+        self.killed_for = why
         if self.id is not None:
             self.backend.kill(self.id)
 
@@ -233,72 +268,10 @@ class Sandbox:
         """Turn what the channel saw into the most precise typed error, then clean up."""
         err = exc
         if not isinstance(exc, ProtocolViolation | CellTimeout | HostMemoryExceeded) and self.id is not None:
-            err = self._crash_error(exc)
+            err = crash_error(self, exc)
         self._error = err
         self.close()
         raise err from None
-
-    def _crash_error(self, cause: BaseException) -> SandboxError:
-        info = self.backend.exit_info(self.id or "", wait_s=2.0)
-        # What the kernel wrote to its diagnostic stream is the cell's to choose: it enters the
-        # error (and so terminals, traces and --json) with every control character made visible.
-        diag = visible(self._channel.diagnostics().strip()[-1500:]) if self._channel else ""
-        tail = f"; kernel said: {diag}" if diag else ""
-        if not info.exists and info.error:
-            return EngineUnavailable(
-                f"the Docker engine stopped answering while sandbox {self.id and self.id[:12]} ran ({info.error})",
-                hint="restart the engine (bash scripts/ensure-docker.sh), then `rlm-sandbox gc` removes what is left",
-            )
-        if not info.exists:
-            return SandboxCrashed(
-                f"the sandbox container {self.id and self.id[:12]} disappeared (removed from outside?)",
-                reason="removed",
-                hint="something else removed the container; check for a concurrent `rlm-sandbox gc`",
-            )
-        if info.oom_killed:
-            return SandboxCrashed(
-                f"the sandbox ran out of memory (limit {self.config.memory}) and was killed",
-                reason="oom",
-                exit_code=info.exit_code,
-                hint="raise the memory limit (SandboxConfig.memory / --memory) or process the input in smaller pieces",
-            )
-        if info.running:
-            self._kill("stream ended while running")
-            return SandboxCrashed(
-                f"the sandbox's stream broke while its kernel was running ({cause}){tail}", reason="stream"
-            )
-        code = info.exit_code
-        if code in (137, 143) and not self._killed_for:
-            # `docker rm -f` / `docker stop` from outside look like a kill at first: the engine
-            # reports the exit before the container is gone. Look once more.
-            time.sleep(0.3)
-            again = self.backend.exit_info(self.id or "")
-            if not again.exists:
-                return SandboxCrashed(
-                    f"the sandbox container {self.id and self.id[:12]} was killed and removed from outside",
-                    reason="removed",
-                    exit_code=code,
-                    hint="something else removed the container; check for a concurrent `rlm-sandbox gc`",
-                )
-        if code == 137 or code == -9:
-            return SandboxCrashed(
-                f"the sandbox kernel was killed (SIGKILL, exit 137): by a cell, the runtime, or from outside{tail}",
-                reason="killed",
-                exit_code=code,
-                hint="if nothing outside killed it, a cell did (os.kill) or the runtime hit a limit (pids)",
-            )
-        if code == 143:
-            return SandboxCrashed(
-                f"the sandbox kernel was terminated (SIGTERM, exit 143): by a cell or from outside (docker stop){tail}",
-                reason="terminated",
-                exit_code=code,
-            )
-        return SandboxCrashed(
-            f"the sandbox kernel exited with code {code}{tail}",
-            reason="exit",
-            exit_code=code,
-            hint="a cell ended the kernel process (os._exit, a signal, or a crash); the namespace is lost",
-        )
 
     def _check_usable(self) -> KernelChannel:
         if self._error is not None:
@@ -353,41 +326,78 @@ class Sandbox:
         with self._lock:
             channel = self._check_usable()
             source, size, ctx_kind = context_source(data, kind)
-            ident = self._new_id()
-            waiter = self._expect(channel, ident, ContextReply)
+            chunk = self.config.context_chunk
+            inp = self._input_file
+            if inp is None or 0 <= size < MIN_BYTES or (size >= 0 and not inp.has_room(size)):
+                return self._stream(channel, source(chunk), size, ctx_kind, progress)
+            refused = False
             try:
-                channel.send({"t": P.CONTEXT_BEGIN, "id": ident, "kind": ctx_kind, "size": size})
-                chunk = self.config.context_chunk
-                sent = 0
-                for piece in source(chunk):
-                    if isinstance(piece, FileStart):
-                        channel.send({"t": P.CONTEXT_FILE, "id": ident, "name": piece.name})
-                        continue
-                    channel.send({"t": P.CONTEXT_CHUNK, "id": ident}, piece)
-                    sent += len(piece)
-                    if progress is not None:
-                        progress(sent, size)
-                if size >= 0 and sent != size:
-                    raise SandboxError(f"the input changed while it was read ({sent} of {size} bytes)")
-                channel.send({"t": P.CONTEXT_END, "id": ident})
-                reply = channel.wait(
-                    waiter, self.config.io_timeout + size / 50e6 if size > 0 else self.config.io_timeout
-                )
-            except SandboxError as exc:
-                if channel.error is not None:
-                    self._raise_failure(channel.error)
-                raise exc
-            if not reply:
-                self._kill("context load stalled")
-                self._raise_failure(
-                    ProtocolViolation(
-                        f"the kernel did not confirm the context within {self.config.io_timeout:g} s"
+                filled = inp.fill(data, source, size, chunk, progress)
+                if filled.error is None:
+                    if size >= 0 and filled.size != size:
+                        raise SandboxError(
+                            f"the input changed while it was read ({filled.size} of {size} bytes)"
+                        )
+                    loaded = self._load(
+                        channel,
+                        filled.size,
+                        lambda i: announce_file(channel, i, filled, ctx_kind),
+                        via_file=True,
                     )
+                    if loaded is not None:
+                        return loaded
+                    refused = True  # the kernel cannot read the file: this and every later load stream
+                return self._stream(channel, inp.replay(filled, chunk), size, ctx_kind, progress)
+            finally:
+                inp.clear()
+                if refused:
+                    self._input_file = None
+                    inp.close()
+
+    def _stream(
+        self,
+        channel: KernelChannel,
+        pieces: Any,
+        size: int,
+        kind: str,
+        progress: Callable[[int, int], None] | None,
+    ) -> ContextInfo:
+        info = self._load(channel, size, lambda i: stream_pieces(channel, i, pieces, size, kind, progress))
+        assert info is not None  # only a load through the input file can be refused
+        return info
+
+    def _load(
+        self, channel: KernelChannel, size: int, send: Callable[[int], int], *, via_file: bool = False
+    ) -> ContextInfo | None:
+        """One load: ``send(id)`` sends its frames and returns the bytes sent; then the
+        kernel's reply. None when the kernel could not read the input file (``via_file``:
+        the caller streams instead); a kernel that stays silent is killed."""
+        ident = self._new_id()
+        waiter = self._expect(channel, ident, ContextReply)
+        try:
+            sent = send(ident)
+            reply = channel.wait(
+                waiter, self.config.io_timeout + size / 50e6 if size > 0 else self.config.io_timeout
+            )
+        except SandboxError as exc:
+            if channel.error is not None:
+                self._raise_failure(channel.error)
+            raise exc
+        if not reply:
+            self.kill_for("context load stalled")
+            self._raise_failure(
+                ProtocolViolation(
+                    f"the kernel did not confirm the context within {self.config.io_timeout:g} s"
                 )
-            msg: ContextReply = reply[0]
-            if msg.status != "ok":
-                raise SandboxError(f"the kernel could not build context: {msg.error}")
-            return ContextInfo(type=msg.type or "?", length=msg.length, bytes=sent)
+            )
+        msg: ContextReply = reply[0]
+        if msg.status == "no_file" and via_file:
+            return None
+        if msg.status != "ok":
+            raise SandboxError(f"the kernel could not build context: {msg.error}")
+        return ContextInfo(
+            type=msg.type or "?", length=msg.length, bytes=sent, via="file" if via_file else "stream"
+        )
 
     # ---- cells
 
@@ -422,7 +432,7 @@ class Sandbox:
                 self._raise_failure(channel.error or SandboxError("the sandbox failed"))
             except BaseException:
                 # KeyboardInterrupt/SystemExit while a cell runs: the kernel's state is unknown.
-                self._kill("interrupted")
+                self.kill_for("interrupted")
                 self.close()
                 raise
             finally:
@@ -430,7 +440,7 @@ class Sandbox:
             if not reply and channel.stalled_in_frame(self.config.kill_grace):
                 # The reply is stuck behind bytes that are not a frame (a cell wrote to the
                 # protocol descriptor): name the real cause, not a timeout.
-                self._kill("protocol violation")
+                self.kill_for("protocol violation")
                 self._raise_failure(
                     ProtocolViolation(
                         f"the kernel's channel stalled inside a frame ({channel.buffered_bytes} bytes "
@@ -439,7 +449,7 @@ class Sandbox:
                     )
                 )
             if not reply:
-                self._kill("cell timeout")
+                self.kill_for("cell timeout")
                 self._raise_failure(
                     CellTimeout(
                         f"a cell ran past its {limit:g} s limit and ignored the interrupt for "
@@ -450,7 +460,7 @@ class Sandbox:
             try:
                 return exec_result(msg, reply[1], self.config.output_cap, time.perf_counter() - t0)
             except ProtocolViolation as exc:  # citations that break the protocol's bounds
-                self._kill("protocol violation")
+                self.kill_for("protocol violation")
                 self._raise_failure(exc)
 
     def get_variable(self, name: str, timeout: float | None = None) -> str | None:

@@ -2,7 +2,10 @@
 
 Every default here is the safe one (see DESIGN.md, "Security defaults"); each was checked on
 Debian's docker.io 20.10 with cgroup v1. The container gets nothing of the host: no network,
-no mounts, no environment variables beyond three fixed harmless ones, no capabilities.
+no environment variables beyond three fixed harmless ones, no capabilities, and no mount but
+one: on an engine of this machine, the sandbox's own input file, read-only (a private file
+this process made for it and fills only with the input it is sent anyway; see
+:mod:`rlm_sandbox.sandbox.input_file`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import threading
 import time
 
 from rlm_sandbox.errors import EngineUnavailable, SandboxError, SandboxStartError
+from rlm_sandbox.kernel import protocol as P
 from rlm_sandbox.sandbox.config import SandboxConfig
 
 from .attach import attach
@@ -24,6 +28,8 @@ SANDBOX_ENV = {"HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"
 
 _clients: dict[str, object] = {}
 _clients_lock = threading.Lock()
+_mounts_refused: dict[str, str] = {}
+"""Engines that refused the input file's mount (one in a VM behind a local socket): why."""
 
 
 def engine_url(config_url: str | None = None) -> str:
@@ -32,6 +38,7 @@ def engine_url(config_url: str | None = None) -> str:
 
 def docker_client(url: str | None = None):  # -> docker.DockerClient
     """One client per engine URL for the whole process: connection pools are shared."""
+
     import docker
     from docker.errors import DockerException
 
@@ -53,8 +60,15 @@ def docker_client(url: str | None = None):  # -> docker.DockerClient
         return client
 
 
-def hardened_host_config(api, config: SandboxConfig) -> dict:
-    from docker.types import LogConfig, Ulimit
+def can_mount_input(url: str) -> bool:
+    """Only an engine on this machine sees this machine's files: one behind a unix socket
+    (a socket forwarded from elsewhere refuses the mount, or its kernel cannot read it, and
+    loads stream)."""
+    return url.startswith("unix://") and url not in _mounts_refused
+
+
+def hardened_host_config(api, config: SandboxConfig, input_path: str | None = None) -> dict:
+    from docker.types import LogConfig, Mount, Ulimit
 
     kwargs: dict = dict(
         network_mode="none",
@@ -76,6 +90,8 @@ def hardened_host_config(api, config: SandboxConfig) -> dict:
         # Frames are not logs: nothing the sandbox prints is kept on the host's disk.
         log_config=LogConfig(type="none"),
     )
+    if input_path is not None:
+        kwargs["mounts"] = [Mount(target=P.INPUT_FILE, source=input_path, type="bind", read_only=True)]
     if config.runtime:
         kwargs["runtime"] = config.runtime
     return api.create_host_config(**kwargs)
@@ -94,10 +110,28 @@ class DockerBackend:
 
         return ensure_image(self.client, config, progress=progress)
 
-    def start(self, config: SandboxConfig, image: str, labels: dict[str, str]) -> Started:
+    def start(
+        self, config: SandboxConfig, image: str, labels: dict[str, str], input_path: str | None = None
+    ) -> Started:
+        if input_path is None or not can_mount_input(self.url):
+            return self._start(config, image, labels, None)
+        try:
+            return self._start(config, image, labels, input_path)
+        except SandboxStartError as exc:
+            if "mount" not in str(exc).lower():
+                raise
+            # An engine that cannot mount this machine's file (a VM, a socket forwarded from
+            # elsewhere): its sandboxes stream their input from now on.
+            _mounts_refused[self.url] = str(exc)
+            return self._start(config, image, labels, None)
+
+    def _start(
+        self, config: SandboxConfig, image: str, labels: dict[str, str], input_path: str | None
+    ) -> Started:
         from docker.errors import APIError, DockerException, ImageNotFound
 
         t0 = time.perf_counter()
+
         try:
             created = self.api.create_container(
                 image=image,
@@ -110,7 +144,7 @@ class DockerBackend:
                 network_disabled=True,
                 working_dir="/tmp",
                 hostname="sandbox",
-                host_config=hardened_host_config(self.api, config),
+                host_config=hardened_host_config(self.api, config, input_path),
             )
         except ImageNotFound:
             raise SandboxStartError(
@@ -143,7 +177,9 @@ class DockerBackend:
         except BaseException:
             self.remove(cid)
             raise
-        return Started(id=cid, stream=stream, start_s=time.perf_counter() - t0)
+        return Started(
+            id=cid, stream=stream, start_s=time.perf_counter() - t0, input_file=input_path is not None
+        )
 
     def exit_info(self, sandbox_id: str, wait_s: float = 0.0) -> ExitInfo:
         from docker.errors import DockerException, NotFound

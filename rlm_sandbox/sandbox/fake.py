@@ -78,6 +78,7 @@ class FakeKernel:
     exit_code: int | None = None
     killed: bool = False
     cells: list[str] = field(default_factory=list)
+    input_path: str = "/nonexistent/rlm-input"  # the host's input file, read where it is
 
     def serve(self) -> None:
         fd = self.sock.fileno()
@@ -95,7 +96,7 @@ class FakeKernel:
             return outcome, out, total, b"", 0
 
         try:
-            self.exit_code = KernelLoop(chan, link, repl, run_cell).serve()
+            self.exit_code = KernelLoop(chan, link, repl, run_cell, self.input_path).serve()
         except Exception:
             self.exit_code = 1
         finally:
@@ -111,13 +112,21 @@ class FakeBackend:
     ``fail_starts`` makes that many next starts fail (a broken engine); ``refuse(labels)``
     refuses the starts it returns True for (one node's container, by its labels);
     ``started`` lists every kernel ever started, ``alive()`` those not yet removed, and
-    ``peak`` the most that were alive at once (what a container budget must bound)."""
+    ``peak`` the most that were alive at once (what a container budget must bound).
+    ``input_files``: "mount" (the kernel reads the host's input file where it is, as a
+    mount would show it), "refuse" (an engine that cannot mount: loads stream) or
+    "unreadable" (reported mounted, yet the kernel cannot open it: loads fall back)."""
 
     name = "fake"
 
     def __init__(
-        self, *, fail_starts: int = 0, refuse: Callable[[dict[str, str]], bool] | None = None
+        self,
+        *,
+        fail_starts: int = 0,
+        refuse: Callable[[dict[str, str]], bool] | None = None,
+        input_files: str = "mount",
     ) -> None:
+        self.input_files = input_files
         self._lock = threading.Lock()
         self._kernels: dict[str, FakeKernel] = {}
         self.started: list[FakeKernel] = []
@@ -129,7 +138,9 @@ class FakeBackend:
     def ensure_image(self, config: SandboxConfig, progress: object = None) -> str:
         return FAKE_IMAGE
 
-    def start(self, config: SandboxConfig, image: str, labels: dict[str, str]) -> Started:
+    def start(
+        self, config: SandboxConfig, image: str, labels: dict[str, str], input_path: str | None = None
+    ) -> Started:
         t0 = time.perf_counter()
         with self._lock:
             if self.fail_starts > 0:
@@ -139,13 +150,16 @@ class FakeBackend:
             raise SandboxStartError(f"the fake engine refused to start {labels.get(LABEL_NODE)}")
         host, kernel_end = socket.socketpair()
         kernel = FakeKernel(id=f"fake-{uuid.uuid4().hex[:12]}", labels=dict(labels), sock=kernel_end)
+        mounted = input_path is not None and self.input_files != "refuse"
+        if mounted and self.input_files == "mount":
+            kernel.input_path = input_path  # type: ignore[assignment]
         kernel.thread = threading.Thread(target=kernel.serve, name=f"fake-kernel-{kernel.id}", daemon=True)
         with self._lock:
             self._kernels[kernel.id] = kernel
             self.started.append(kernel)
             self.peak = max(self.peak, len(self._kernels))
         kernel.thread.start()
-        return Started(kernel.id, _Stream(host), time.perf_counter() - t0)
+        return Started(kernel.id, _Stream(host), time.perf_counter() - t0, input_file=mounted)
 
     def exit_info(self, sandbox_id: str, wait_s: float = 0.0) -> ExitInfo:
         kernel = self._kernels.get(sandbox_id)

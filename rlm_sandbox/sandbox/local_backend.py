@@ -120,7 +120,10 @@ class LocalBackend:
     def ensure_image(self, config: SandboxConfig, progress: object = None) -> str:
         return "local"
 
-    def start(self, config: SandboxConfig, image: str, labels: dict[str, str]) -> Started:
+    def start(
+        self, config: SandboxConfig, image: str, labels: dict[str, str], input_path: str | None = None
+    ) -> Started:
+        """The kernel as a subprocess; ``input_path`` is not used: its loads stream."""
         t0 = time.perf_counter()
         workdir = tempfile.mkdtemp(prefix="rlm-local-")
         env = {"HOME": workdir, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PATH": os.defpath}

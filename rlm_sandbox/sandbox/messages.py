@@ -50,7 +50,7 @@ class ExecReply(_Msg):
 
 class ContextReply(_Msg):
     t: Literal["context_reply"]
-    status: Literal["ok", "error"]
+    status: Literal["ok", "error", "no_file"]  # no_file: the input file was unreadable, stream it
     type: Annotated[str, Field(max_length=64)] | None = None
     length: int | None = None
     error: Annotated[str, Field(max_length=4096)] | None = None

@@ -204,6 +204,24 @@ def test_writes_to_the_root_filesystem(attack) -> None:
     assert "WROTE" not in out.first_output and out.first_output.count("refused") == 5
 
 
+def test_the_input_file_can_be_neither_changed_nor_swapped(attack) -> None:
+    """A large input reaches the kernel through a read-only file (sandbox/input_file.py): a
+    cell can change neither it nor what lies beside it, and it is empty once loaded."""
+    code = (
+        "import os\np = '/run/rlm-input'\nprint('size', os.stat(p).st_size, 'len', len(context))\n"
+        "tries = {'append': lambda: open(p, 'ab').write(b'x'), 'rw': lambda: os.open(p, os.O_RDWR),\n"
+        "         'truncate': lambda: os.truncate(p, 0), 'chmod': lambda: os.chmod(p, 0o666),\n"
+        "         'unlink': lambda: os.unlink(p), 'rename': lambda: os.rename(p, '/run/x'),\n"
+        "         'beside': lambda: open('/run/other', 'w'), 'link': lambda: os.link(p, '/tmp/l')}\n"
+        "for name, fn in tries.items():\n"
+        "    try:\n        fn()\n        print('ALLOWED', name)\n    except OSError as e:\n        print('refused', name)\n"
+    )
+    out = attack(code, context="x" * (2 << 20))
+    text = out.first_output
+    assert f"size 0 len {2 << 20}" in text, text
+    assert "ALLOWED" not in text and text.count("refused") == 8, text
+
+
 def test_setuid_and_capability_tricks(attack) -> None:
     code = (
         "import os\ntries = {'setuid': lambda: os.setuid(0), 'setgid': lambda: os.setgid(0), 'chroot': lambda: os.chroot('/tmp'),\n"

@@ -166,12 +166,21 @@ def test_gc_removes_what_a_killed_controller_left(scripted, run_id: str) -> None
     proc.kill()
     proc.wait(timeout=30)
     assert tenant_containers(run_id) == left  # nobody cleaned up: the controller was SIGKILLed
+    # A controller killed mid-load of a large input left its input file (sandbox/input_file.py).
+    from rlm_sandbox.sandbox.input_file import DIR_PREFIX, spool_root
+
+    spool = Path(spool_root()) / f"{DIR_PREFIX}{proc.pid}-{run_id}"
+    spool.mkdir(mode=0o700)
+    (spool / "input").write_bytes(b"a whole input" * 1000)
     dry = cli("gc", "--dry-run", "--tenant", run_id)
     assert (
         dry.returncode == 0 and "would remove 1" in dry.stdout.decode() and tenant_containers(run_id) == left
     )
+    assert str(spool) in dry.stdout.decode() and spool.exists()
     other = cli("gc", "--tenant", run_id + "-other")
     assert "removed 0" in other.stdout.decode() and tenant_containers(run_id) == left
+    # Input files have no tenant: those of dead controllers go whatever the filters.
+    assert not spool.exists() and "input file(s) of controllers that died mid-load" in other.stdout.decode()
     done = cli("gc", "--tenant", run_id)
     assert done.returncode == 0 and "removed 1" in done.stdout.decode()
     assert tenant_containers(run_id) == [] and containers_of(run_id) == []

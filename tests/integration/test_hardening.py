@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import uuid
 from typing import Any
 
@@ -59,13 +60,22 @@ def test_container_is_hardened(
         assert not host.get("PortBindings") and not host.get("PublishAllPorts")
         assert not host.get("ExtraHosts")
 
-        # Read-only root, a small noexec tmpfs, nothing of the host mounted.
+        # Read-only root, a small noexec tmpfs, nothing of the host mounted but the sandbox's
+        # own input file (read-only, in a private directory this process made for it).
         assert host["ReadonlyRootfs"] is True
         assert set(host["Tmpfs"]) == {"/tmp"}
         opts = host["Tmpfs"]["/tmp"].split(",")
         assert {"noexec", "nosuid", "nodev", f"size={cfg.tmpfs_size}"} <= set(opts)
-        assert not info["Mounts"] and not host.get("Binds") and not host.get("VolumesFrom")
-        assert not host.get("Mounts") and not conf.get("Volumes")
+        assert not host.get("Binds") and not host.get("VolumesFrom") and not conf.get("Volumes")
+        assert sb._input_file is not None
+        (mount,) = info["Mounts"]
+        assert mount["Type"] == "bind" and mount["RW"] is False
+        assert (mount["Source"], mount["Destination"]) == (sb._input_file.path, "/run/rlm-input")
+        assert host["Mounts"] == [
+            {"Target": "/run/rlm-input", "Source": sb._input_file.path, "Type": "bind", "ReadOnly": True}
+        ]
+        spool = os.stat(os.path.dirname(sb._input_file.path))
+        assert spool.st_mode & 0o777 == 0o700 and spool.st_uid == os.getuid()
         assert not host.get("Devices")
 
         # No privileges.

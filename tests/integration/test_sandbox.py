@@ -94,6 +94,70 @@ def test_bytes_path_list_and_dict_contexts(sandbox_config: SandboxConfig, tmp_pa
         assert sb.execute("len(context)").stdout == f"{path.stat().st_size}\n"
 
 
+@pytest.mark.parametrize("input_file", [True, False], ids=["through-the-file", "streamed"])
+def test_large_inputs_of_every_kind_arrive_the_same_either_way(
+    sandbox_config: SandboxConfig, tmp_path: Path, input_file: bool
+) -> None:
+    text = "".join(f"line {i} ünïcødé ✓\n" for i in range(150_000))
+    path = tmp_path / "in.log"
+    path.write_text(text)
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "a.log").write_text(text)
+    (tmp_path / "dir" / "b.log").write_text("b\n")
+    from rlm_sandbox.inputs import collect_inputs
+
+    cases = [
+        (text, "str", hashlib.sha256(text.encode()).hexdigest()),
+        (text.encode() + b"\xff", "bytes", hashlib.sha256(text.encode() + b"\xff").hexdigest()),
+        (path, "str", hashlib.sha256(text.encode()).hexdigest()),
+        (collect_inputs([str(path)]), "str", hashlib.sha256(text.encode()).hexdigest()),
+        (collect_inputs([str(tmp_path / "dir")]), "dict", None),
+    ]
+    cfg = sandbox_config.model_copy(update={"input_file": input_file})
+    with Sandbox(cfg) as sb:
+        assert sb.input_file is input_file
+        for data, kind, digest in cases:
+            info = sb.load_context(data)
+            assert (info.type, info.via) == (kind, "file" if input_file else "stream")
+            if digest is not None:
+                r = sb.execute(
+                    "import hashlib\nv = context if isinstance(context, bytes) else context.encode()\n"
+                    "print(hashlib.sha256(v).hexdigest())"
+                )
+                assert r.stdout.strip() == digest
+            else:
+                r = sb.execute("print(sorted((k.rsplit('/', 1)[-1], len(v)) for k, v in context.items()))")
+                assert r.stdout.strip() == repr([("a.log", len(text)), ("b.log", 2)])
+        mount = sb.execute("print(open('/proc/self/mountinfo').read())").stdout
+        assert ("/run/rlm-input" in mount) is input_file
+        directory = sb._input_file.dir if sb._input_file is not None else None
+    assert directory is None or not Path(directory).exists()
+
+
+def test_an_engine_that_refuses_the_mount_streams(sandbox_config: SandboxConfig, monkeypatch) -> None:
+    """A socket that looks local but whose engine cannot see this machine's files (a VM, a
+    forwarded socket): the start is retried without the mount and loads stream."""
+    from rlm_sandbox.sandbox import docker_backend
+
+    monkeypatch.setattr(docker_backend, "_mounts_refused", {})
+    made = Sandbox._new_input_file
+
+    def elsewhere(self: Sandbox):
+        inp = made(self)
+        inp.path = "/nonexistent/rlm-sandbox-input"  # what such an engine cannot find
+        return inp
+
+    monkeypatch.setattr(Sandbox, "_new_input_file", elsewhere)
+    with Sandbox(sandbox_config) as sb:
+        assert not sb.input_file
+        assert sb.load_context("x" * (2 << 20)).via == "stream"
+        assert sb.execute("print(len(context))").stdout == f"{2 << 20}\n"
+    assert (
+        docker_backend._mounts_refused
+        and "mount" in next(iter(docker_backend._mounts_refused.values())).lower()
+    )
+
+
 def test_fd_level_capture_of_child_processes(sandbox_config: SandboxConfig) -> None:
     with Sandbox(sandbox_config) as sb:
         r = sb.execute(
