@@ -137,11 +137,17 @@ def test_nothing_is_shared_between_tenants(run_id: str) -> None:
         )
         assert "a-secret" not in seen.stdout and "a-shm" not in seen.stdout
         api = docker_client().api
+        sources = set()
         for sb in (a, b):
             info = api.inspect_container(sb.id)
-            assert info["Mounts"] == [] and not info["HostConfig"]["Binds"]
+            # The one mount is the sandbox's own input file, read-only: never another's.
+            (mount,) = info["Mounts"]
+            assert mount["RW"] is False and mount["Destination"] == "/run/rlm-input"
+            sources.add(mount["Source"])
+            assert not info["HostConfig"]["Binds"]
             assert info["HostConfig"]["IpcMode"] == "private" and info["HostConfig"]["NetworkMode"] == "none"
             assert info["HostConfig"]["PidMode"] == ""  # own pid namespace
             assert not info["HostConfig"].get("VolumesFrom")
+        assert len(sources) == 2
         # B cannot see A's processes.
         assert seen.stdout.count("'") < 40
