@@ -32,7 +32,9 @@ The bench finds rlms' Python from ``--rlms-python``, else ``$RLM_BENCH_RLMS_PYTH
 run is one process of that Python running scripts/rlms_driver.py, which builds rlms' ``RLM``
 with the ``openai`` backend at the scripted server's URL (same model name), its Docker
 environment, ``max_depth`` = the row's depth, and prints its answer. Runs alternate between
-the engines (ours, rlms, ours, ...) so a noisy machine hurts both alike. rlms' containers run
+the engines (ours, rlms, ours, ...) so a noisy machine hurts both alike, and each run starts
+from a settled machine (``settle``: dirty pages flushed, then a 1 s pause), so that neither
+pays for the writeback the other left. rlms' containers run
 with ``--network host`` and reach its host proxy over 127.0.0.1 (``--rlms-network bridge``
 keeps rlms' own default, Docker's bridge, where that bridge exists).
 
@@ -289,6 +291,17 @@ def run_process(
             "stdout": out.read().decode(errors="replace"),
             "stderr": err.read().decode(errors="replace"),
         }
+
+
+SETTLE_S = 1.0
+
+
+def settle() -> None:
+    """Start each measured run, of either engine, from a quiet machine: the dirty pages a run
+    left (rlms writes its context and a state file per cell to its workspace) are flushed
+    first, so their writeback does not land in the next run's time, then a pause."""
+    os.sync()
+    time.sleep(SETTLE_S)
 
 
 def run_cli(args: list[str], env: dict[str, str], server: ScriptedModelServer) -> dict[str, Any]:
@@ -558,6 +571,7 @@ def main() -> None:
                     *row.get("extra", []),
                     *[a for url in args.engines for a in ("--engine", url)],
                 ]
+                settle()
                 run = run_cli(cli_args, env, server)
                 try:
                     res = json.loads(run["stdout"])
@@ -573,6 +587,7 @@ def main() -> None:
                     file=sys.stderr,
                 )
                 if rlms is not None and rlms_note is None:
+                    settle()
                     r = rlms.run(row, stats.path, server)
                     rlms_samples.append(
                         {

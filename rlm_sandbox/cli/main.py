@@ -127,6 +127,22 @@ def main(ctx: click.Context) -> None:
 
     Nothing is imported here: a run starts LiteLLM's import itself, and only when one of its
     models needs LiteLLM (see rlm_sandbox.rlm.lm), once the settings say which models."""
+    if ctx.invoked_subcommand == "run" and _may_prestart():
+        # Before `run` reads its settings (click parses them next): a child starts the
+        # root's container meanwhile, on the other core (rlm_sandbox/sandbox/prestart.py).
+        from rlm_sandbox.rlm.run_setup import new_run_id
+        from rlm_sandbox.sandbox import prestart
+
+        prestart.fork(new_run_id())
+
+
+def _may_prestart() -> bool:
+    """Not for help, the local backend or several engines (the child would find out too,
+    later), nor when ``RLM_SANDBOX_PRESTART=0``."""
+    args = sys.argv[1:]
+    if os.environ.get("RLM_SANDBOX_PRESTART", "1") == "0" or {"-h", "--help"} & set(args):
+        return False
+    return "--engine" not in args and not any(a.startswith("--backend") for a in args)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,10 @@ def run(
     Every option except --task, --input, --glob and the output flags can also come from
     RLM_SANDBOX_* variables or rlm-sandbox.toml (see `rlm-sandbox config show`).
     """
+    from rlm_sandbox.sandbox import prestart
+
+    if prestart.in_child():
+        prestart.child_start(lambda: _root_sandbox_config(o))  # never returns
     from rlm_sandbox.inputs import StreamInput, checked_inputs, collect_inputs
 
     if not model:
@@ -102,7 +106,28 @@ def run(
         )
         with collect_inputs(inputs, globs, stdin=stdin) as found:
             context = checked_inputs(found)  # an empty input refused, a binary one kept as bytes
-            code = execute(model, sub_model, task, context, o, tools=tools, output=output)
+            code = execute(
+                model, sub_model, task, context, o, tools=tools, output=output, run_id=prestart.run_id()
+            )
     except RLMSandboxError as exc:
         fail(exc, o["debug"])
     sys.exit(code)
+
+
+def _root_sandbox_config(o: dict[str, Any]) -> Any:
+    """In the prestart child: the sandbox configuration the run will give its root, by the
+    run's own code (None when the run would not start a container of its own for it)."""
+    from rlm_sandbox.cli.execute import build_config
+
+    config = build_config(o)
+    if config.engines or config.sandbox.backend != "docker":
+        return None
+    return config.node_sandbox_config(prestart_run_id(), "root", None)
+
+
+def prestart_run_id() -> str:
+    from rlm_sandbox.sandbox import prestart
+
+    run_id = prestart.run_id()
+    assert run_id is not None
+    return run_id

@@ -37,6 +37,7 @@ class Lease:
     engine: Engine | None
     pooled: bool
     start_s: float
+    prestarted: bool = False  # started by the CLI's prestart child (sandbox/prestart.py)
 
     @property
     def engine_url(self) -> str | None:
@@ -129,7 +130,12 @@ class RunContainers:
             engine = self.placement.acquire(self.budget.check)
         pool = engine.pool if engine is not None else self.pool
         try:
-            if pool is not None:
+            prestarted = node_id == "root" and engine is None and self.backend is None
+            found = self._prestarted(handler) if prestarted else None
+            prestarted = found is not None
+            if found is not None:
+                sandbox, pooled = found, False
+            elif pool is not None:
                 sandbox, pooled = pool.acquire(handler)
             else:
                 sandbox = Sandbox(
@@ -148,7 +154,20 @@ class RunContainers:
                 self.placement.release(engine)  # type: ignore[union-attr]
             raise
         self._track(node_id, sandbox)
-        return Lease(node_id, sandbox, engine, pooled, time.perf_counter() - t0)
+        return Lease(node_id, sandbox, engine, pooled, time.perf_counter() - t0, prestarted)
+
+    def _prestarted(self, handler: LLMHandler) -> Sandbox | None:
+        """The root's container, when the CLI's prestart child started it for exactly the
+        configuration the root would get (once per process; None otherwise)."""
+        from rlm_sandbox.sandbox import prestart
+
+        if prestart.run_id() != self.run_id:
+            return None
+        config = self.config.node_sandbox_config(self.run_id, "root", None)
+        handover = prestart.take(config, config.start_timeout)
+        if handover is None:
+            return None
+        return Sandbox.adopt(config, handover, llm_handler=handler, progress=self._progress)
 
     def release(self, lease: Lease) -> None:
         """Close the lease's sandbox and give its engine room back."""

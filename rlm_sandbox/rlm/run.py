@@ -232,6 +232,7 @@ class Run:
                 engine=lease.engine_url,
                 start_s=round(lease.start_s, 4),
                 pooled=lease.pooled,
+                prestarted=lease.prestarted,
                 task=node.task[:500],
             )
             await self.offer_tools(lease.sandbox)

@@ -30,6 +30,16 @@ class AttachStream:
         self._leftover = leftover
         self._closed = False
 
+    @property
+    def socket(self) -> socket.socket:
+        """The connection itself (a prestart child hands it to the run)."""
+        return self._sock
+
+    @property
+    def leftover(self) -> bytes:
+        """Bytes that came with the HTTP upgrade, not yet read."""
+        return self._leftover
+
     def recv(self, n: int = 1 << 18) -> bytes:
         """Up to ``n`` bytes; ``b""`` at end of stream (or after close)."""
         if self._leftover:

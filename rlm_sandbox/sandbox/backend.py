@@ -8,6 +8,8 @@ Kubernetes one would map the same calls onto pods and their attach stream.
 
 from __future__ import annotations
 
+import os
+import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,6 +22,36 @@ LABEL_RUN = "rlm-sandbox.run"
 LABEL_NODE = "rlm-sandbox.node"
 LABEL_TENANT = "rlm-sandbox.tenant"
 LABEL_OWNER = "rlm-sandbox.owner"
+
+
+def sandbox_labels(config: SandboxConfig, owner_pid: int | None = None) -> dict[str, str]:
+    """The labels of a sandbox's container: what ``gc`` and the budgets find it by."""
+    return {
+        **config.labels,
+        LABEL: "1",
+        LABEL_RUN: config.run_id or "adhoc",
+        LABEL_NODE: config.node_id or uuid.uuid4().hex[:12],
+        LABEL_TENANT: config.tenant,
+        LABEL_OWNER: owner_label(owner_pid),
+    }
+
+
+def owner_label(pid: int | None = None) -> str:
+    """Who owns a container (``gc`` keeps those of live owners): this process, or ``pid``."""
+    import socket
+
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{process_start_ticks(pid)}"
+
+
+def process_start_ticks(pid: int) -> str:
+    """A pid's start time in clock ticks: a pid reused by another process gets a new one."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().rsplit(b")", 1)[1].split()
+        return stat[19].decode()
+    except (OSError, IndexError):
+        return "0"
 
 
 @dataclass(slots=True)

@@ -9,13 +9,11 @@ concurrently by the handler from a bounded pool.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from rlm_sandbox.errors import (
     CellTimeout,
@@ -28,7 +26,7 @@ from rlm_sandbox.errors import (
 from rlm_sandbox.kernel import protocol as P
 from rlm_sandbox.sandbox.config import SandboxConfig
 
-from .backend import LABEL, LABEL_NODE, LABEL_OWNER, LABEL_RUN, LABEL_TENANT, Backend
+from .backend import Backend, Started, sandbox_labels
 from .cell_result import ExecResult, exec_result
 from .channel import KernelChannel, LLMHandler
 from .context_load import announce_file, stream_pieces
@@ -39,6 +37,9 @@ from .held import Hold
 from .input_file import MIN_BYTES, InputFile
 from .messages import ContextReply, ExecReply
 
+if TYPE_CHECKING:
+    from .prestart import Handover
+
 
 @dataclass(frozen=True, slots=True)
 class ContextInfo:
@@ -48,22 +49,6 @@ class ContextInfo:
     length: int | None
     bytes: int
     via: str = "stream"  # or "file": through the sandbox's input file (sandbox/input_file.py)
-
-
-def owner_label() -> str:
-    import socket
-
-    return f"{socket.gethostname()}:{os.getpid()}:{_process_start_ticks(os.getpid())}"
-
-
-def _process_start_ticks(pid: int) -> str:
-    """A pid's start time in clock ticks: a pid reused by another process gets a new one."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().rsplit(b")", 1)[1].split()
-        return stat[19].decode()
-    except (OSError, IndexError):
-        return "0"
 
 
 #: How long ``close`` waits for a thread busy with the sandbox once its container is killed.
@@ -123,15 +108,7 @@ class Sandbox:
         return self._backend
 
     def labels(self) -> dict[str, str]:
-        cfg = self.config
-        return {
-            **cfg.labels,
-            LABEL: "1",
-            LABEL_RUN: cfg.run_id or "adhoc",
-            LABEL_NODE: cfg.node_id or uuid.uuid4().hex[:12],
-            LABEL_TENANT: cfg.tenant,
-            LABEL_OWNER: owner_label(),
-        }
+        return sandbox_labels(self.config)
 
     def start(self) -> Sandbox:
         with self._lock:
@@ -153,38 +130,73 @@ class Sandbox:
                 self._input_file = inp
             elif inp is not None:
                 inp.close()
-            self.id = started.id
-            self.state = "running"
-            self._channel = KernelChannel(
-                started.stream,
-                limits=FrameLimits(self.config.max_frame_header, self.config.max_frame_payload),
-                io_timeout=self.config.io_timeout,
-                llm_handler=self.llm_handler,
-                llm_concurrency=self.config.llm_concurrency,
-                max_pending_llm=self.config.max_pending_llm,
-                on_fatal=self._on_fatal,
-                name=f"sandbox {started.id[:12]}",
-                max_held=self.config.max_held_bytes,
-                held_stall_s=self.config.held_stall_timeout,
+            return self._open(started, t0)
+
+    @classmethod
+    def adopt(
+        cls,
+        config: SandboxConfig,
+        handover: Handover,
+        *,
+        llm_handler: LLMHandler | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> Sandbox:
+        """The sandbox of a container a prestart child started for ``config`` (see
+        :mod:`rlm_sandbox.sandbox.prestart`): its kernel's ready frame is read here, as for
+        any start. The child keeps the container for it (kills, removes: no Docker client here)."""
+        from .attach import AttachStream
+        from .backend import Started
+        from .prestart import ChildBackend
+        from .registry import live
+
+        backend = ChildBackend(handover.keeper, config.docker_url)
+        live.add(backend, handover.id)
+        sandbox = cls(config, llm_handler=llm_handler, backend=backend, progress=progress)  # type: ignore[arg-type]
+        if handover.input is not None:
+            sandbox._input_file = InputFile.adopt(*handover.input)
+        started = Started(
+            handover.id,
+            AttachStream(handover.sock, handover.leftover),
+            handover.start_s,
+            input_file=handover.input is not None,
+        )
+        with sandbox._lock:
+            return sandbox._open(started, time.perf_counter() - handover.start_s)
+
+    def _open(self, started: Started, t0: float) -> Sandbox:
+        """Talk to a started container's kernel: the channel, then its ready frame."""
+        self.id = started.id
+        self.state = "running"
+        self._channel = KernelChannel(
+            started.stream,
+            limits=FrameLimits(self.config.max_frame_header, self.config.max_frame_payload),
+            io_timeout=self.config.io_timeout,
+            llm_handler=self.llm_handler,
+            llm_concurrency=self.config.llm_concurrency,
+            max_pending_llm=self.config.max_pending_llm,
+            on_fatal=self._on_fatal,
+            name=f"sandbox {started.id[:12]}",
+            max_held=self.config.max_held_bytes,
+            held_stall_s=self.config.held_stall_timeout,
+        )
+        self._channel.frame_stall_s = self.config.kill_grace
+        try:
+            ready = self._channel.wait_ready(self.config.start_timeout)
+        except SandboxError as exc:
+            self._raise_failure(exc)
+        except BaseException:
+            self.close()
+            raise
+        if ready is None:
+            self.kill_for("start timeout")
+            self.close()
+            raise SandboxStartError(
+                f"the kernel did not report ready within {self.config.start_timeout:g} s",
+                hint="the engine may be overloaded; raise start_timeout",
             )
-            self._channel.frame_stall_s = self.config.kill_grace
-            try:
-                ready = self._channel.wait_ready(self.config.start_timeout)
-            except SandboxError as exc:
-                self._raise_failure(exc)
-            except BaseException:
-                self.close()
-                raise
-            if ready is None:
-                self.kill_for("start timeout")
-                self.close()
-                raise SandboxStartError(
-                    f"the kernel did not report ready within {self.config.start_timeout:g} s",
-                    hint="the engine may be overloaded; raise start_timeout",
-                )
-            self.kernel_pid = ready.pid
-            self.start_s = time.perf_counter() - t0
-            return self
+        self.kernel_pid = ready.pid
+        self.start_s = time.perf_counter() - t0
+        return self
 
     def _new_input_file(self) -> InputFile | None:
         """The file large loads will go through, when the config allows it; None when it

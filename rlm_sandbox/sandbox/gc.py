@@ -9,8 +9,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
-from .backend import LABEL_OWNER, LABEL_TENANT, Backend, SandboxInfo
-from .core import _process_start_ticks
+from .backend import LABEL_OWNER, LABEL_TENANT, Backend, SandboxInfo, process_start_ticks
 
 
 @dataclass(slots=True)
@@ -28,7 +27,7 @@ def owner_alive(owner: str) -> bool:
         return False
     if host != socket.gethostname():
         return True  # another machine's controller: not ours to judge
-    return _process_start_ticks(pid) == ticks and ticks != "0"
+    return process_start_ticks(pid) == ticks and ticks != "0"
 
 
 def collect_garbage(

@@ -163,6 +163,14 @@ def build_base(
         raise ImageBuildError(f"building the base image {tag} failed:\n{tail}")
 
 
+def image_if_built(client, config: SandboxConfig) -> str | None:
+    """The image ``ensure_image`` would return when nothing needs building; else None."""
+    if config.image:
+        return config.image if _has_image(client, config.image) else None
+    tag = sandbox_tag(config.base_image, check_package_names(config.image_packages))
+    return tag if _has_image(client, tag) else None
+
+
 def ensure_image(client, config: SandboxConfig, progress: Progress | None = None, force: bool = False) -> str:
     """Return a usable image tag, building the base, the package layer (``image_packages``)
     and the sandbox image if needed. A built image costs one inspect: no build, no lock."""

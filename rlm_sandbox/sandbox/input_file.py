@@ -71,8 +71,11 @@ class Filled:
 class InputFile:
     """The private file one sandbox's large loads go through (one per sandbox)."""
 
-    def __init__(self, root: str | None = None) -> None:
-        self.dir = tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-", dir=root or spool_root())
+    def __init__(self, root: str | None = None, *, owner_pid: int | None = None) -> None:
+        """``owner_pid``: the process the file is for, when another makes it (a prestart
+        child): its pid names the directory, so ``gc`` knows whose it is."""
+        owner = os.getpid() if owner_pid is None else owner_pid
+        self.dir = tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{owner}-", dir=root or spool_root())
         self.path = os.path.join(self.dir, "input")
         try:
             self._fd = os.open(
@@ -82,6 +85,16 @@ class InputFile:
         except OSError:
             shutil.rmtree(self.dir, ignore_errors=True)
             raise
+
+    @classmethod
+    def adopt(cls, directory: str, path: str, fd: int) -> InputFile:
+        """The input file a prestart child made for this process (its descriptor passed over)."""
+        inp = cls.__new__(cls)
+        inp.dir, inp.path, inp._fd = directory, path, fd
+        return inp
+
+    def fileno(self) -> int:
+        return self._fd
 
     def has_room(self, size: int) -> bool:
         """Can the file take ``size`` bytes and leave the host's tmpfs some room?"""

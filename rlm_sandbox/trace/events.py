@@ -157,6 +157,7 @@ class NodeStart(NodeEvent):
     engine: Str | None = None
     start_s: Num | None = None
     pooled: bool | None = None
+    prestarted: bool | None = None  # started by the CLI's prestart child, during its imports
     task: Str | None = None
 
 

@@ -149,6 +149,52 @@ def test_signals_mid_run_remove_every_container(scripted, run_id: str, tmp_path:
     assert last["event"] == "run_end" and last["status"] in ("error", "budget_exhausted")
 
 
+def test_a_killed_controllers_root_container_is_removed_by_its_keeper(
+    scripted, run_id: str, tmp_path: Path
+) -> None:
+    """The CLI's root container was started by a child forked at its start (sandbox/prestart.py),
+    which keeps it for the run: SIGKILL the run, and the keeper removes it, input file too."""
+    server = scripted(never_finishes, latency_s=0.3)
+    trace = tmp_path / "trace.jsonl"
+    big = tmp_path / "big.log"
+    big.write_text("line of input\n" * 200_000)  # 2.8 MB: through the input file
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rlm_sandbox.cli",
+            *base_args(server, run_id),
+            "--task",
+            "t",
+            "-i",
+            str(big),
+            "--trace",
+            str(trace),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, **KEY_ENV},
+    )
+    assert _wait_for_containers(run_id), proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "node_start" not in (trace.read_text() if trace.exists() else ""):
+        time.sleep(0.05)
+    start = next(json.loads(line) for line in trace.read_text().splitlines() if '"node_start"' in line)
+    assert start["prestarted"] is True and start["pooled"] is False
+    from rlm_sandbox.sandbox.input_file import DIR_PREFIX, spool_root
+
+    spools = list(Path(spool_root()).glob(f"{DIR_PREFIX}{proc.pid}-*"))
+    assert len(spools) == 1  # named for the run, not for the child that made it
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (tenant_containers(run_id) or spools[0].exists()):
+        time.sleep(0.1)
+    assert tenant_containers(run_id) == [] and containers_of(run_id) == []
+    assert not spools[0].exists()
+
+
 def test_gc_removes_what_a_killed_controller_left(scripted, run_id: str) -> None:
     server = scripted(never_finishes, latency_s=0.3)
     proc = subprocess.Popen(
@@ -157,7 +203,8 @@ def test_gc_removes_what_a_killed_controller_left(scripted, run_id: str) -> None
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=ROOT,
-        env={**os.environ, **KEY_ENV},
+        # No prestart: its keeper would remove the container, and this is gc's test.
+        env={**os.environ, **KEY_ENV, "RLM_SANDBOX_PRESTART": "0"},
     )
     proc.stdin.write(b"input")  # type: ignore[union-attr]
     proc.stdin.close()  # type: ignore[union-attr]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from rlm_sandbox import Sandbox, SandboxConfig
-from rlm_sandbox.sandbox.core import owner_label
+from rlm_sandbox.sandbox.backend import owner_label
 from rlm_sandbox.sandbox.docker_backend import docker_client
 
 pytestmark = pytest.mark.docker

@@ -1,0 +1,96 @@
+"""The prestart (sandbox/prestart.py): a forked child starts a container for a configuration,
+the process takes it only for exactly that configuration, and whoever ends first, nothing is
+left. Each case is its own process (a fork needs a process without threads)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ..conftest import ROOT, containers_of
+
+pytestmark = pytest.mark.docker
+
+SCRIPT = """
+import json, os, sys, time
+from rlm_sandbox.sandbox import prestart
+
+run_id, case = sys.argv[1], sys.argv[2]
+prestart.fork(run_id)
+from rlm_sandbox.sandbox.config import SandboxConfig
+
+cfg = SandboxConfig(run_id=run_id, node_id=run_id + ".root", tenant=run_id, memory="256m")
+if prestart.in_child():
+    prestart.child_start(lambda: cfg)
+out = {"child": prestart._pending.pid}
+if case == "other":  # the run computed another configuration: declined
+    out["taken"] = prestart.take(cfg.model_copy(update={"memory": "512m"}), 30) is not None
+elif case == "abandon":  # the run ended before its root started
+    prestart.abandon()
+    out["taken"] = False
+else:
+    from rlm_sandbox.sandbox.core import Sandbox
+    from rlm_sandbox.sandbox.input_file import spool_root
+
+    handover = prestart.take(cfg, 30)
+    out["taken"] = handover is not None
+    sb = Sandbox.adopt(cfg, handover)
+    out["input_file"] = sb.input_file
+    sb.load_context("x" * (2 << 20))
+    out["cell"] = sb.execute("print(len(context))").stdout
+    out["exit"] = sb.backend.exit_info(sb.id).running
+    out["dir"] = sb._input_file.dir
+    if case == "die":  # the run dies with its container alive: the child removes it
+        print(json.dumps(out), flush=True)
+        os._exit(3)
+    sb.close()
+    out["dir_left"] = os.path.exists(out["dir"])
+print(json.dumps(out), flush=True)
+"""
+
+
+def run_case(run_id: str, case: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, run_id, case], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert proc.stdout, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def gone(run_id: str, seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while containers_of(run_id):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_the_run_takes_the_container_made_for_its_configuration(run_id: str) -> None:
+    out = run_case(run_id, "take")
+    assert out["taken"] and out["input_file"] and out["exit"] is True
+    assert out["cell"] == f"{2 << 20}\n"
+    assert not out["dir_left"] and containers_of(run_id) == []  # close removed it, at once
+
+
+@pytest.mark.parametrize("case", ["other", "abandon"])
+def test_a_declined_container_is_removed_by_the_child(run_id: str, case: str) -> None:
+    out = run_case(run_id, case)
+    assert out["taken"] is False
+    assert gone(run_id)
+
+
+def test_a_run_that_dies_leaves_nothing_behind(run_id: str) -> None:
+    import os
+
+    out = run_case(run_id, "die")
+    assert out["taken"] and out["cell"] == f"{2 << 20}\n"
+    assert gone(run_id)
+    deadline = time.monotonic() + 10
+    while os.path.exists(out["dir"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(out["dir"])
