@@ -73,7 +73,10 @@ def run(
     from rlm_sandbox.sandbox import prestart
 
     if prestart.in_child():
-        prestart.child_start(lambda: _root_sandbox_config(o))  # never returns
+        prestart.child_start(
+            lambda: _root_sandbox_config(o, model, sub_model, inputs, globs, tools_spec),
+            lambda: _root_preload(inputs, globs, o),
+        )  # never returns
     from rlm_sandbox.inputs import StreamInput, checked_inputs, collect_inputs
 
     if not model:
@@ -114,15 +117,60 @@ def run(
     sys.exit(code)
 
 
-def _root_sandbox_config(o: dict[str, Any]) -> Any:
+def _root_sandbox_config(
+    o: dict[str, Any],
+    model: str | None,
+    sub_model: str | None,
+    inputs: tuple[str, ...],
+    globs: tuple[str, ...],
+    tools_spec: str | None,
+) -> Any:
     """In the prestart child: the sandbox configuration the run will give its root, by the
-    run's own code (None when the run would not start a container of its own for it)."""
+    run's own code; None when the run would not start a container of its own for it, or
+    would stop before any container starts (no model, a missing key, an input past the cap
+    or empty), or when the child should not import the user's code (--tools)."""
     from rlm_sandbox.cli.execute import build_config
+    from rlm_sandbox.inputs import checked_inputs, collect_inputs
+    from rlm_sandbox.rlm.lm.base import missing_key
 
+    if not model or tools_spec:
+        return None
     config = build_config(o)
     if config.engines or config.sandbox.backend != "docker":
         return None
+    names = {model, sub_model or model, *config.depth_models.values()}
+    if any(missing_key(name, api_base=config.api_base, api_key=None) for name in names):
+        return None
+    if inputs and "-" not in inputs:
+        try:
+            with collect_inputs(inputs, globs) as found:
+                found.bound(*config.input_cap()).check_known_sizes()
+                checked_inputs(found)
+        except Exception:
+            return None
     return config.node_sandbox_config(prestart_run_id(), "root", None)
+
+
+def _root_preload(inputs: tuple[str, ...], globs: tuple[str, ...], o: dict[str, Any]) -> Any:
+    """In the prestart child: the input the run will load, when it is one plain file (its
+    absolute path, ``str`` or ``bytes`` as the run decides it, and the cap on the input);
+    None for anything else (the run loads it itself)."""
+    from rlm_sandbox.cli.execute import build_config
+    from rlm_sandbox.input_check import BinaryInput
+    from rlm_sandbox.inputs import InputSet, checked_inputs, collect_inputs
+
+    if len(inputs) != 1 or globs or inputs[0] == "-":
+        return None
+    with collect_inputs(inputs, globs) as found:
+        checked = checked_inputs(found)
+        if isinstance(checked, BinaryInput) and isinstance(checked.source, os.PathLike):
+            path, kind = checked.source, "bytes"
+        elif isinstance(checked, InputSet) and checked.simple_path() is not None:
+            path, kind = checked.simple_path(), "str"
+        else:
+            return None
+    cap, _source = build_config(o).input_cap()
+    return os.path.abspath(path), kind, cap
 
 
 def prestart_run_id() -> str:

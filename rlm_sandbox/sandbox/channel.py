@@ -97,7 +97,11 @@ class KernelChannel:
         name: str = "sandbox",
         max_held: int = 768 << 20,
         held_stall_s: float = 600.0,
+        expect_first: tuple[int, type] | None = None,
     ) -> None:
+        """``expect_first``: a reply already on its way (to a request someone else sent
+        before this channel existed: a prestart child's load), registered before any byte is
+        read; its waiter is :attr:`first_waiter`."""
         self.stream = stream
         self.io_timeout = io_timeout
         self.llm_handler = llm_handler
@@ -125,6 +129,8 @@ class KernelChannel:
         self._inflight: set[concurrent.futures.Future[str]] = set()
         self._pool = ThreadPoolExecutor(max_workers=llm_concurrency, thread_name_prefix=f"{name}-llm")
         self._closed = False
+        self.first_waiter = None if expect_first is None else _Waiter(*expect_first, threading.Event())
+        self._waiter = self.first_waiter
         self._reader = threading.Thread(target=self._read_loop, name=f"{name}-reader", daemon=True)
         self._reader.start()
 

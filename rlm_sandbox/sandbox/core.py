@@ -38,7 +38,7 @@ from .input_file import MIN_BYTES, InputFile
 from .messages import ContextReply, ExecReply
 
 if TYPE_CHECKING:
-    from .prestart import Handover
+    from .prestart import Handover, Preload
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +84,7 @@ class Sandbox:
         self._next_id = 2  # even ids: requests started by the host
         self.killed_for: str | None = None
         self._input_file: InputFile | None = None  # large loads go through it (a local engine)
+        self._preloaded: Preload | None = None  # the context a prestart child loaded
 
     # ---- lifecycle
 
@@ -160,10 +161,33 @@ class Sandbox:
             handover.start_s,
             input_file=handover.input is not None,
         )
+        pre = handover.preload
         with sandbox._lock:
-            return sandbox._open(started, time.perf_counter() - handover.start_s)
+            first = (pre.ident, ContextReply) if pre is not None else None
+            sandbox._open(started, time.perf_counter() - handover.start_s, expect_first=first)
+            if pre is not None:
+                sandbox._next_id = pre.ident + 2
+                sandbox._preloaded = sandbox._preload_reply(pre)
+        return sandbox
 
-    def _open(self, started: Started, t0: float) -> Sandbox:
+    def _preload_reply(self, pre: Preload) -> Preload | None:
+        """The kernel's answer to the child's load: the preload when it built ``context``."""
+        channel = self._channel
+        assert channel is not None and channel.first_waiter is not None
+        try:
+            reply = channel.wait(channel.first_waiter, self.config.io_timeout + pre.size / 50e6)
+        except SandboxError as exc:
+            self._raise_failure(exc)
+        if not reply:
+            self.kill_for("context load stalled")
+            self._raise_failure(ProtocolViolation("the kernel did not confirm the prestart's context"))
+        msg: ContextReply = reply[0]
+        if msg.status != "ok":
+            return None
+        pre.info = ContextInfo(type=msg.type or "?", length=msg.length, bytes=pre.size, via="file")
+        return pre
+
+    def _open(self, started: Started, t0: float, expect_first: tuple[int, type] | None = None) -> Sandbox:
         """Talk to a started container's kernel: the channel, then its ready frame."""
         self.id = started.id
         self.state = "running"
@@ -178,6 +202,7 @@ class Sandbox:
             name=f"sandbox {started.id[:12]}",
             max_held=self.config.max_held_bytes,
             held_stall_s=self.config.held_stall_timeout,
+            expect_first=expect_first,
         )
         self._channel.frame_stall_s = self.config.kill_grace
         try:
@@ -337,6 +362,11 @@ class Sandbox:
     ) -> ContextInfo:
         with self._lock:
             channel = self._check_usable()
+            pre, self._preloaded = self._preloaded, None
+            if pre is not None and pre.info is not None and pre.matches(data, kind):
+                if self._input_file is not None:
+                    self._input_file.clear()
+                return pre.info
             source, size, ctx_kind = context_source(data, kind)
             chunk = self.config.context_chunk
             inp = self._input_file

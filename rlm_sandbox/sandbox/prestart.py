@@ -30,6 +30,7 @@ import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the fork happens before pydantic is imported: nothing heavy at the top
@@ -93,21 +94,30 @@ def _quiet() -> None:
 # ---------------------------------------------------------------- the child
 
 
-def child_start(make_config: Callable[[], SandboxConfig | None]) -> None:
+def child_start(
+    make_config: Callable[[], SandboxConfig | None],
+    make_preload: Callable[[], tuple[str, str, int] | None] = lambda: None,
+) -> None:
     """In the child: start the container ``make_config()`` describes (None: not eligible),
-    hand it over, and end the process; never returns."""
+    load the input ``make_preload()`` names (a plain file's absolute path, its kind and the
+    cap on the input; None: the run loads its own), hand both over, and end the process;
+    never returns."""
     state = _in_child
     assert state is not None
     code = 0
     try:
-        _child(state, make_config)
+        _child(state, make_config, make_preload)
     except BaseException:
         code = 1
     finally:
         os._exit(code)
 
 
-def _child(state: _Pending, make_config: Callable[[], SandboxConfig | None]) -> None:
+def _child(
+    state: _Pending,
+    make_config: Callable[[], SandboxConfig | None],
+    make_preload: Callable[[], tuple[str, str, int] | None],
+) -> None:
     from .backend import sandbox_labels
     from .docker_backend import DockerBackend, can_mount_input
     from .image import image_if_built
@@ -135,6 +145,8 @@ def _child(state: _Pending, make_config: Callable[[], SandboxConfig | None]) -> 
             "leftover": started.stream.leftover.hex(),
             "input": {"dir": inp.dir, "path": inp.path} if inp is not None and started.input_file else None,
         }
+        if header["input"] is not None and inp is not None:
+            header["preload"] = _preload(sock, inp, make_preload)
         body = json.dumps(header).encode()
         fds = [sock.fileno()] + ([inp.fileno()] if header["input"] else [])
         socket.send_fds(state.sock, [_HEADER.pack(len(body)) + body], fds)
@@ -150,6 +162,39 @@ def _child(state: _Pending, make_config: Callable[[], SandboxConfig | None]) -> 
         backend.remove(started.id)
     if inp is not None:
         inp.close()
+
+
+def _preload(sock: socket.socket, inp: Any, make_preload: Callable[[], Any]) -> dict[str, Any] | None:
+    """Fill the input file from the run's one plain input and ask the kernel to load it
+    (request id 2, the first the run would use): by the time the run needs ``context``,
+    the kernel has it. Any doubt (a cap, a file that changed while copied): no preload."""
+    from rlm_sandbox.kernel import protocol as P
+
+    try:
+        wanted = make_preload()
+    except Exception:
+        return None
+    if wanted is None:
+        return None
+    path, kind, cap = wanted
+    try:
+        before = _identity(path)
+        if before[0] > cap or not inp.has_room(before[0]):
+            return None
+        filled = inp.fill(Path(path), lambda _chunk: iter(()), before[0], 4 << 20)
+        if filled.error is not None or filled.size != before[0] or _identity(path) != before:
+            inp.clear()
+            return None
+    except OSError:
+        inp.clear()
+        return None
+    ident = 2
+    frames = P.encode_header(
+        {"t": P.CONTEXT_BEGIN, "id": ident, "kind": kind, "size": filled.size, "file": filled.nonce}
+    )
+    frames += P.encode_header({"t": P.CONTEXT_END, "id": ident})
+    sock.sendall(frames)
+    return {"ident": ident, "path": path, "kind": kind, "size": filled.size, "stat": list(before)}
 
 
 def _serve(sock: socket.socket, backend: Any, sandbox_id: str, inp: Any) -> None:
@@ -188,6 +233,33 @@ def _serve(sock: socket.socket, backend: Any, sandbox_id: str, inp: Any) -> None
 
 
 @dataclass
+class Preload:
+    """The input the child already loaded into the kernel: one plain file, named by its
+    absolute path and what ``stat`` said of it, as ``kind``. The run uses it only for the
+    same file, unchanged (same size, mtime, inode, device), loaded the same way."""
+
+    ident: int
+    path: str
+    kind: str
+    size: int
+    stat: tuple[int, int, int, int]
+    info: Any = None  # the kernel's ContextInfo, once the run read its reply
+
+    def matches(self, data: Any, kind: str | None) -> bool:
+        if not isinstance(data, os.PathLike) or (kind or "str") != self.kind:
+            return False
+        try:
+            return os.path.abspath(data) == self.path and _identity(self.path) == self.stat
+        except OSError:
+            return False
+
+
+def _identity(path: str) -> tuple[int, int, int, int]:
+    st = os.stat(path)
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+@dataclass
 class Handover:
     """What the child started: its id, the child's end of the pair, its attach socket and
     what came with the upgrade, and its input file (directory, path, descriptor) when it is
@@ -199,6 +271,7 @@ class Handover:
     leftover: bytes
     start_s: float
     input: tuple[str, str, int] | None
+    preload: Preload | None = None
 
 
 def take(expected: SandboxConfig, timeout_s: float) -> Handover | None:
@@ -246,7 +319,23 @@ def take(expected: SandboxConfig, timeout_s: float) -> Handover | None:
         leftover=bytes.fromhex(header["leftover"]),
         start_s=float(header["start_s"]),
         input=(inp["dir"], inp["path"], fds[1]) if inp else None,
+        preload=_preload_of(header.get("preload")) if inp else None,
     )
+
+
+def _preload_of(value: Any) -> Preload | None:
+    if not isinstance(value, dict):
+        return None
+    try:
+        return Preload(
+            ident=int(value["ident"]),
+            path=str(value["path"]),
+            kind=str(value["kind"]),
+            size=int(value["size"]),
+            stat=tuple(int(x) for x in value["stat"]),  # type: ignore[arg-type]
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def abandon() -> None:
