@@ -209,7 +209,7 @@ class RLM:
         answer, outcome = None, Outcome()
         caller_cancelled = False
         try:
-            run.check_credentials()  # a missing key fails here, before any container starts
+            run.models.check_credentials()  # a missing key fails here, before any container starts
             run.take_input(context)  # a known size past the cap stops here: no container yet
             # The engines' check and the warm pools start while the root's first model call
             # is already out (the call needs nothing from a container).

@@ -122,8 +122,11 @@ class RunContainers:
 
     # ---- a node's sandbox
 
-    def acquire(self, node_id: str, handler: LLMHandler) -> Lease:
-        """A started sandbox for ``node_id``; on failure nothing is left held."""
+    def acquire(self, node_id: str, handler: LLMHandler, *, prepare: bool = False) -> Lease:
+        """A started sandbox for ``node_id``; on failure nothing is left held. ``prepare``
+        (the run's first node): :meth:`start` first, in the same worker thread."""
+        if prepare:
+            self.start()
         t0 = time.perf_counter()
         engine = None
         if self.placement is not None:
@@ -155,6 +158,12 @@ class RunContainers:
             raise
         self._track(node_id, sandbox)
         return Lease(node_id, sandbox, engine, pooled, time.perf_counter() - t0, prestarted)
+
+    def prestarted(self) -> bool:
+        """Has the CLI's prestart child (probably) started the root's container already?"""
+        from rlm_sandbox.sandbox import prestart
+
+        return self.backend is None and not self.config.engines and prestart.run_id() == self.run_id
 
     def _prestarted(self, handler: LLMHandler) -> Sandbox | None:
         """The root's container, when the CLI's prestart child started it for exactly the

@@ -67,6 +67,14 @@ class ModelRouter:
         """Every client of the run, once each."""
         return list({id(c): c for c in self._clients.values()}.values())
 
+    def check_credentials(self) -> None:
+        """Refuse, before any container starts, a model whose key is certainly missing (the
+        error names the variable to set); the clients that cannot know say nothing here."""
+        for client in self.clients():
+            check = getattr(client, "check_credentials", None)
+            if callable(check):
+                check()
+
     def for_node(self, depth: int) -> Any:
         """The model an RLM node at ``depth`` writes its code with."""
         return self._by_depth.get(depth) or (self.root if depth == 0 else self.sub)

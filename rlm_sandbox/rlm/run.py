@@ -149,18 +149,6 @@ class Run:
         )
         return run
 
-    def check_credentials(self) -> None:
-        """Refuse, before any container starts, a model whose key is certainly missing (the
-        error names the variable to set); the clients that cannot know say nothing here."""
-        for client in self.models.clients():
-            check = getattr(client, "check_credentials", None)
-            if callable(check):
-                check()
-
-    def start_containers(self) -> None:
-        """Engines probed and warm pools filling (blocking: run it in a worker thread)."""
-        self.containers.start()
-
     def note_engines(self) -> None:
         """Say in the trace where nodes can go, once the engines were probed."""
         if self.containers.placement is not None:
@@ -189,12 +177,11 @@ class Run:
         engine, a sandbox (pooled or new) with the run's tools, traced from ``node_begin`` to
         ``node_end`` and released whatever happens (a cancelled run too).
 
-        ``while_starting`` runs once the node is admitted and its container asked for: the
-        node sends its first model call there, so the call and the container start overlap.
-        The container is asked for first: its start is the longer way (engines, Docker's
-        import, create, start), and a worker thread waits on the engine while the loop
-        builds the call. ``prepare_engines`` (the run's first node): its worker probes the engines and
-        starts the warm pools before its container (:meth:`start_containers`)."""
+        ``while_starting`` runs once the node is admitted: the node sends its first model
+        call there, so the call and the container start overlap. The container is asked for
+        first (its start is the longer way: engines, Docker, the kernel), unless the CLI's
+        prestart child has it ready. ``prepare_engines`` (the run's first node): the engines
+        are probed and the warm pools started first, in the same worker."""
         tracer = self.tracer
         tracer.emit("node_begin", node=node.id, parent=node.parent, depth=node.depth)
         self._node_entered()
@@ -205,13 +192,13 @@ class Run:
         try:
             await self.budget.aadmit_node(node.depth)  # a container slot: released below, whatever happens
             admitted = True
-            acquiring = blocking(
-                self._prepare_and_acquire if prepare_engines else self.containers.acquire,
-                node.id,
-                node.handler,
-            )
+            # A container the CLI's prestart child started is ready: then the call goes first.
+            first_call = while_starting if node.parent is None and self.containers.prestarted() else None
+            if first_call is not None:
+                first_call()
+            acquiring = blocking(self.containers.acquire, node.id, node.handler, prepare=prepare_engines)
             try:
-                if while_starting is not None:
+                if while_starting is not None and first_call is None:
                     while_starting()
             finally:
                 # A start in flight is waited for even when the node is cancelled meanwhile (or
@@ -265,10 +252,6 @@ class Run:
             self._node_left()
             if cancelled:
                 raise asyncio.CancelledError
-
-    def _prepare_and_acquire(self, node_id: str, handler: LLMHandler) -> Lease:
-        self.start_containers()
-        return self.containers.acquire(node_id, handler)
 
     async def offer_tools(self, sandbox: Sandbox) -> None:
         """Give the kernel a proxy per host tool; they live in its engine names, so they are

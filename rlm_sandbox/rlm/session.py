@@ -90,7 +90,7 @@ class Session:
         self._opened = run.snapshot()
         node = self.node = Node(run, depth=0, parent=None, context=self.context, task="(session)")
         try:
-            run.check_credentials()  # a missing key fails here, before any container starts
+            run.models.check_credentials()  # a missing key fails here, before any container starts
             run.take_input(self.context)
             self._sandbox = await self._stack.enter_async_context(
                 run.node_sandbox(node, prepare_engines=True)

@@ -252,3 +252,42 @@ def test_invalid_arguments(path: str) -> None:
         PATHS[path]("")
     with pytest.raises(ValueError):
         PATHS[path]("openai/x", max_retries=0)
+
+
+def test_a_plain_http_server_gets_no_tls_setup_and_its_redirects_are_not_followed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No TLS is ever spoken to an ``http://`` server, so the client sets none up (the CA
+    bundle costs a twentieth of a second of the first call); and it follows none of its
+    redirects, so no request leaves it for an unverified ``https://`` URL. With a proxy, or
+    an ``https://`` server, both stay as the OpenAI SDK has them."""
+    import http.server
+
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(307)
+            self.send_header("Location", "https://example.invalid/v1/chat/completions")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+        plain = OpenAICompatClient("openai/x", api_base=base, api_key="sk-x", max_retries=1)
+        assert plain._transport_options() == {"verify": False, "follow_redirects": False}
+        with pytest.raises(LMError) as info:
+            plain.completion(PROMPT)
+        assert "307" in str(info.value) and "redirect" in str(info.value)
+    finally:
+        httpd.shutdown()
+    tls = OpenAICompatClient("openai/x", api_base="https://api.example.invalid/v1", api_key="sk-x")
+    assert tls._transport_options() == {"follow_redirects": True}
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    assert plain._transport_options() == {"follow_redirects": True}

@@ -124,6 +124,9 @@ def request_body(
     return body
 
 
+_PROXY_ENV = ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
 class OpenAICompatClient:
     """A thread-safe client of an OpenAI-compatible chat-completions endpoint (see the module).
 
@@ -216,7 +219,7 @@ class OpenAICompatClient:
                     # The OpenAI SDK's pool sizes; one client for every thread of the run.
                     self._client = httpx.Client(
                         limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
-                        follow_redirects=True,  # as the OpenAI SDK does
+                        **self._transport_options(),
                     )
         return self._client
 
@@ -233,9 +236,20 @@ class OpenAICompatClient:
             if client is None:
                 client = self._aclients[loop] = httpx.AsyncClient(
                     limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
-                    follow_redirects=True,
+                    **self._transport_options(),
                 )
         return client
+
+    def _transport_options(self) -> dict[str, Any]:
+        """Redirects followed, as the OpenAI SDK does, and TLS verified; except for a plain
+        ``http://`` server reached without a proxy (a local vLLM, Ollama, llama.cpp, the
+        scripted model): no TLS is ever spoken to it, so none is set up (loading the CA
+        bundle is a twentieth of a second of the first call), and its redirects are not
+        followed, so no request can leave it for an ``https://`` URL unverified."""
+        plain = self.base_url().lower().startswith("http://")
+        if plain and not any(os.environ.get(name) for name in _PROXY_ENV):
+            return {"verify": False, "follow_redirects": False}
+        return {"follow_redirects": True}
 
     async def aclose(self) -> None:
         """Close the pooled connections, this loop's and the sync client's: the run that

@@ -117,6 +117,10 @@ def _http_failure(status: int, raw: bytes, ctype: str, retry_after: float | None
         elif isinstance(parsed.get("detail"), str):
             message = parsed["detail"]
     detail = f"HTTP {status}: " + (scrub(message, key) if message else excerpt(raw, key))
+    if 300 <= status < 400:
+        detail += (
+            " (a redirect: a plain-http server's are not followed; give --api-base the URL it redirects to)"
+        )
     kind = _STATUS_KINDS.get(status) or ("server" if status >= 500 else "bad_request")
     lowered = (message or "").lower()
     window = kind == "bad_request" and (
