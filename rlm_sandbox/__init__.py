@@ -6,7 +6,7 @@ fast: docker-py and LiteLLM are loaded only when something needs them.
 
 from __future__ import annotations
 
-from typing import Any
+from rlm_sandbox.lazy_names import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -54,12 +54,4 @@ for _name in _ERRORS:
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'rlm_sandbox' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

@@ -6,7 +6,7 @@ Names are imported lazily, as the package's own: importing one small module of t
 
 from __future__ import annotations
 
-from typing import Any
+from rlm_sandbox.lazy_names import lazy_getattr
 
 _EXPORTS = {
     "ExecResult": "rlm_sandbox.sandbox.cell_result",
@@ -18,12 +18,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'rlm_sandbox.sandbox' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

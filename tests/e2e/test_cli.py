@@ -24,6 +24,18 @@ COUNT = 'How many lines contain "ERROR disk"?'
 KEY_ENV = {"OPENAI_API_KEY": ScriptedModelServer.api_key}
 
 
+def spawn(*args: str, stdin: int | None = subprocess.PIPE, **env: str) -> subprocess.Popen[bytes]:
+    """``rlm-sandbox ARGS`` in a child process, with the scripted server's key (and ``env``)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "rlm_sandbox.cli", *args],
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, **KEY_ENV, **env},
+    )
+
+
 def base_args(server: ScriptedModelServer, run_id: str | None = None) -> list[str]:
     args = ["run", "--model", server.model_name, "--api-base", server.url]
     return args + (["--tenant", run_id] if run_id else [])
@@ -120,23 +132,7 @@ def _wait_for_containers(label: str, timeout: float = 60) -> list[str]:
 def test_signals_mid_run_remove_every_container(scripted, run_id: str, tmp_path: Path, sig: int) -> None:
     server = scripted(never_finishes, latency_s=0.3)
     trace = tmp_path / "t.jsonl"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rlm_sandbox.cli",
-            *base_args(server, run_id),
-            "--task",
-            "t",
-            "--trace",
-            str(trace),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-        env={**os.environ, **KEY_ENV},
-    )
+    proc = spawn(*base_args(server, run_id), "--task", "t", "--trace", str(trace))
     proc.stdin.write(b"some input")  # type: ignore[union-attr]
     proc.stdin.close()  # type: ignore[union-attr]
     assert _wait_for_containers(run_id), proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
@@ -158,24 +154,7 @@ def test_a_killed_controllers_root_container_is_removed_by_its_keeper(
     trace = tmp_path / "trace.jsonl"
     big = tmp_path / "big.log"
     big.write_text("line of input\n" * 200_000)  # 2.8 MB: through the input file
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rlm_sandbox.cli",
-            *base_args(server, run_id),
-            "--task",
-            "t",
-            "-i",
-            str(big),
-            "--trace",
-            str(trace),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-        env={**os.environ, **KEY_ENV},
-    )
+    proc = spawn(*base_args(server, run_id), "--task", "t", "-i", str(big), "--trace", str(trace), stdin=None)
     assert _wait_for_containers(run_id), proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and "node_start" not in (trace.read_text() if trace.exists() else ""):
@@ -197,15 +176,8 @@ def test_a_killed_controllers_root_container_is_removed_by_its_keeper(
 
 def test_gc_removes_what_a_killed_controller_left(scripted, run_id: str) -> None:
     server = scripted(never_finishes, latency_s=0.3)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rlm_sandbox.cli", *base_args(server, run_id), "--task", "t"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-        # No prestart: its keeper would remove the container, and this is gc's test.
-        env={**os.environ, **KEY_ENV, "RLM_SANDBOX_PRESTART": "0"},
-    )
+    # No prestart: its keeper would remove the container, and this is gc's test.
+    proc = spawn(*base_args(server, run_id), "--task", "t", RLM_SANDBOX_PRESTART="0")
     proc.stdin.write(b"input")  # type: ignore[union-attr]
     proc.stdin.close()  # type: ignore[union-attr]
     left = _wait_for_containers(run_id)
