@@ -142,11 +142,8 @@ class Sandbox:
         llm_handler: LLMHandler | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> Sandbox:
-        """The sandbox of a container a prestart child started for ``config`` (see
-        :mod:`rlm_sandbox.sandbox.prestart`): its kernel's ready frame is read here, as for
-        any start. The child keeps the container for it (kills, removes: no Docker client here)."""
-        from .attach import AttachStream
-        from .backend import Started
+        """The sandbox of a container a prestart child started for ``config`` and keeps for
+        it (kills, removes; :mod:`rlm_sandbox.sandbox.prestart`), ready frame read here."""
         from .prestart import ChildBackend
         from .registry import live
 
@@ -155,37 +152,21 @@ class Sandbox:
         sandbox = cls(config, llm_handler=llm_handler, backend=backend, progress=progress)  # type: ignore[arg-type]
         if handover.input is not None:
             sandbox._input_file = InputFile.adopt(*handover.input)
-        started = Started(
-            handover.id,
-            AttachStream(handover.sock, handover.leftover),
-            handover.start_s,
-            input_file=handover.input is not None,
-        )
         pre = handover.preload
         with sandbox._lock:
             first = (pre.ident, ContextReply) if pre is not None else None
-            sandbox._open(started, time.perf_counter() - handover.start_s, expect_first=first)
-            if pre is not None:
+            sandbox._open(handover.started(), time.perf_counter() - handover.start_s, expect_first=first)
+            if pre is not None:  # the child's load (request 2): its reply is on its way
                 sandbox._next_id = pre.ident + 2
-                sandbox._preloaded = sandbox._preload_reply(pre)
+                channel = sandbox._channel
+                assert channel is not None and channel.first_waiter is not None
+                pre.info = sandbox._load(
+                    channel, pre.size, lambda _id: pre.size, via_file=True, waiter=channel.first_waiter
+                )
+                sandbox._preloaded = pre
+                if sandbox._input_file is not None:
+                    sandbox._input_file.clear()  # the kernel has built ``context`` from it
         return sandbox
-
-    def _preload_reply(self, pre: Preload) -> Preload | None:
-        """The kernel's answer to the child's load: the preload when it built ``context``."""
-        channel = self._channel
-        assert channel is not None and channel.first_waiter is not None
-        try:
-            reply = channel.wait(channel.first_waiter, self.config.io_timeout + pre.size / 50e6)
-        except SandboxError as exc:
-            self._raise_failure(exc)
-        if not reply:
-            self.kill_for("context load stalled")
-            self._raise_failure(ProtocolViolation("the kernel did not confirm the prestart's context"))
-        msg: ContextReply = reply[0]
-        if msg.status != "ok":
-            return None
-        pre.info = ContextInfo(type=msg.type or "?", length=msg.length, bytes=pre.size, via="file")
-        return pre
 
     def _open(self, started: Started, t0: float, expect_first: tuple[int, type] | None = None) -> Sandbox:
         """Talk to a started container's kernel: the channel, then its ready frame."""
@@ -364,8 +345,6 @@ class Sandbox:
             channel = self._check_usable()
             pre, self._preloaded = self._preloaded, None
             if pre is not None and pre.info is not None and pre.matches(data, kind):
-                if self._input_file is not None:
-                    self._input_file.clear()
                 return pre.info
             source, size, ctx_kind = context_source(data, kind)
             chunk = self.config.context_chunk
@@ -409,13 +388,20 @@ class Sandbox:
         return info
 
     def _load(
-        self, channel: KernelChannel, size: int, send: Callable[[int], int], *, via_file: bool = False
+        self,
+        channel: KernelChannel,
+        size: int,
+        send: Callable[[int], int],
+        *,
+        via_file: bool = False,
+        waiter: Any = None,
     ) -> ContextInfo | None:
         """One load: ``send(id)`` sends its frames and returns the bytes sent; then the
-        kernel's reply. None when the kernel could not read the input file (``via_file``:
-        the caller streams instead); a kernel that stays silent is killed."""
-        ident = self._new_id()
-        waiter = self._expect(channel, ident, ContextReply)
+        kernel's reply (to ``waiter``'s request when one was sent already: a prestart's).
+        None when the kernel could not read the input file (``via_file``: the caller streams
+        instead); a kernel that stays silent is killed."""
+        ident = self._new_id() if waiter is None else waiter.ident
+        waiter = waiter or self._expect(channel, ident, ContextReply)
         try:
             sent = send(ident)
             reply = channel.wait(

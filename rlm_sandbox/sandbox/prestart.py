@@ -273,6 +273,14 @@ class Handover:
     input: tuple[str, str, int] | None
     preload: Preload | None = None
 
+    def started(self) -> Any:
+        """As a backend's start returns it: the attach stream with what came with it."""
+        from .attach import AttachStream
+        from .backend import Started
+
+        stream = AttachStream(self.sock, self.leftover)
+        return Started(self.id, stream, self.start_s, input_file=self.input is not None)
+
 
 def take(expected: SandboxConfig, timeout_s: float) -> Handover | None:
     """The prestarted container, if there is one for exactly ``expected`` (once per
