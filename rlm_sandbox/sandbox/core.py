@@ -9,10 +9,10 @@ concurrently by the handler from a bounded pool.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from rlm_sandbox.errors import (
@@ -29,33 +29,21 @@ from rlm_sandbox.sandbox.config import SandboxConfig
 from .backend import Backend, Started, sandbox_labels
 from .cell_result import ExecResult, exec_result
 from .channel import KernelChannel, LLMHandler
-from .context_load import announce_file, stream_pieces
-from .context_source import ContextInput, context_source
+from .context_load import ContextLoads
 from .crash import crash_error
 from .frames import FrameLimits
-from .held import Hold
-from .input_file import MIN_BYTES, InputFile
+from .input_file import InputFile
 from .messages import ContextReply, ExecReply
 
 if TYPE_CHECKING:
     from .prestart import Handover, Preload
 
 
-@dataclass(frozen=True, slots=True)
-class ContextInfo:
-    """What the kernel built: ``context``'s type and ``len()``, and the bytes sent."""
-
-    type: str
-    length: int | None
-    bytes: int
-    via: str = "stream"  # or "file": through the sandbox's input file (sandbox/input_file.py)
-
-
 #: How long ``close`` waits for a thread busy with the sandbox once its container is killed.
 CLOSE_WAIT_S = 30.0
 
 
-class Sandbox:
+class Sandbox(ContextLoads):
     def __init__(
         self,
         config: SandboxConfig | None = None,
@@ -153,7 +141,7 @@ class Sandbox:
         if handover.input is not None:
             sandbox._input_file = InputFile.adopt(*handover.input)
         pre = handover.preload
-        with sandbox._lock:
+        with sandbox._lock, sandbox._closed_on_error():
             first = (pre.ident, ContextReply) if pre is not None else None
             sandbox._open(handover.started(), time.perf_counter() - handover.start_s, expect_first=first)
             if pre is not None:  # the child's load (request 2): its reply is on its way
@@ -167,6 +155,14 @@ class Sandbox:
                 if sandbox._input_file is not None:
                     sandbox._input_file.clear()  # the kernel has built ``context`` from it
         return sandbox
+
+    @contextlib.contextmanager
+    def _closed_on_error(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            self.close()
+            raise
 
     def _open(self, started: Started, t0: float, expect_first: tuple[int, type] | None = None) -> Sandbox:
         """Talk to a started container's kernel: the channel, then its ready frame."""
@@ -313,119 +309,6 @@ class Sandbox:
         ident = self._next_id
         self._next_id += 2
         return ident
-
-    # ---- context
-
-    def load_context(
-        self,
-        data: ContextInput,
-        *,
-        kind: str | None = None,
-        progress: Callable[[int, int], None] | None = None,
-        held: Hold | None = None,
-    ) -> ContextInfo:
-        """Send the input to the kernel, raw and in chunks; it becomes ``context``.
-
-        str -> str, bytes -> bytes, list/dict -> the same JSON structure, a path (``Path``)
-        or a binary file object -> streamed from disk as text (``kind="bytes"`` keeps bytes).
-        ``progress(sent, size)`` follows a large load (size -1 when unknown, as for stdin).
-        ``held`` is the host's count of ``data`` when it is a parent's prompt: released once
-        the load is over (done or failed), when the host needs the text no more.
-        """
-        try:
-            return self._load_context(data, kind, progress)
-        finally:
-            if held is not None:
-                held.release()
-
-    def _load_context(
-        self, data: ContextInput, kind: str | None, progress: Callable[[int, int], None] | None
-    ) -> ContextInfo:
-        with self._lock:
-            channel = self._check_usable()
-            pre, self._preloaded = self._preloaded, None
-            if pre is not None and pre.info is not None and pre.matches(data, kind):
-                return pre.info
-            source, size, ctx_kind = context_source(data, kind)
-            chunk = self.config.context_chunk
-            inp = self._input_file
-            if inp is None or 0 <= size < MIN_BYTES or (size >= 0 and not inp.has_room(size)):
-                return self._stream(channel, source(chunk), size, ctx_kind, progress)
-            refused = False
-            try:
-                filled = inp.fill(data, source, size, chunk, progress)
-                if filled.error is None:
-                    if size >= 0 and filled.size != size:
-                        raise SandboxError(
-                            f"the input changed while it was read ({filled.size} of {size} bytes)"
-                        )
-                    loaded = self._load(
-                        channel,
-                        filled.size,
-                        lambda i: announce_file(channel, i, filled, ctx_kind),
-                        via_file=True,
-                    )
-                    if loaded is not None:
-                        return loaded
-                    refused = True  # the kernel cannot read the file: this and every later load stream
-                return self._stream(channel, inp.replay(filled, chunk), size, ctx_kind, progress)
-            finally:
-                inp.clear()
-                if refused:
-                    self._input_file = None
-                    inp.close()
-
-    def _stream(
-        self,
-        channel: KernelChannel,
-        pieces: Any,
-        size: int,
-        kind: str,
-        progress: Callable[[int, int], None] | None,
-    ) -> ContextInfo:
-        info = self._load(channel, size, lambda i: stream_pieces(channel, i, pieces, size, kind, progress))
-        assert info is not None  # only a load through the input file can be refused
-        return info
-
-    def _load(
-        self,
-        channel: KernelChannel,
-        size: int,
-        send: Callable[[int], int],
-        *,
-        via_file: bool = False,
-        waiter: Any = None,
-    ) -> ContextInfo | None:
-        """One load: ``send(id)`` sends its frames and returns the bytes sent; then the
-        kernel's reply (to ``waiter``'s request when one was sent already: a prestart's).
-        None when the kernel could not read the input file (``via_file``: the caller streams
-        instead); a kernel that stays silent is killed."""
-        ident = self._new_id() if waiter is None else waiter.ident
-        waiter = waiter or self._expect(channel, ident, ContextReply)
-        try:
-            sent = send(ident)
-            reply = channel.wait(
-                waiter, self.config.io_timeout + size / 50e6 if size > 0 else self.config.io_timeout
-            )
-        except SandboxError as exc:
-            if channel.error is not None:
-                self._raise_failure(channel.error)
-            raise exc
-        if not reply:
-            self.kill_for("context load stalled")
-            self._raise_failure(
-                ProtocolViolation(
-                    f"the kernel did not confirm the context within {self.config.io_timeout:g} s"
-                )
-            )
-        msg: ContextReply = reply[0]
-        if msg.status == "no_file" and via_file:
-            return None
-        if msg.status != "ok":
-            raise SandboxError(f"the kernel could not build context: {msg.error}")
-        return ContextInfo(
-            type=msg.type or "?", length=msg.length, bytes=sent, via="file" if via_file else "stream"
-        )
 
     # ---- cells
 
