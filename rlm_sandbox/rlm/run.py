@@ -173,15 +173,11 @@ class Run:
         while_starting: Callable[[], None] | None = None,
         prepare_engines: bool = False,
     ) -> AsyncIterator[Sandbox]:
-        """A sandbox for ``node`` while the block runs: a container slot of the budget, an
-        engine, a sandbox (pooled or new) with the run's tools, traced from ``node_begin`` to
-        ``node_end`` and released whatever happens (a cancelled run too).
-
-        ``while_starting`` runs once the node is admitted: the node sends its first model
-        call there, so the call and the container start overlap. The container is asked for
-        first (its start is the longer way: engines, Docker, the kernel), unless the CLI's
-        prestart child has it ready. ``prepare_engines`` (the run's first node): the engines
-        are probed and the warm pools started first, in the same worker."""
+        """A sandbox for ``node`` while the block runs (a budget slot, an engine, a pooled or
+        new sandbox with the run's tools), traced from ``node_begin`` to ``node_end`` and
+        released whatever happens. ``while_starting``: the node's first model call, sent
+        after its container is asked for (the longer way) unless the CLI's prestart has it
+        ready. ``prepare_engines`` (the first node): engines probed, warm pools started."""
         tracer = self.tracer
         tracer.emit("node_begin", node=node.id, parent=node.parent, depth=node.depth)
         self._node_entered()
@@ -192,18 +188,14 @@ class Run:
         try:
             await self.budget.aadmit_node(node.depth)  # a container slot: released below, whatever happens
             admitted = True
-            # A container the CLI's prestart child started is ready: then the call goes first.
-            first_call = while_starting if node.parent is None and self.containers.prestarted() else None
-            if first_call is not None:
-                first_call()
+            call_first = node.parent is None and self.containers.prestarted()
+            if while_starting is not None and call_first:
+                while_starting()
             acquiring = blocking(self.containers.acquire, node.id, node.handler, prepare=prepare_engines)
             try:
-                if while_starting is not None and first_call is None:
+                if while_starting is not None and not call_first:
                     while_starting()
-            finally:
-                # A start in flight is waited for even when the node is cancelled meanwhile (or
-                # its first call failed to go out): the container is then released below like
-                # any other, never left to a thread.
+            finally:  # a start in flight is waited for, whatever happened: then released below
                 lease, cancelled = await finish(acquiring)
             if prepare_engines:
                 self.note_engines()
