@@ -137,12 +137,17 @@ def main(ctx: click.Context) -> None:
 
 
 def _may_prestart() -> bool:
-    """Not for help, the local backend or several engines (the child would find out too,
-    later), nor when ``RLM_SANDBOX_PRESTART=0``."""
+    """Only in a process started as ``rlm-sandbox run`` (not click's in-process test runner,
+    whose argv is another program's); not for help, the local backend or several engines
+    (the child would find out too, later), nor when ``RLM_SANDBOX_PRESTART=0``."""
     args = sys.argv[1:]
-    if os.environ.get("RLM_SANDBOX_PRESTART", "1") == "0" or {"-h", "--help"} & set(args):
+    if (
+        "run" not in args
+        or os.environ.get("RLM_SANDBOX_PRESTART", "1") == "0"
+        or {"-h", "--help"} & set(args)
+    ):
         return False
-    return "--engine" not in args and not any(a.startswith("--backend") for a in args)
+    return not any(a.startswith(("--engine", "--backend")) for a in args)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,8 @@ def run(
             )
     except RLMSandboxError as exc:
         fail(exc, o["debug"])
+    finally:
+        prestart.abandon()  # a container the run did not take is removed by its child
     sys.exit(code)
 
 

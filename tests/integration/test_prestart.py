@@ -5,6 +5,7 @@ left. Each case is its own process (a fork needs a process without threads)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -71,9 +72,11 @@ def run_case(run_id: str, case: str, path: str = "-") -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def gone(run_id: str, seconds: float = 20.0) -> bool:
+def gone(run_id: str, child: int, seconds: float = 30.0) -> bool:
+    """The child has ended (it may still be starting the container when the run declines)
+    and no container of the run is left."""
     deadline = time.monotonic() + seconds
-    while containers_of(run_id):
+    while os.path.exists(f"/proc/{child}") or containers_of(run_id):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)
@@ -106,15 +109,13 @@ def test_a_file_changed_since_the_childs_load_is_loaded_again(run_id: str, tmp_p
 def test_a_declined_container_is_removed_by_the_child(run_id: str, case: str) -> None:
     out = run_case(run_id, case)
     assert out["taken"] is False
-    assert gone(run_id)
+    assert gone(run_id, out["child"])
 
 
 def test_a_run_that_dies_leaves_nothing_behind(run_id: str) -> None:
-    import os
-
     out = run_case(run_id, "die")
     assert out["taken"] and out["cell"] == f"{2 << 20}\n"
-    assert gone(run_id)
+    assert gone(run_id, out["child"])
     deadline = time.monotonic() + 10
     while os.path.exists(out["dir"]) and time.monotonic() < deadline:
         time.sleep(0.1)
