@@ -71,8 +71,6 @@ def gc(
 
     orphans = remove_orphans(dry_run=dry_run)
     if orphans:
-        click.echo(
-            f"{verb} {len(orphans)} input file(s) of controllers that died mid-load: {', '.join(orphans)}"
-        )
+        click.echo(f"{verb} {len(orphans)} input file(s) of controllers that died: {', '.join(orphans)}")
     if failed:
         sys.exit(4)

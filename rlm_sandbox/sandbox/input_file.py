@@ -20,7 +20,7 @@ local backend, ``input_file=False``, or a mount the engine refuses, everything s
 before; a kernel that cannot read the file (an engine in a VM behind a local socket) gets the
 same bytes streamed from the file. When the file runs out of room mid-way, what it holds is
 streamed and the rest of the input follows it: no input is read twice, standard input
-included. ``rlm-sandbox gc`` removes the directories of processes that died mid-load.
+included. ``rlm-sandbox gc`` removes the directories of processes that died (a SIGKILL).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from rlm_sandbox.sandbox.docker_backend import docker_client
+from rlm_sandbox.sandbox.input_file import remove_orphans
 
 from ..conftest import containers_of
 from ..helpers import ARMED, kill_controller_when_armed
@@ -70,6 +71,7 @@ def orphan_attack(code: str, run_id: str, runtime: str | None, tmp_path: Path, n
         ids = containers_of(run_id)
         if ids:
             subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+        remove_orphans()  # the killed controller's input file, as `rlm-sandbox gc` would
     ROWS.append(
         {
             "attack": name,
