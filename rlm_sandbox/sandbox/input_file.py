@@ -25,12 +25,13 @@ included. ``rlm-sandbox gc`` removes the directories of processes that died (a S
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,6 @@ class Filled:
     files: list[list[Any]] | None = None
     rest: Iterator[Any] | None = None
     error: str | None = None
-    pending: list[Any] = field(default_factory=list)
 
 
 class InputFile:
@@ -134,7 +134,7 @@ class InputFile:
                 _write_all(self._fd, piece)
             except OSError as exc:
                 filled.error = f"{exc.strerror or exc}"
-                filled.pending, filled.rest = [piece], pieces
+                filled.rest = itertools.chain([piece], pieces)
                 return filled
             filled.size += len(piece)
             if filled.files:
@@ -177,7 +177,6 @@ class InputFile:
                         raise OSError("the input file shrank while it was read back")
                     left -= len(piece)
                     yield piece
-        yield from filled.pending
         if filled.rest is not None:
             yield from filled.rest
 
